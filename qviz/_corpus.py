@@ -1,0 +1,103 @@
+"""Real English sentences available offline: the docstrings of Python's standard library.
+
+The sentences are written by people for people, cover many topics, and ship
+with every Python install, so calibration and evaluation text never needs the
+network. The split into calibration and held-out sentences is a hash of the
+sentence text, so it is stable across runs and machines with the same Python.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import inspect
+import re
+import warnings
+
+# Modules with plenty of prose and no import-time side effects.
+_MODULES = (
+    "abc argparse array ast asyncio base64 bisect calendar cmath codecs collections "
+    "colorsys configparser contextlib copy csv dataclasses datetime decimal difflib "
+    "email enum filecmp fnmatch fractions ftplib functools gc getopt gettext glob gzip "
+    "hashlib heapq hmac html http imaplib inspect io ipaddress itertools json keyword "
+    "linecache locale logging lzma mailbox math mimetypes numbers operator optparse os "
+    "pathlib pickle pkgutil platform plistlib poplib pprint profile pstats queue quopri "
+    "random re reprlib sched secrets select selectors shelve shlex shutil signal site "
+    "smtplib socket socketserver sqlite3 ssl stat statistics string struct subprocess "
+    "symtable sysconfig tabnanny tarfile tempfile textwrap threading timeit token "
+    "tokenize trace traceback tracemalloc types typing unittest urllib uuid warnings "
+    "wave weakref xml zipfile zipimport zlib zoneinfo"
+).split()
+
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9\)][.!?])\s+(?=[A-Z])")
+_BAD = re.compile(r">>>|::|`|\{|\}|\\|==|\w\(\)|\b\w+_\w+\b|\$|%|\|")
+
+
+def _docstrings() -> list[str]:
+    docs: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for modname in _MODULES:
+            try:
+                module = importlib.import_module(modname)
+            except Exception:  # a module missing from a trimmed Python is no error
+                continue
+            docs.append(inspect.getdoc(module) or "")
+            for _, obj in sorted(vars(module).items()):
+                if getattr(obj, "__module__", None) != module.__name__:
+                    continue
+                if inspect.isclass(obj) or inspect.isfunction(obj):
+                    docs.append(inspect.getdoc(obj) or "")
+                if inspect.isclass(obj):
+                    for _, member in sorted(vars(obj).items()):
+                        if inspect.isfunction(member):
+                            docs.append(inspect.getdoc(member) or "")
+    return docs
+
+
+def _is_prose(sentence: str) -> bool:
+    if not (40 <= len(sentence) <= 200):
+        return False
+    if not sentence[0].isupper() or sentence[-1] not in ".!?":
+        return False
+    if _BAD.search(sentence):
+        return False
+    words = sentence.split()
+    if len(words) < 7:
+        return False
+    letters = sum(c.isalpha() or c in " ,.;'-" for c in sentence)
+    return letters / len(sentence) > 0.95
+
+
+def _key(sentence: str) -> int:
+    return int.from_bytes(hashlib.sha256(sentence.encode()).digest()[:8], "little")
+
+
+@functools.lru_cache(maxsize=1)
+def sentences() -> tuple[str, ...]:
+    """Every unique prose sentence, in a stable pseudo-random order.
+
+    Examples
+    --------
+    >>> s = sentences()
+    >>> len(s) > 1000
+    True
+    """
+    found: set[str] = set()
+    for doc in _docstrings():
+        for paragraph in re.split(r"\n\s*\n", doc):
+            text = " ".join(paragraph.split())
+            for sentence in _SENTENCE_END.split(text):
+                sentence = sentence.strip()
+                if _is_prose(sentence):
+                    found.add(sentence)
+    return tuple(sorted(found, key=_key))
+
+
+def split(name: str) -> tuple[str, ...]:
+    """The ``"calib"`` or ``"eval"`` part of :func:`sentences` (one in four is held out)."""
+    if name not in ("calib", "eval"):
+        raise ValueError(f"split must be 'calib' or 'eval'; got {name!r}.")
+    want_eval = name == "eval"
+    return tuple(s for s in sentences() if (_key(s) % 4 == 0) == want_eval)
