@@ -1,0 +1,1 @@
+"""Quantizers: configs, the method registry, tensor- and model-level quantization, errors."""

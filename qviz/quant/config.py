@@ -1,0 +1,375 @@
+"""Quantization configs: frozen dataclasses that validate themselves.
+
+One config type per method; :func:`qviz.quantize` dispatches on the type
+through :mod:`qviz.quant.registry`. ``cfg.label`` is the readable name used as
+the ``config`` coordinate of every result Dataset.
+
+Examples
+--------
+>>> RTN(bits=4, group_size=128).label
+'RTN w4 g128 asym'
+>>> RTN(bits=9)
+Traceback (most recent call last):
+...
+ValueError: RTN bits must be an int from 2 to 8; got 9. ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from qviz.quant.granularity import Granularity, granularity_of
+
+ACT_SCHEMES = ("per-token", "per-tensor")
+
+
+def _check_bits(owner: str, name: str, bits: Any, lo: int = 2, hi: int = 8, allow_none: bool = False) -> None:
+    if bits is None and allow_none:
+        return
+    if not isinstance(bits, int) or isinstance(bits, bool) or not lo <= bits <= hi:
+        raise ValueError(
+            f"{owner} {name} must be an int from {lo} to {hi}; got {bits!r}. "
+            f"Pick e.g. {name}=8, 4 or 3."
+        )
+
+
+def _check_group(owner: str, group_size: Any) -> None:
+    if group_size is None or group_size == "tensor":
+        return
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(
+            f"{owner} group_size must be None (one scale per output channel), 'tensor' (one scale) "
+            f"or a positive int (groups along the input dim, e.g. 32, 64, 128); got {group_size!r}."
+        )
+
+
+def _check_unit(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{owner} {name} must be a number in [0, 1]; got {value!r}. 0.5 is the usual choice.")
+
+
+def _check_act(owner: str, act_bits: Any, act_scheme: Any) -> None:
+    _check_bits(owner, "act_bits", act_bits, allow_none=True)
+    if act_scheme not in ACT_SCHEMES:
+        raise ValueError(f"{owner} act_scheme must be one of {ACT_SCHEMES}; got {act_scheme!r}.")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Base class of every config. Subclasses are frozen dataclasses that validate in ``__post_init__``."""
+
+    method: ClassVar[str] = "base"
+
+    @property
+    def label(self) -> str:
+        """A short readable name, unique per distinct setting (used as the ``config`` coordinate)."""
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        """The config as a JSON string (``{"method": ..., fields...}``), for Dataset attrs."""
+        return json.dumps({"method": type(self).__name__, **dataclasses.asdict(self)})
+
+    def replace(self, **changes: Any) -> QuantConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def weight_bits(self) -> int | None:
+        """Nominal bits of a weight code (None when not a fixed integer width)."""
+        return getattr(self, "bits", None)
+
+
+def config_from_json(text: str) -> QuantConfig:
+    """Inverse of :meth:`QuantConfig.to_json`.
+
+    Examples
+    --------
+    >>> config_from_json(RTN(bits=3).to_json()) == RTN(bits=3)
+    True
+    """
+    from qviz.quant.registry import known_config_types
+
+    data = json.loads(text)
+    name = data.pop("method")
+    types = {t.__name__: t for t in known_config_types()}
+    if name not in types:
+        raise ValueError(f"Unknown config type {name!r}; known: {', '.join(sorted(types))}.")
+    return types[name](**data)
+
+
+@dataclass(frozen=True)
+class RTN(QuantConfig):
+    """Round-to-nearest weight quantization (optionally with INT activation fake-quant).
+
+    Parameters
+    ----------
+    bits : int
+        2 to 8.
+    group_size : int, None or "tensor"
+        ``None``: one scale per output channel; an int: groups of that many
+        weights along the input dim (must divide the row); ``"tensor"``: one scale.
+    symmetric : bool
+        Symmetric (zero point fixed at the middle code) or asymmetric (min/max) range.
+    clip_search : bool
+        Search per group for the clipping ratio that minimises squared error.
+    act_bits : int or None
+        Fake-quantize the layer's input activations to this many bits (W8A8: 8).
+    act_scheme : str
+        ``"per-token"`` (one scale per token row) or ``"per-tensor"``.
+
+    Examples
+    --------
+    >>> RTN(bits=8, group_size=None, symmetric=True, act_bits=8).label
+    'RTN w8 ch sym a8/token'
+    """
+
+    bits: int = 4
+    group_size: int | str | None = 128
+    symmetric: bool = False
+    clip_search: bool = False
+    act_bits: int | None = None
+    act_scheme: str = "per-token"
+    method: ClassVar[str] = "rtn"
+
+    def __post_init__(self) -> None:
+        _check_bits("RTN", "bits", self.bits)
+        _check_group("RTN", self.group_size)
+        _check_act("RTN", self.act_bits, self.act_scheme)
+
+    @property
+    def granularity(self) -> Granularity:
+        return granularity_of(self.group_size)
+
+    @property
+    def label(self) -> str:
+        g = {None: "ch", "tensor": "tensor"}.get(self.group_size, f"g{self.group_size}")  # type: ignore[arg-type]
+        text = f"RTN w{self.bits} {g} {'sym' if self.symmetric else 'asym'}"
+        if self.clip_search:
+            text += " clip"
+        if self.act_bits is not None:
+            text += f" a{self.act_bits}/{self.act_scheme.split('-')[1]}"
+        return text
+
+
+@dataclass(frozen=True)
+class BnbInt8(QuantConfig):
+    """LLM.int8() through bitsandbytes: int8 vector-wise weights, fp16 outlier columns above ``threshold``.
+
+    Examples
+    --------
+    >>> BnbInt8().label
+    'bnb int8 t6.0'
+    """
+
+    threshold: float = 6.0
+    method: ClassVar[str] = "bnb-int8"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool) or self.threshold < 0:
+            raise ValueError(
+                f"BnbInt8 threshold must be a number >= 0 (0 disables the outlier decomposition); "
+                f"got {self.threshold!r}. LLM.int8 uses 6.0."
+            )
+
+    @property
+    def label(self) -> str:
+        return f"bnb int8 t{float(self.threshold)}"
+
+    @property
+    def weight_bits(self) -> int:
+        return 8
+
+
+@dataclass(frozen=True)
+class _Bnb4bit(QuantConfig):
+    blocksize: int = 64
+    double_quant: bool = False
+    quant_type: ClassVar[str] = "nf4"
+
+    def __post_init__(self) -> None:
+        allowed = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+        if self.blocksize not in allowed:
+            raise ValueError(
+                f"{type(self).__name__} blocksize must be one of {allowed} (bitsandbytes' block sizes); "
+                f"got {self.blocksize!r}. 64 is the QLoRA default."
+            )
+        if not isinstance(self.double_quant, bool):
+            raise ValueError(f"double_quant must be True or False; got {self.double_quant!r}.")
+
+    @property
+    def label(self) -> str:
+        return f"bnb {self.quant_type} b{self.blocksize}{' dq' if self.double_quant else ''}"
+
+    @property
+    def weight_bits(self) -> int:
+        return 4
+
+
+@dataclass(frozen=True)
+class BnbNF4(_Bnb4bit):
+    """4-bit NormalFloat through bitsandbytes ``quantize_4bit`` (blockwise absmax).
+
+    Examples
+    --------
+    >>> BnbNF4(blocksize=64).label
+    'bnb nf4 b64'
+    """
+
+    quant_type: ClassVar[str] = "nf4"
+    method: ClassVar[str] = "bnb-nf4"
+
+
+@dataclass(frozen=True)
+class BnbFP4(_Bnb4bit):
+    """4-bit float (e2m1) through bitsandbytes ``quantize_4bit`` (blockwise absmax).
+
+    Examples
+    --------
+    >>> BnbFP4().label
+    'bnb fp4 b64'
+    """
+
+    quant_type: ClassVar[str] = "fp4"
+    method: ClassVar[str] = "bnb-fp4"
+
+
+@dataclass(frozen=True)
+class SmoothQuant(QuantConfig):
+    """SmoothQuant (Xiao et al. 2023): migrate activation outliers into weights, then W8A8.
+
+    ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` per input channel ``j``.
+
+    Examples
+    --------
+    >>> SmoothQuant(alpha=0.5).label
+    'SmoothQuant a0.5 w8a8/tensor'
+    """
+
+    alpha: float = 0.5
+    w_bits: int = 8
+    a_bits: int = 8
+    act_scheme: str = "per-tensor"
+    method: ClassVar[str] = "smoothquant"
+
+    def __post_init__(self) -> None:
+        _check_unit("SmoothQuant", "alpha", self.alpha)
+        _check_bits("SmoothQuant", "w_bits", self.w_bits)
+        _check_act("SmoothQuant", self.a_bits, self.act_scheme)
+
+    @property
+    def label(self) -> str:
+        return f"SmoothQuant a{self.alpha:g} w{self.w_bits}a{self.a_bits}/{self.act_scheme.split('-')[1]}"
+
+    @property
+    def weight_bits(self) -> int:
+        return self.w_bits
+
+
+@dataclass(frozen=True)
+class AWQ(QuantConfig):
+    """Activation-aware weight quantization (Lin et al. 2024): per-input-channel scales ``mean|X|^alpha``.
+
+    Examples
+    --------
+    >>> AWQ(bits=4, group_size=128).label
+    'AWQ w4 g128'
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    n_grid: int = 20
+    clip_search: bool = True
+    symmetric: bool = False
+    method: ClassVar[str] = "awq"
+
+    def __post_init__(self) -> None:
+        _check_bits("AWQ", "bits", self.bits)
+        _check_group("AWQ", self.group_size)
+        if not isinstance(self.n_grid, int) or self.n_grid < 1:
+            raise ValueError(f"AWQ n_grid must be a positive int (grid points for alpha in [0, 1)); got {self.n_grid!r}.")
+
+    @property
+    def label(self) -> str:
+        g = "ch" if self.group_size is None else f"g{self.group_size}"
+        return f"AWQ w{self.bits} {g}"
+
+
+@dataclass(frozen=True)
+class GPTQ(QuantConfig):
+    """GPTQ (Frantar et al. 2023): column-wise quantization with Hessian-based error feedback.
+
+    Examples
+    --------
+    >>> GPTQ(bits=3, group_size=128).label
+    'GPTQ w3 g128 act'
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    act_order: bool = True
+    damp: float = 0.01
+    block_size: int = 128
+    symmetric: bool = False
+    method: ClassVar[str] = "gptq"
+
+    def __post_init__(self) -> None:
+        _check_bits("GPTQ", "bits", self.bits)
+        _check_group("GPTQ", self.group_size)
+        if not isinstance(self.damp, (int, float)) or not 0 < self.damp < 1:
+            raise ValueError(f"GPTQ damp must be in (0, 1) (fraction of the mean Hessian diagonal); got {self.damp!r}.")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"GPTQ block_size must be a positive int; got {self.block_size!r}.")
+
+    @property
+    def label(self) -> str:
+        g = "ch" if self.group_size is None else f"g{self.group_size}"
+        return f"GPTQ w{self.bits} {g}{' act' if self.act_order else ''}"
+
+
+@dataclass(frozen=True)
+class QAT(QuantConfig):
+    """Quantization-aware training: fake-quant with straight-through gradients and a short distillation fine-tune.
+
+    Examples
+    --------
+    >>> QAT(bits=3).label
+    'QAT w3 ch'
+    """
+
+    bits: int = 4
+    group_size: int | None = None
+    symmetric: bool = False
+    act_bits: int | None = None
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 32
+    method: ClassVar[str] = "qat"
+
+    def __post_init__(self) -> None:
+        _check_bits("QAT", "bits", self.bits)
+        _check_group("QAT", self.group_size)
+        _check_bits("QAT", "act_bits", self.act_bits, allow_none=True)
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"QAT steps must be an int >= 0; got {self.steps!r}.")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"QAT lr must be a positive number; got {self.lr!r}.")
+
+    @property
+    def label(self) -> str:
+        g = "ch" if self.group_size is None else f"g{self.group_size}"
+        return f"QAT w{self.bits} {g}" + (f" a{self.act_bits}" if self.act_bits else "")
+
+
+# W8A8 is RTN with activation bits; kept as a name for readability.
+def ActQuant(bits: int = 8, scheme: str = "per-token", w_bits: int = 8) -> RTN:
+    """An RTN W{w_bits}A{bits} config: per-channel symmetric weights, INT activation fake-quant.
+
+    Examples
+    --------
+    >>> ActQuant(8, "per-tensor").label
+    'RTN w8 ch sym a8/tensor'
+    """
+    return RTN(bits=w_bits, group_size=None, symmetric=True, act_bits=bits, act_scheme=scheme)
