@@ -1,0 +1,510 @@
+"""Round-to-nearest quantization as a trio of pure functions, on numpy or torch.
+
+``choose_qparams(x, granularity, bits) -> QParams``, ``quantize(x, qparams) -> codes``
+and ``dequantize(codes, qparams) -> x_hat`` sit side by side (STYLE rule 2).
+They follow the conventions of :mod:`kernels_numba.rtn` exactly:
+
+* codes are ``uint8``; ``x_hat = (code - zero) * scale``; ``code =
+  clamp(rint(x * (1/scale)) + zero, qmin, qmax)`` in float32 with rounding half
+  to even;
+* asymmetric: ``lo = min(x, 0)``, ``hi = max(x, 0)``, ``scale = (hi - lo) /
+  (2**bits - 1)``, ``zero = clamp(rint(-lo / scale), 0, 2**bits - 1)``;
+* symmetric: ``scale = max|x| / (2**(bits-1) - 1)``, ``zero = 2**(bits-1)``,
+  codes ``1 .. 2**bits - 1``;
+* scales are computed in float64 and rounded once to float16 (2 bytes each),
+  an all-zero group gets scale 1, a float16 underflow becomes ``2**-24``.
+
+Where the work runs: numpy arrays and CPU torch tensors go to the Numba
+kernels of :mod:`kernels_numba` (one fused pass); CUDA tensors (or
+``backend="torch"``) run a vectorised torch version of the same arithmetic,
+which gives the same codes. Inputs are never written to.
+
+Examples
+--------
+>>> import numpy as np
+>>> from qviz.quant.granularity import PerChannel
+>>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+>>> qp = choose_qparams(x, PerChannel(), bits=4)
+>>> quantize(x, qp)
+array([[ 0,  5,  8, 15]], dtype=uint8)
+>>> dequantize(quantize(x, qp), qp).round(2)
+array([[-1. ,  0. ,  0.6,  2. ]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qviz.quant.granularity import Granularity, PerChannel, PerGroup, PerTensor
+
+F16_MAX = 65504.0
+F16_MIN_SUBNORMAL = 2.0**-24
+CLIP_RATIOS = np.linspace(1.0, 0.5, 21)  # [n_ratios], widest first (as kernels_numba)
+BACKENDS = ("auto", "numba", "torch")
+
+
+@dataclass(frozen=True, eq=False)
+class QParams:
+    """Scales and zero points of an RTN-quantized ``[rows, cols]`` tensor.
+
+    Attributes
+    ----------
+    scale : np.ndarray or torch.Tensor
+        float32 ``[rows, n_groups]`` (``[1, 1]`` per tensor, ``[rows, 1]`` per
+        channel); every value is exactly representable in float16.
+    zero : np.ndarray or torch.Tensor
+        uint8 zero points, same shape as ``scale``.
+    bits : int
+        Code width, 2 to 8.
+    symmetric : bool
+        Restricted symmetric range (codes ``1 .. 2**bits-1``) or asymmetric (``0 .. 2**bits-1``).
+    granularity : PerTensor, PerChannel or PerGroup
+        Which weights share a scale.
+    shape : tuple of int
+        ``(rows, cols)`` the parameters were chosen for.
+    """
+
+    scale: Any  # [rows, n_groups] float32
+    zero: Any  # [rows, n_groups] uint8
+    bits: int
+    symmetric: bool
+    granularity: Granularity
+    shape: tuple[int, int]
+
+    @property
+    def qmin(self) -> int:
+        """Smallest code used (1 when symmetric)."""
+        return 1 if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        """Largest code, ``2**bits - 1``."""
+        return (1 << self.bits) - 1
+
+    @property
+    def group_size(self) -> int:
+        """Consecutive columns that share one scale."""
+        return self.shape[1] // int(self.scale.shape[1])
+
+    @property
+    def overhead_nbytes(self) -> int:
+        """Bytes of the parameters: 2 per float16 scale, 1 per zero point (none when symmetric)."""
+        n = int(np.prod(tuple(self.scale.shape)))
+        return 2 * n + (0 if self.symmetric else n)
+
+    def to_kernel(self) -> Any:
+        """The same parameters as a :class:`kernels_numba.QParams` (numpy arrays)."""
+        import kernels_numba as kn
+
+        scale, zero = _to_numpy(self.scale), _to_numpy(self.zero)
+        return kn.QParams(scale, zero, self.bits, self.symmetric, _kernel_group(self.granularity), self.shape)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _is_torch(x: Any) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return isinstance(x, torch.Tensor)
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    return a.detach().cpu().numpy() if _is_torch(a) else np.asarray(a)
+
+
+def check_tensor(x: Any, name: str = "x") -> None:
+    """Raise a clear error unless ``x`` is a non-empty 2-D floating tensor/array of finite values.
+
+    Examples
+    --------
+    >>> check_tensor(np.zeros((2, 0), np.float32))
+    Traceback (most recent call last):
+    ...
+    ValueError: x is empty (shape (2, 0)); expected at least one row and one column to quantize.
+    """
+    if _is_torch(x):
+        floating = x.is_floating_point()
+        dtype = str(x.dtype).replace("torch.", "")
+    elif isinstance(x, np.ndarray):
+        floating = np.issubdtype(x.dtype, np.floating)
+        dtype = x.dtype.name
+    else:
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy.ndarray of floats; got {type(x).__name__}. "
+            f"Convert it first, e.g. np.asarray({name}, dtype=np.float32)."
+        )
+    if not floating:
+        raise TypeError(
+            f"{name} has dtype {dtype}; expected a floating-point tensor (float32, float16, bfloat16, float64). "
+            f"Integer and bool tensors are already discrete: cast with {name}.float() if you mean to quantize them."
+        )
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [rows, cols]; got shape {tuple(x.shape)}. Reshape it to [out, -1].")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty (shape {tuple(x.shape)}); expected at least one row and one column to quantize."
+        )
+    if _is_torch(x):
+        import torch
+
+        bad = int((~torch.isfinite(x)).sum())
+    else:
+        bad = int((~np.isfinite(x)).sum())
+    if bad:
+        raise ValueError(
+            f"{name} contains {bad} NaN/Inf value(s) out of {int(np.prod(tuple(x.shape)))}; expected finite "
+            "values. Find where they come from (a diverged training run, an overflow) or clean them first."
+        )
+
+
+def check_bits(bits: Any) -> int:
+    """Return ``bits`` if it is an int from 2 to 8, else raise ``ValueError``."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= int(bits) <= 8:
+        raise ValueError(f"bits must be an int from 2 to 8; got {bits!r}. Pick 8, 4, 3 or 2.")
+    return int(bits)
+
+
+def check_granularity(granularity: Any, shape: tuple[int, int]) -> Granularity:
+    """Validate a granularity against a ``[rows, cols]`` shape (a group size must divide ``cols``)."""
+    if not isinstance(granularity, (PerTensor, PerChannel, PerGroup)):
+        raise TypeError(
+            f"granularity must be PerTensor(), PerChannel() or PerGroup(size); got {granularity!r}."
+        )
+    granularity.scale_shape(shape)  # raises ValueError naming the valid sizes
+    return granularity
+
+
+def _kernel_group(g: Granularity) -> int | str | None:
+    if isinstance(g, PerTensor):
+        return "tensor"
+    if isinstance(g, PerGroup):
+        return g.size
+    return None
+
+
+def _use_torch(x: Any, backend: str) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
+    if backend == "torch":
+        if not _is_torch(x):
+            raise TypeError("backend='torch' needs a torch.Tensor; pass torch.from_numpy(x).")
+        return True
+    if backend == "numba":
+        return False
+    return _is_torch(x) and x.device.type != "cpu"
+
+
+def _as_f32_numpy(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(_to_numpy(x), dtype=np.float32)  # [rows, cols]
+
+
+# --------------------------------------------------------------------------- the trio
+
+
+def choose_qparams(
+    x: Any,
+    granularity: Granularity = PerChannel(),
+    bits: int = 4,
+    *,
+    symmetric: bool = False,
+    clip_search: bool = False,
+    backend: str = "auto",
+) -> QParams:
+    """Choose RTN scales and zero points for a 2-D tensor.
+
+    Parameters
+    ----------
+    x : np.ndarray or torch.Tensor
+        Floating ``[rows, cols]`` (rows = output channels), finite. Not modified.
+    granularity : PerTensor, PerChannel or PerGroup
+        Scale shape ``[1, 1]``, ``[rows, 1]`` or ``[rows, cols // size]``.
+    bits : int
+        2 to 8.
+    symmetric : bool
+        Symmetric restricted range, or asymmetric with a zero point.
+    clip_search : bool
+        Per group, try shrinking the range by each of 21 ratios from 1.0 to 0.5
+        and keep the one with the least squared error.
+    backend : {"auto", "numba", "torch"}
+        ``"auto"``: Numba on CPU, torch on CUDA.
+
+    Returns
+    -------
+    QParams
+        ``scale``/``zero`` of the same array type as ``x`` (on its device).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qviz.quant.granularity import PerGroup
+    >>> qp = choose_qparams(np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32), PerGroup(32), 4)
+    >>> qp.scale.shape, qp.zero.dtype
+    ((4, 2), dtype('uint8'))
+    """
+    check_tensor(x)
+    bits = check_bits(bits)
+    shape = (int(x.shape[0]), int(x.shape[1]))
+    granularity = check_granularity(granularity, shape)
+    if _use_torch(x, backend):
+        scale, zero = _torch_qparams(x, granularity, bits, bool(symmetric), bool(clip_search))
+        return QParams(scale, zero, bits, bool(symmetric), granularity, shape)
+    import kernels_numba as kn
+
+    kq = kn.choose_qparams(
+        _as_f32_numpy(x), bits, _kernel_group(granularity), symmetric=bool(symmetric), clip_search=bool(clip_search)
+    )
+    scale, zero = kq.scale, kq.zero
+    if _is_torch(x):
+        import torch
+
+        scale, zero = torch.from_numpy(scale).to(x.device), torch.from_numpy(zero).to(x.device)
+    return QParams(scale, zero, bits, bool(symmetric), granularity, shape)
+
+
+def quantize(x: Any, qparams: QParams, *, backend: str = "auto") -> Any:
+    """Codes of ``x`` under ``qparams``: uint8 ``[rows, cols]``, same array type as ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    >>> quantize(x, choose_qparams(x, bits=4, symmetric=True))
+    array([[ 4,  8, 10, 15]], dtype=uint8)
+    """
+    _check_qparams(qparams)
+    check_tensor(x)
+    if (int(x.shape[0]), int(x.shape[1])) != qparams.shape:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)} but the qparams were chosen for {qparams.shape}. "
+            "Call choose_qparams on a tensor of this shape."
+        )
+    if _use_torch(x, backend):
+        return _torch_codes(x, qparams)
+    import kernels_numba as kn
+
+    codes = kn.quantize(_as_f32_numpy(x), qparams.to_kernel())  # [rows, cols] uint8
+    if _is_torch(x):
+        import torch
+
+        return torch.from_numpy(codes).to(x.device)
+    return codes
+
+
+def dequantize(codes: Any, qparams: QParams, *, backend: str = "auto") -> Any:
+    """``x_hat = (code - zero) * scale`` as float32 ``[rows, cols]``, same array type as ``codes``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    >>> qp = choose_qparams(x, bits=8)
+    >>> float(np.abs(dequantize(quantize(x, qp), qp) - x).max()) <= float(qp.scale.max()) / 2
+    True
+    """
+    _check_qparams(qparams)
+    if _is_torch(codes):
+        import torch
+
+        ok = codes.dtype == torch.uint8
+    elif isinstance(codes, np.ndarray):
+        ok = codes.dtype == np.uint8
+    else:
+        raise TypeError(f"codes must be a uint8 torch.Tensor or numpy.ndarray; got {type(codes).__name__}.")
+    if not ok:
+        raise TypeError(f"codes have dtype {codes.dtype}; expected uint8 codes from quantize().")
+    if tuple(int(s) for s in codes.shape) != qparams.shape:
+        raise ValueError(f"codes have shape {tuple(codes.shape)}; the qparams are for {qparams.shape}.")
+    if _use_torch(codes, backend):
+        return _torch_dequant(codes, qparams)
+    import kernels_numba as kn
+
+    out = kn.dequantize(np.ascontiguousarray(_to_numpy(codes)), qparams.to_kernel())  # [rows, cols] float32
+    if _is_torch(codes):
+        import torch
+
+        return torch.from_numpy(out).to(codes.device)
+    return out
+
+
+def _check_qparams(qparams: Any) -> None:
+    if not isinstance(qparams, QParams):
+        raise TypeError(f"qparams must be a QParams from choose_qparams(); got {type(qparams).__name__}.")
+
+
+# --------------------------------------------------------------------------- fused
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Reconstruction error of one tensor: ``sse``, ``signal`` (sum x**2), ``max_abs_err``, ``n``."""
+
+    sse: float
+    signal: float
+    max_abs_err: float
+    n: int
+
+    @property
+    def mse(self) -> float:
+        """Mean squared error."""
+        return self.sse / self.n if self.n else 0.0
+
+    @property
+    def sqnr_db(self) -> float:
+        """``10 log10(signal / sse)`` in dB; +inf when the error is exactly zero."""
+        if self.sse == 0.0:
+            return math.inf
+        if self.signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal / self.sse)
+
+
+def fake_quantize_with_stats(
+    x: Any,
+    granularity: Granularity,
+    bits: int,
+    *,
+    symmetric: bool = False,
+    clip_search: bool = False,
+    backend: str = "auto",
+) -> tuple[Any, Stats]:
+    """``dequantize(quantize(x))`` and its error in one pass; returns ``(x_hat float32, Stats)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    >>> x_hat, st = fake_quantize_with_stats(x, PerChannel(), 4)
+    >>> round(st.sqnr_db, 1)
+    27.2
+    """
+    check_tensor(x)
+    bits = check_bits(bits)
+    shape = (int(x.shape[0]), int(x.shape[1]))
+    granularity = check_granularity(granularity, shape)
+    if _use_torch(x, backend):
+        qp = choose_qparams(x, granularity, bits, symmetric=symmetric, clip_search=clip_search, backend="torch")
+        x_hat = _torch_dequant(_torch_codes(x, qp), qp)
+        import torch
+
+        d = x_hat.double() - x.double()
+        stats = Stats(float((d * d).sum()), float((x.double() ** 2).sum()), float(d.abs().max()), x.numel())
+        return x_hat, stats
+    import kernels_numba as kn
+
+    x_hat, st = kn.fake_quantize(
+        _as_f32_numpy(x), bits, _kernel_group(granularity), symmetric=bool(symmetric), clip_search=bool(clip_search)
+    )
+    stats = Stats(st.sse, st.signal, st.max_abs_err, st.n)
+    if _is_torch(x):
+        import torch
+
+        x_hat = torch.from_numpy(x_hat).to(x.device)
+    return x_hat, stats
+
+
+# --------------------------------------------------------------------------- torch path
+
+
+def _round_f16(v: Any) -> Any:
+    """Round non-negative float64 values to the nearest float16 value (ties to even), exactly."""
+    import torch
+
+    m, e = torch.frexp(v)  # v = m * 2**e, 0.5 <= m < 1
+    s = torch.clamp(e - 11, min=-24).to(torch.float64)
+    r = torch.round(v * torch.pow(2.0, -s)) * torch.pow(2.0, s)
+    return torch.where(v == 0, torch.zeros_like(v), r)
+
+
+def _store_scale(scale64: Any) -> Any:
+    import torch
+
+    r = _round_f16(scale64)
+    r = torch.where(r == 0, torch.full_like(r, F16_MIN_SUBNORMAL), r)
+    r = torch.where(scale64 == 0, torch.ones_like(r), r)
+    if bool((r > F16_MAX).any()):
+        raise ValueError(
+            f"The tensor has values up to |x| = {float(scale64.max()):.3g} x 2**bits, which need a scale above "
+            f"float16's maximum {F16_MAX:g}. Rescale the tensor before quantizing."
+        )
+    return r
+
+
+def _groups(x: Any, g: Granularity) -> Any:
+    """View ``x [rows, cols]`` as ``[rows', n_groups, group]`` for the granularity."""
+    rows, cols = x.shape
+    if isinstance(g, PerTensor):
+        return x.reshape(1, 1, rows * cols)
+    size = cols if isinstance(g, PerChannel) else g.size
+    return x.reshape(rows, cols // size, size)
+
+
+def _params_from_range(lo: Any, hi: Any, ratio: float, bits: int, symmetric: bool) -> tuple[Any, Any]:
+    import torch
+
+    lo64, hi64 = lo.double() * ratio, hi.double() * ratio
+    if symmetric:
+        half = 1 << (bits - 1)
+        scale = _store_scale(torch.maximum(-lo64, hi64) / (half - 1))
+        return scale, torch.full_like(scale, float(half))
+    qmax = (1 << bits) - 1
+    scale = _store_scale((hi64 - lo64) / qmax)
+    zero = torch.clamp(torch.round(-lo64 / scale), 0, qmax)
+    return scale, zero
+
+
+def _codes_grouped(xg: Any, scale: Any, zero: Any, qmin: int, qmax: int) -> Any:
+    import torch
+
+    s32 = scale.float().unsqueeze(-1)
+    inv = 1.0 / s32
+    z32 = zero.float().unsqueeze(-1)
+    return torch.clamp(torch.round(xg * inv) + z32, qmin, qmax)  # float32 codes
+
+
+def _torch_qparams(x: Any, g: Granularity, bits: int, symmetric: bool, clip_search: bool) -> tuple[Any, Any]:
+    import torch
+
+    xg = _groups(x.float(), g)  # [rows', n_groups, group]
+    zero_t = torch.zeros((), dtype=xg.dtype, device=xg.device)
+    lo = torch.minimum(xg.amin(-1), zero_t)
+    hi = torch.maximum(xg.amax(-1), zero_t)
+    qmin, qmax = (1 if symmetric else 0), (1 << bits) - 1
+    scale, zero = _params_from_range(lo, hi, 1.0, bits, symmetric)
+    if clip_search:
+        best = None
+        for ratio in CLIP_RATIOS:
+            s_k, z_k = _params_from_range(lo, hi, float(ratio), bits, symmetric)
+            q = _codes_grouped(xg, s_k, z_k, qmin, qmax)
+            d = ((q - z_k.float().unsqueeze(-1)) * s_k.float().unsqueeze(-1)).double() - xg.double()
+            err = (d * d).sum(-1)  # [rows', n_groups]
+            if isinstance(g, PerTensor):
+                err = err.sum().reshape(1, 1)
+            if best is None:
+                best, scale, zero = err, s_k, z_k
+            else:
+                better = err < best
+                best = torch.where(better, err, best)
+                scale = torch.where(better, s_k, scale)
+                zero = torch.where(better, z_k, zero)
+    return scale.float(), zero.to(torch.uint8)
+
+
+def _torch_codes(x: Any, qp: QParams) -> Any:
+    import torch
+
+    xg = _groups(x.float(), qp.granularity)
+    q = _codes_grouped(xg, qp.scale, qp.zero, qp.qmin, qp.qmax)
+    return q.reshape(qp.shape).to(torch.uint8)
+
+
+def _torch_dequant(codes: Any, qp: QParams) -> Any:
+    cg = _groups(codes.float(), qp.granularity)
+    x_hat = (cg - qp.zero.float().unsqueeze(-1)) * qp.scale.float().unsqueeze(-1)
+    return x_hat.reshape(qp.shape)
