@@ -1,0 +1,100 @@
+"""Pieces shared by several kernels: error statistics and float16 scale rounding."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+F16_MAX = 65504.0
+F16_MIN_SUBNORMAL = 2.0**-24  # smallest positive float16
+F32_MIN_NORMAL = 2.0**-126  # smallest normal float32; 1/scale stays finite above it
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Reconstruction error of a quantizer, accumulated in float64 in the kernel pass.
+
+    Attributes
+    ----------
+    sse : float
+        Sum of squared errors, ``sum((x_hat - x)**2)``.
+    signal : float
+        Signal energy, ``sum(x**2)``.
+    max_abs_err : float
+        ``max(|x_hat - x|)``.
+    n : int
+        Number of elements.
+    """
+
+    sse: float
+    signal: float
+    max_abs_err: float
+    n: int
+
+    @property
+    def mse(self) -> float:
+        """Mean squared error, ``sse / n`` (0.0 for an empty input)."""
+        return self.sse / self.n if self.n else 0.0
+
+    @property
+    def sqnr_db(self) -> float:
+        """Signal-to-quantization-noise ratio ``10*log10(signal/sse)`` in dB (+inf when sse == 0)."""
+        if self.sse == 0.0:
+            return math.inf
+        if self.signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal / self.sse)
+
+
+def error_stats(sse, signal, max_abs_err, n: int) -> ErrorStats:
+    """Build an :class:`ErrorStats` from per-row partial sums (arrays or scalars)."""
+    return ErrorStats(
+        sse=float(np.sum(sse, dtype=np.float64)),
+        signal=float(np.sum(signal, dtype=np.float64)),
+        max_abs_err=float(np.max(max_abs_err)) if np.size(max_abs_err) else 0.0,
+        n=int(n),
+    )
+
+
+@njit(cache=True)
+def round_to_f16(v):
+    """Round a non-negative float64 to the nearest float16 value (ties to even).
+
+    Returns ``inf`` past float16's range (>= 65520) and handles float16
+    subnormals (spacing 2**-24). Equal to ``np.float16(v)`` for every finite v >= 0.
+    """
+    if v == 0.0:
+        return 0.0
+    m, e = math.frexp(v)  # v = m * 2**e, 0.5 <= m < 1
+    s = e - 11  # float16 keeps 11 significant bits
+    if s < -24:  # subnormal range: fixed spacing 2**-24
+        s = -24
+    r = math.ldexp(np.rint(math.ldexp(v, -s)), s)
+    if r > F16_MAX:
+        return np.inf
+    return r
+
+
+@njit(cache=True)
+def store_scale(scale, f16):
+    """Round a positive float64 scale to its storage dtype; never returns 0 or NaN.
+
+    A zero scale (all-zero group) becomes 1.0, so codes equal the zero point and
+    dequantize to exactly 0. A scale below the storage dtype's smallest usable
+    value is raised to it. Returns +inf when a float16 scale overflows (the
+    wrapper reports it).
+    """
+    if scale == 0.0:
+        return 1.0
+    if f16:
+        r = round_to_f16(scale)
+        if r == 0.0:
+            r = F16_MIN_SUBNORMAL
+        return r
+    r = np.float64(np.float32(scale))
+    if r < F32_MIN_NORMAL:
+        r = F32_MIN_NORMAL
+    return r

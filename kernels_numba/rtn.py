@@ -1,0 +1,679 @@
+"""Round-to-nearest (RTN) affine quantization, 2 to 8 bits.
+
+The trio ``choose_qparams`` / ``quantize`` / ``dequantize`` sits side by side
+(STYLE rule 2), followed by the fused one-pass kernels ``fake_quantize`` and
+``quantize_with_stats``, which also accumulate the reconstruction error.
+
+Conventions (identical to ``torch.fake_quantize_per_channel_affine`` given the
+same scale and zero point):
+
+* codes are ``uint8`` in ``[qmin, qmax]``; ``x_hat = (code - zero) * scale``;
+* ``code = clamp(rint(x * (1/scale)) + zero, qmin, qmax)`` in float32, where
+  ``1/scale`` is a float32 reciprocal (as torch computes it) and ``rint``
+  rounds half to even;
+* **asymmetric**: ``lo = min(x_min, 0)``, ``hi = max(x_max, 0)``,
+  ``scale = (hi - lo) / (2**bits - 1)``, ``zero = clamp(rint(-lo / scale), 0, qmax)``,
+  ``qmin = 0``, ``qmax = 2**bits - 1``. Zero is always exactly representable;
+* **symmetric** (restricted range): ``scale = max(|x|) / (2**(bits-1) - 1)``,
+  ``zero = 2**(bits-1)``, ``qmin = 1``, ``qmax = 2**bits - 1``, so the levels
+  are ``-(2**(bits-1)-1) .. 2**(bits-1)-1`` times ``scale`` and code 0 is unused;
+* scales are computed in float64 then rounded once to the nearest value of the
+  storage dtype (float16 by default, so each scale costs 2 bytes; zero points
+  cost 1). An all-zero group gets ``scale = 1`` (it dequantizes to exactly 0);
+  a float16 scale that would underflow is raised to ``2**-24``; one that would
+  overflow float16 is an error (use ``scale_dtype=np.float32``).
+
+Granularity (``group_size``): ``None`` -> one scale per row (per output
+channel), scale shape ``[rows, 1]``; an int dividing ``cols`` -> groups of
+consecutive columns, scale shape ``[rows, cols // group_size]``; ``"tensor"``
+-> one scale for the whole tensor, scale shape ``[1, 1]``.
+
+``clip_search=True`` tries shrinking the range by each ratio of
+``CLIP_RATIOS`` (1.0 down to 0.5 in 21 steps) per group and keeps the one with
+the least squared error (the first, i.e. widest, on ties).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from ._checks import PER_TENSOR, check_array, check_bits, raise_nonfinite, resolve_group_size
+from ._bits import ABS_MASK, I32, all_finite, bits_f32, f32_bits, lohi_finite
+from ._common import F16_MAX, ErrorStats, error_stats, store_scale
+
+__all__ = [
+    "CLIP_RATIOS",
+    "PER_TENSOR",
+    "QParams",
+    "choose_qparams",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "quantize_with_stats",
+]
+
+CLIP_RATIOS = np.linspace(1.0, 0.5, 21)  # [n_ratios] float64, widest first
+_NO_CLIP = np.ones(1)  # [1]
+
+# "reassoc" lets the float64 error sums vectorise. The code and x_hat arithmetic has no
+# reduction, so it is unaffected: every code and x_hat is bit-identical to strict IEEE.
+# No "arcp"/"afn"/"contract": they would change rounding.
+_FASTMATH = {"reassoc"}
+
+
+# ----------------------------------------------------------------------------- JIT helpers
+# Helpers take 1-D slices starting at index 0 so that LLVM sees non-negative indices and
+# vectorises (a loop over range(c0, c1) keeps Numba's negative-index wraparound check).
+
+
+@njit(cache=True)
+def _qrange(bits, symmetric):
+    qmax = (1 << bits) - 1
+    qmin = 1 if symmetric else 0
+    return qmin, qmax
+
+
+@njit(cache=True)
+def _params(lo, hi, ratio, bits, symmetric, f16):
+    """Scale (float64, storage-rounded) and zero point for the range [lo*ratio, hi*ratio]."""
+    lo64 = np.float64(lo) * ratio
+    hi64 = np.float64(hi) * ratio
+    if symmetric:
+        half = 1 << (bits - 1)
+        amax = max(-lo64, hi64)
+        scale = store_scale(amax / (half - 1), f16)
+        return scale, np.float64(half)
+    qmax = (1 << bits) - 1
+    scale = store_scale((hi64 - lo64) / qmax, f16)
+    zero = min(max(np.rint(-lo64 / scale), 0.0), np.float64(qmax))
+    return scale, zero
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _sse(xs, scale, zero, qmin, qmax):
+    """Squared error of quantizing the 1-D slice xs with (scale, zero); writes nothing."""
+    s32 = np.float32(scale)
+    inv = np.float32(1.0) / s32
+    z32 = np.float32(zero)
+    lo32 = np.float32(qmin)
+    hi32 = np.float32(qmax)
+    sse = 0.0
+    for j in range(xs.shape[0]):
+        v = xs[j]
+        q = min(max(np.rint(v * inv) + z32, lo32), hi32)
+        d = np.float64((q - z32) * s32) - np.float64(v)
+        sse += d * d
+    return sse
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _apply_xhat(xs, ys, scale, zero, qmin, qmax):
+    """x_hat of the 1-D slice xs into ys; returns (sse, signal, max |err| as float32 bits)."""
+    s32 = np.float32(scale)
+    inv = np.float32(1.0) / s32
+    z32 = np.float32(zero)
+    lo32 = np.float32(qmin)
+    hi32 = np.float32(qmax)
+    sse = 0.0
+    sig = 0.0
+    mx = I32(0)
+    for j in range(xs.shape[0]):
+        v = xs[j]
+        q = min(max(np.rint(v * inv) + z32, lo32), hi32)
+        xh = (q - z32) * s32
+        ys[j] = xh
+        v64 = np.float64(v)
+        d = np.float64(xh) - v64
+        sse += d * d
+        sig += v64 * v64
+        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
+    return sse, sig, mx
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _apply_codes(xs, cs, scale, zero, qmin, qmax):
+    """Codes of the 1-D slice xs into cs; returns (sse, signal, max |err| as float32 bits)."""
+    s32 = np.float32(scale)
+    inv = np.float32(1.0) / s32
+    z32 = np.float32(zero)
+    lo32 = np.float32(qmin)
+    hi32 = np.float32(qmax)
+    sse = 0.0
+    sig = 0.0
+    mx = I32(0)
+    for j in range(xs.shape[0]):
+        v = xs[j]
+        q = min(max(np.rint(v * inv) + z32, lo32), hi32)
+        cs[j] = np.uint8(q)
+        xh = (q - z32) * s32
+        v64 = np.float64(v)
+        d = np.float64(xh) - v64
+        sse += d * d
+        sig += v64 * v64
+        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
+    return sse, sig, mx
+
+
+@njit(cache=True)
+def _best_params(xs, lo, hi, ratios, bits, symmetric, f16):
+    """Scale and zero for one group, searching the clip ratios when there is more than one."""
+    qmin, qmax = _qrange(bits, symmetric)
+    scale, zero = _params(lo, hi, ratios[0], bits, symmetric, f16)
+    if ratios.shape[0] > 1:
+        best = _sse(xs, scale, zero, qmin, qmax)
+        for k in range(1, ratios.shape[0]):
+            s_k, z_k = _params(lo, hi, ratios[k], bits, symmetric, f16)
+            e_k = _sse(xs, s_k, z_k, qmin, qmax)
+            if e_k < best:
+                best = e_k
+                scale = s_k
+                zero = z_k
+    return scale, zero
+
+
+# Output modes of the kernels: what the pass writes besides scale/zero and the error sums.
+_WRITE_NOTHING = 0
+_WRITE_CODES = 1
+_WRITE_XHAT = 2
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True, parallel=True)
+def _fused_kernel(x, group_size, bits, symmetric, f16, ratios, mode, codes, xhat,
+                  scale, zero, sse, maxerr, signal, bad):
+    # x [rows, cols] float32
+    # codes [rows, cols] uint8 (mode 1) or [0, 0]; xhat [rows, cols] float32 (mode 2) or [0, 0]
+    # scale [rows, n_groups] float32; zero [rows, n_groups] uint8
+    # sse, maxerr, signal [rows] float64; bad [rows] uint8 (1 where a NaN/Inf was met)
+    rows, cols = x.shape
+    n_groups = cols // group_size
+    qmin, qmax = _qrange(bits, symmetric)
+    for r in prange(rows):
+        row_sse = 0.0
+        row_sig = 0.0
+        row_mx = I32(0)
+        for g in range(n_groups):
+            c0 = g * group_size
+            c1 = c0 + group_size
+            xs = x[r, c0:c1]  # [group_size]
+            lo, hi, finite = lohi_finite(xs)
+            if not finite:
+                bad[r] = 1
+                scale[r, g] = 1.0
+                zero[r, g] = 0
+                continue
+            s, z = _best_params(xs, lo, hi, ratios, bits, symmetric, f16)
+            scale[r, g] = s
+            zero[r, g] = np.uint8(z)
+            if mode == _WRITE_CODES:
+                e, sg, m = _apply_codes(xs, codes[r, c0:c1], s, z, qmin, qmax)
+            elif mode == _WRITE_XHAT:
+                e, sg, m = _apply_xhat(xs, xhat[r, c0:c1], s, z, qmin, qmax)
+            else:
+                continue
+            row_sse += e
+            row_sig += sg
+            row_mx = I32(max(row_mx, m))
+        sse[r] = row_sse
+        signal[r] = row_sig
+        maxerr[r] = bits_f32(row_mx)
+
+
+@njit(cache=True, parallel=True)
+def _apply_kernel(x, group_size, scale, zero, qmin, qmax, mode, codes, xhat,
+                  sse, maxerr, signal, bad):
+    # x [rows, cols] float32; scale [rows, n_groups] float32; zero like scale, uint8
+    # outputs as in _fused_kernel
+    rows, cols = x.shape
+    n_groups = cols // group_size
+    for r in prange(rows):
+        row_sse = 0.0
+        row_sig = 0.0
+        row_mx = I32(0)
+        for g in range(n_groups):
+            c0 = g * group_size
+            c1 = c0 + group_size
+            xs = x[r, c0:c1]  # [group_size]
+            if not all_finite(xs):
+                bad[r] = 1
+                continue
+            s = np.float64(scale[r, g])
+            z = np.float64(zero[r, g])
+            if mode == _WRITE_CODES:
+                e, sg, m = _apply_codes(xs, codes[r, c0:c1], s, z, qmin, qmax)
+            else:
+                e, sg, m = _apply_xhat(xs, xhat[r, c0:c1], s, z, qmin, qmax)
+            row_sse += e
+            row_sig += sg
+            row_mx = I32(max(row_mx, m))
+        sse[r] = row_sse
+        signal[r] = row_sig
+        maxerr[r] = bits_f32(row_mx)
+
+
+@njit(cache=True, parallel=True)
+def _row_lohi_kernel(x, lo, hi, bad):
+    # x [rows, cols] float32 -> lo, hi [rows] float32 (0 included), bad [rows] uint8
+    rows = x.shape[0]
+    for r in prange(rows):
+        a, b, finite = lohi_finite(x[r])
+        lo[r] = a
+        hi[r] = b
+        bad[r] = 0 if finite else 1
+
+
+@njit(cache=True, parallel=True)
+def _tensor_clip_sse_kernel(x, lo, hi, ratios, bits, symmetric, f16, out):
+    # x [rows, cols] float32; out [rows, n_ratios] float64: per-row SSE of each clip ratio
+    rows = x.shape[0]
+    qmin, qmax = _qrange(bits, symmetric)
+    for r in prange(rows):
+        for k in range(ratios.shape[0]):
+            s, z = _params(lo, hi, ratios[k], bits, symmetric, f16)
+            out[r, k] = _sse(x[r], s, z, qmin, qmax)
+
+
+@njit(cache=True, parallel=True)
+def _dequant_kernel(codes, group_size, scale, zero, out):
+    # codes [rows, cols] uint8; scale [rows, n_groups] float32; zero like scale; out [rows, cols]
+    rows, cols = codes.shape
+    n_groups = cols // group_size
+    for r in prange(rows):
+        for g in range(n_groups):
+            s = scale[r, g]
+            z = np.float32(zero[r, g])
+            cs = codes[r, g * group_size:(g + 1) * group_size]
+            ys = out[r, g * group_size:(g + 1) * group_size]
+            for j in range(cs.shape[0]):
+                ys[j] = (np.float32(cs[j]) - z) * s
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True, eq=False)
+class QParams:
+    """Quantization parameters of an RTN-quantized 2-D array.
+
+    Attributes
+    ----------
+    scale : np.ndarray
+        float32 ``[rows, n_groups]`` (``[1, 1]`` per tensor); every value is exactly
+        representable in ``scale_dtype``.
+    zero : np.ndarray
+        uint8 zero points, same shape as ``scale`` (``2**(bits-1)`` when symmetric).
+    bits : int
+        Code width, 2 to 8.
+    symmetric : bool
+        Restricted symmetric range (codes ``1 .. 2**bits - 1``) or asymmetric (``0 .. 2**bits - 1``).
+    group_size : int | None | str
+        As passed: ``None`` per row, an int per group of columns, ``"tensor"`` per tensor.
+    shape : tuple[int, int]
+        ``(rows, cols)`` of the array the parameters were chosen for.
+    scale_dtype : str
+        ``"float16"`` or ``"float32"``: the storage precision of ``scale``.
+    """
+
+    scale: np.ndarray  # [rows, n_groups] float32
+    zero: np.ndarray  # [rows, n_groups] uint8
+    bits: int
+    symmetric: bool
+    group_size: int | None | str
+    shape: tuple[int, int]
+    scale_dtype: str = "float16"
+
+    @property
+    def qmin(self) -> int:
+        """Smallest code used."""
+        return 1 if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        """Largest code, ``2**bits - 1``."""
+        return (1 << self.bits) - 1
+
+    @property
+    def columns_per_group(self) -> int:
+        """Number of consecutive columns that share one scale."""
+        return self.shape[1] // self.scale.shape[1]
+
+    @property
+    def overhead_nbytes(self) -> int:
+        """Bytes to store the parameters: 2 (or 4) per scale, 1 per zero point (0 if symmetric)."""
+        per_scale = 2 if self.scale_dtype == "float16" else 4
+        return self.scale.size * per_scale + (0 if self.symmetric else self.zero.size)
+
+
+def _check_scale_dtype(scale_dtype) -> bool:
+    """Return True for float16 storage, False for float32."""
+    try:
+        dt = np.dtype(scale_dtype)
+    except TypeError as err:
+        raise TypeError(
+            f"scale_dtype={scale_dtype!r} is not a dtype: expected np.float16 or np.float32."
+        ) from err
+    if dt not in (np.float16, np.float32):
+        raise ValueError(
+            f"scale_dtype={dt.name} is not supported: expected np.float16 (2 bytes per scale) "
+            f"or np.float32 (4 bytes, for tensors whose range overflows float16)."
+        )
+    return dt == np.float16
+
+
+def _check_common(x, bits, group_size, symmetric, clip_search):
+    x = check_array(x, "x", dtype=np.float32, ndim=2)  # [rows, cols]
+    bits = check_bits(bits)
+    rows, cols = x.shape
+    if rows == 0 or cols == 0:
+        raise ValueError(f"x has shape {x.shape}: expected at least one row and one column.")
+    gs, per_tensor = resolve_group_size(group_size, rows, cols)
+    for name, flag in (("symmetric", symmetric), ("clip_search", clip_search)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {flag!r}.")
+    return x, bits, gs, per_tensor
+
+
+def _raise_scale_overflow(x, scale):
+    amax = float(np.max(np.abs(x)))
+    raise ValueError(
+        f"x has values up to |x| = {amax:.3g}, which need a quantization scale above "
+        f"float16's maximum {F16_MAX:g}; expected a tensor whose scales fit float16. Pass "
+        f"scale_dtype=np.float32 (4 bytes per scale) or rescale the tensor first."
+    )
+
+
+def _tensor_params(x, bits, symmetric, clip_search, f16):
+    """Per-tensor scale/zero as [1, 1] arrays (two passes: min/max, then optional clip search)."""
+    rows = x.shape[0]
+    lo = np.empty(rows, np.float32)
+    hi = np.empty(rows, np.float32)
+    bad = np.zeros(rows, np.uint8)
+    _row_lohi_kernel(x, lo, hi, bad)
+    if bad.any():
+        raise_nonfinite(x, "x")
+    glo, ghi = lo.min(), hi.max()
+    ratios = CLIP_RATIOS if clip_search else _NO_CLIP
+    k = 0
+    if clip_search:
+        per_row = np.empty((rows, ratios.size), np.float64)  # [rows, n_ratios]
+        _tensor_clip_sse_kernel(x, glo, ghi, ratios, bits, symmetric, f16, per_row)
+        k = int(np.argmin(per_row.sum(axis=0)))  # first minimum = widest range on ties
+    s, z = _params_py(glo, ghi, ratios[k], bits, symmetric, f16)
+    scale = np.full((1, 1), s, np.float32)
+    zero = np.full((1, 1), z, np.uint8)
+    if not np.isfinite(scale).all():
+        _raise_scale_overflow(x, scale)
+    return scale, zero
+
+
+@njit(cache=True)
+def _params_py(lo, hi, ratio, bits, symmetric, f16):
+    return _params(lo, hi, ratio, bits, symmetric, f16)
+
+
+def _run_fused(x, bits, gs, symmetric, clip_search, f16, mode, codes, xhat):
+    rows, cols = x.shape
+    n_groups = cols // gs
+    scale = np.empty((rows, n_groups), np.float32)  # [rows, n_groups]
+    zero = np.empty((rows, n_groups), np.uint8)
+    sse = np.empty(rows, np.float64)
+    maxerr = np.empty(rows, np.float64)
+    signal = np.empty(rows, np.float64)
+    bad = np.zeros(rows, np.uint8)
+    _fused_kernel(x, gs, bits, bool(symmetric), f16, CLIP_RATIOS if clip_search else _NO_CLIP,
+                  mode, codes, xhat, scale, zero, sse, maxerr, signal, bad)
+    if bad.any():
+        raise_nonfinite(x, "x")
+    if not np.isfinite(scale).all():
+        _raise_scale_overflow(x, scale)
+    return scale, zero, error_stats(sse, signal, maxerr, x.size)
+
+
+def _full_rows(a, rows):
+    """Broadcast a [1, n_groups] per-tensor parameter to [rows, n_groups] for the kernels."""
+    return np.ascontiguousarray(np.broadcast_to(a, (rows, a.shape[1])))
+
+
+def _run_apply(x, gs, scale, zero, qmin, qmax, mode, codes, xhat):
+    rows = x.shape[0]
+    scale, zero = _full_rows(scale, rows), _full_rows(zero, rows)
+    sse = np.empty(rows, np.float64)
+    maxerr = np.empty(rows, np.float64)
+    signal = np.empty(rows, np.float64)
+    bad = np.zeros(rows, np.uint8)
+    _apply_kernel(x, gs, scale, zero, qmin, qmax, mode, codes, xhat, sse, maxerr, signal, bad)
+    if bad.any():
+        raise_nonfinite(x, "x")
+    return error_stats(sse, signal, maxerr, x.size)
+
+
+_EMPTY_U8 = np.empty((0, 0), np.uint8)
+_EMPTY_F32 = np.empty((0, 0), np.float32)
+
+
+def choose_qparams(x, bits, group_size=None, symmetric=False, clip_search=False,
+                   scale_dtype=np.float16) -> QParams:
+    """Choose RTN scales and zero points for a 2-D float32 array.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        float32 ``[rows, cols]``, finite. Not modified.
+    bits : int
+        Code width, 2 to 8.
+    group_size : None, int or "tensor"
+        ``None``: one scale per row; an int dividing ``cols``: one scale per group
+        of that many consecutive columns; ``"tensor"``: one scale in all.
+    symmetric : bool
+        Restricted symmetric range around zero, or an asymmetric range with a zero point.
+    clip_search : bool
+        Search shrink ratios in ``CLIP_RATIOS`` per group for the least squared error.
+    scale_dtype : np.float16 or np.float32
+        Storage precision the scales are rounded to.
+
+    Returns
+    -------
+    QParams
+        ``scale`` and ``zero`` of shape ``[rows, n_groups]`` (``[1, 1]`` per tensor).
+
+    Examples
+    --------
+    >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    >>> qp = choose_qparams(x, bits=4)
+    >>> float(qp.scale[0, 0]), int(qp.zero[0, 0])
+    (0.2000732421875, 5)
+    """
+    x, bits, gs, per_tensor = _check_common(x, bits, group_size, symmetric, clip_search)
+    f16 = _check_scale_dtype(scale_dtype)
+    if per_tensor:
+        scale, zero = _tensor_params(x, bits, symmetric, clip_search, f16)
+    else:
+        scale, zero, _ = _run_fused(x, bits, gs, symmetric, clip_search, f16, _WRITE_NOTHING,
+                                   _EMPTY_U8, _EMPTY_F32)
+    return QParams(scale, zero, bits, bool(symmetric), group_size, x.shape,
+                   "float16" if f16 else "float32")
+
+
+def _check_qparams(qparams, shape, name="x"):
+    if not isinstance(qparams, QParams):
+        raise TypeError(
+            f"qparams must be a QParams from choose_qparams(), got {type(qparams).__name__}."
+        )
+    if tuple(shape) != tuple(qparams.shape):
+        raise ValueError(
+            f"{name} has shape {tuple(shape)} but qparams were chosen for shape {qparams.shape}; "
+            f"call choose_qparams on an array of this shape."
+        )
+    return qparams.columns_per_group
+
+
+def quantize(x, qparams: QParams) -> np.ndarray:
+    """Quantize a float32 array to uint8 codes with given parameters.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        float32 ``[rows, cols]``, finite, of the shape ``qparams`` were chosen for.
+    qparams : QParams
+        From :func:`choose_qparams`.
+
+    Returns
+    -------
+    np.ndarray
+        uint8 codes ``[rows, cols]`` in ``[qparams.qmin, qparams.qmax]``.
+
+    Examples
+    --------
+    >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    >>> quantize(x, choose_qparams(x, bits=4))
+    array([[ 0,  5,  7, 15]], dtype=uint8)
+    """
+    x = check_array(x, "x", dtype=np.float32, ndim=2)  # [rows, cols]
+    gs = _check_qparams(qparams, x.shape)
+    codes = np.empty(x.shape, np.uint8)  # [rows, cols]
+    _run_apply(x, gs, qparams.scale, qparams.zero, qparams.qmin, qparams.qmax, _WRITE_CODES,
+               codes, _EMPTY_F32)
+    return codes
+
+
+def dequantize(codes, qparams: QParams, out=None) -> np.ndarray:
+    """Map uint8 codes back to float32: ``x_hat = (code - zero) * scale``.
+
+    Parameters
+    ----------
+    codes : np.ndarray
+        uint8 ``[rows, cols]``, each at most ``qparams.qmax``.
+    qparams : QParams
+        The parameters the codes were made with.
+    out : np.ndarray, optional
+        float32 C-contiguous ``[rows, cols]`` to write into.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[rows, cols]``.
+
+    Examples
+    --------
+    >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    >>> qp = choose_qparams(x, bits=4)
+    >>> dequantize(quantize(x, qp), qp)
+    array([[-1.0003662,  0.       ,  0.4001465,  2.0007324]], dtype=float32)
+    """
+    codes = check_array(codes, "codes", dtype=np.uint8, ndim=2)  # [rows, cols]
+    gs = _check_qparams(qparams, codes.shape, "codes")
+    top = int(codes.max()) if codes.size else 0
+    if top > qparams.qmax:
+        raise ValueError(
+            f"codes contain {top}, above the largest {qparams.bits}-bit code {qparams.qmax}; "
+            f"expected codes from quantize() with these qparams. Check that bits matches."
+        )
+    out = _check_out(out, codes.shape)
+    rows = codes.shape[0]
+    _dequant_kernel(codes, gs, _full_rows(qparams.scale, rows), _full_rows(qparams.zero, rows), out)
+    return out
+
+
+def _check_out(out, shape):
+    if out is None:
+        return np.empty(shape, np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise TypeError(
+            f"out must be a float32 numpy array, got "
+            f"{getattr(out, 'dtype', type(out).__name__)}; allocate it with "
+            f"np.empty({tuple(shape)}, np.float32)."
+        )
+    if out.shape != tuple(shape) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(
+            f"out must be a writeable C-contiguous float32 array of shape {tuple(shape)}, got "
+            f"shape {out.shape} (contiguous={out.flags.c_contiguous}, "
+            f"writeable={out.flags.writeable}); allocate it with np.empty({tuple(shape)}, np.float32)."
+        )
+    return out
+
+
+def fake_quantize(x, bits, group_size=None, symmetric=False, clip_search=False, out=None,
+                  scale_dtype=np.float16) -> tuple[np.ndarray, ErrorStats]:
+    """Quantize and dequantize in one pass, accumulating the error in the same pass.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        float32 ``[rows, cols]``, finite. Not modified.
+    bits, group_size, symmetric, clip_search, scale_dtype
+        As in :func:`choose_qparams`.
+    out : np.ndarray, optional
+        float32 C-contiguous ``[rows, cols]`` for ``x_hat``; it may be ``x`` itself only if you
+        mean to overwrite it. If an error is raised its contents are unspecified.
+
+    Returns
+    -------
+    x_hat : np.ndarray
+        float32 ``[rows, cols]``, equal to ``dequantize(quantize(x, qp), qp)``.
+    stats : ErrorStats
+        ``sse``, ``signal``, ``max_abs_err`` and the derived ``mse`` and ``sqnr_db``.
+
+    Examples
+    --------
+    >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    >>> x_hat, st = fake_quantize(x, bits=4)
+    >>> round(st.sqnr_db, 1)
+    77.1
+    """
+    x, bits, gs, per_tensor = _check_common(x, bits, group_size, symmetric, clip_search)
+    f16 = _check_scale_dtype(scale_dtype)
+    out = _check_out(out, x.shape)
+    if per_tensor:
+        scale, zero = _tensor_params(x, bits, symmetric, clip_search, f16)
+        qmin = 1 if symmetric else 0
+        stats = _run_apply(x, gs, scale, zero, qmin, (1 << bits) - 1, _WRITE_XHAT, _EMPTY_U8, out)
+    else:
+        _, _, stats = _run_fused(x, bits, gs, symmetric, clip_search, f16, _WRITE_XHAT,
+                                 _EMPTY_U8, out)
+    return out, stats
+
+
+def quantize_with_stats(x, bits, group_size=None, symmetric=False, clip_search=False,
+                        scale_dtype=np.float16) -> tuple[np.ndarray, QParams, ErrorStats]:
+    """Choose parameters, quantize and measure the error in one fused pass.
+
+    Parameters
+    ----------
+    x, bits, group_size, symmetric, clip_search, scale_dtype
+        As in :func:`choose_qparams`.
+
+    Returns
+    -------
+    codes : np.ndarray
+        uint8 ``[rows, cols]``.
+    qparams : QParams
+        ``scale`` and ``zero``, ``[rows, n_groups]``.
+    stats : ErrorStats
+        Error of ``dequantize(codes, qparams)`` against ``x``.
+
+    Examples
+    --------
+    >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    >>> codes, qp, st = quantize_with_stats(x, bits=4)
+    >>> codes
+    array([[ 0,  5,  7, 15]], dtype=uint8)
+    """
+    x, bits, gs, per_tensor = _check_common(x, bits, group_size, symmetric, clip_search)
+    f16 = _check_scale_dtype(scale_dtype)
+    codes = np.empty(x.shape, np.uint8)  # [rows, cols]
+    if per_tensor:
+        scale, zero = _tensor_params(x, bits, symmetric, clip_search, f16)
+        qmin = 1 if symmetric else 0
+        stats = _run_apply(x, gs, scale, zero, qmin, (1 << bits) - 1, _WRITE_CODES, codes,
+                           _EMPTY_F32)
+    else:
+        scale, zero, stats = _run_fused(x, bits, gs, symmetric, clip_search, f16, _WRITE_CODES,
+                                        codes, _EMPTY_F32)
+    qp = QParams(scale, zero, bits, bool(symmetric), group_size, x.shape,
+                 "float16" if f16 else "float32")
+    return codes, qp, stats
