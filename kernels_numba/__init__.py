@@ -1,11 +1,29 @@
 """Numba-JIT numeric kernels for qviz: numpy arrays in, numpy arrays out.
 
 No torch import anywhere in this package. Each public function checks its
-arguments in Python, then runs a ``@njit(cache=True)`` kernel that loops over
-rows or blocks writing into an output array.
+arguments in Python, then runs an ``@njit(cache=True)`` kernel that loops over
+rows or blocks writing into an output array (numbagg style).
+
+Modules
+-------
+rtn     round-to-nearest affine quantization, 2-8 bits, with fused error statistics
+pack    bit packing of 2-8 bit codes
+nf4     bitsandbytes-identical NF4/FP4 blockwise formats
+stats   streaming per-channel activation statistics
+gemv    batch-1 INT4/INT8 matrix-vector products on packed weights
 """
 
 from ._common import ErrorStats
+from .gemv import gemv_int4, gemv_int8
+from .nf4 import (
+    codebook_4bit,
+    dequantize_4bit,
+    fake_quantize_4bit,
+    pack_4bit,
+    quantize_4bit,
+    unpack_4bit,
+)
+from .pack import pack, packed_nbytes, unpack
 from .rtn import (
     CLIP_RATIOS,
     PER_TENSOR,
@@ -16,15 +34,45 @@ from .rtn import (
     quantize,
     quantize_with_stats,
 )
+from .stats import (
+    ChannelStats,
+    ChannelSummary,
+    finalize_channel_stats,
+    merge_channel_stats,
+    new_channel_stats,
+    update_channel_stats,
+)
 
 __all__ = [
+    # rtn
     "CLIP_RATIOS",
     "PER_TENSOR",
     "ErrorStats",
     "QParams",
     "choose_qparams",
+    "quantize",
     "dequantize",
     "fake_quantize",
-    "quantize",
     "quantize_with_stats",
+    # pack
+    "pack",
+    "unpack",
+    "packed_nbytes",
+    # nf4 / fp4
+    "codebook_4bit",
+    "quantize_4bit",
+    "dequantize_4bit",
+    "fake_quantize_4bit",
+    "pack_4bit",
+    "unpack_4bit",
+    # stats
+    "ChannelStats",
+    "ChannelSummary",
+    "new_channel_stats",
+    "update_channel_stats",
+    "merge_channel_stats",
+    "finalize_channel_stats",
+    # gemv
+    "gemv_int4",
+    "gemv_int8",
 ]
