@@ -396,7 +396,7 @@ def capture(
             out[i, : channels[name]] = finals[name][key]
         return out
 
-    hist = np.zeros((len(names), width, n_bins), dtype=np.int64)
+    hist = np.zeros((len(names), width, n_bins), dtype=np.int32)
     w_in = np.full((len(names), width), np.nan)
     w_out_list = {}
     for i, name in enumerate(names):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-DERIVED = ("outlier_ratio", "n_over_threshold", "max_kurtosis", "top_channels", "top_values", "channel_recurrence")
+DERIVED = ("outlier_ratio", "n_dead_channels", "n_over_threshold", "max_kurtosis", "top_channels", "top_values", "channel_recurrence")
 
 
 def _check_stats(stats: object) -> None:
@@ -43,7 +43,8 @@ def outlier_summary(stats: xr.Dataset, threshold: float | None = None, top_k: in
     -------
     xarray.Dataset
         ``stats`` plus ``outlier_ratio`` (largest channel absmax / median channel
-        absmax), ``n_over_threshold``, ``max_kurtosis``, ``top_channels`` and
+        absmax; channels that are always exactly zero, such as dead ReLUs, are
+        left out of the median and counted in ``n_dead_channels``), ``n_over_threshold``, ``max_kurtosis``, ``top_channels`` and
         ``top_values`` (dims ``layer``, ``rank``) and ``channel_recurrence``
         (dim ``channel``: in how many layers the channel is among the top-k).
 
@@ -73,9 +74,11 @@ def outlier_summary(stats: xr.Dataset, threshold: float | None = None, top_k: in
     k = min(top_k, width)
     with np.errstate(invalid="ignore", divide="ignore"):
         valid = np.isfinite(absmax)
-        med = np.array([np.median(row[ok]) if ok.any() else np.nan for row, ok in zip(absmax, valid, strict=True)])
+        live = valid & (absmax > 0)  # channels that are never non-zero (dead ReLUs) carry no range
+        med = np.array([np.median(row[ok]) if ok.any() else np.nan for row, ok in zip(absmax, live, strict=True)])
         peak = np.where(valid.any(1), np.nanmax(np.where(valid, absmax, -np.inf), axis=1), np.nan)
-        ratio = np.where(med > 0, peak / np.where(med > 0, med, 1), np.where(peak > 0, np.inf, np.nan))
+        ratio = np.where(med > 0, peak / np.where(med > 0, med, 1), np.nan)
+        dead = (valid & (absmax == 0)).sum(1)
     over = np.where(valid, absmax > threshold, False).sum(1)
     filled = np.where(valid, absmax, -np.inf)
     top = np.argsort(-filled, axis=1, kind="stable")[:, :k]  # [layer, rank]
@@ -90,6 +93,11 @@ def outlier_summary(stats: xr.Dataset, threshold: float | None = None, top_k: in
         ("layer",),
         ratio,
         {"long_name": "largest channel absmax / median channel absmax", "units": "1"},
+    )
+    ds["n_dead_channels"] = (
+        ("layer",),
+        dead.astype(np.int64),
+        {"long_name": "channels that were always exactly zero", "units": "count"},
     )
     ds["n_over_threshold"] = (
         ("layer",),

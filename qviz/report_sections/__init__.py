@@ -1,0 +1,1 @@
+"""Sections of ``qviz report``: each module has ``section(model, calib, ctx) -> [(title, figure or html)]``."""
