@@ -1,0 +1,645 @@
+"""The quantization driver: one tensor (:func:`fake_quantize`, :func:`quantize_tensor`) or a whole model (:func:`quantize`).
+
+:func:`quantize` never touches the model it is given: it deep-copies it,
+selects the layers, checks every one of them before changing anything, runs
+the registered method (``prepare`` -> ``quantize_layer`` per layer ->
+``finalize``) on the copy and returns the copy with a
+:class:`QuantizationRecord` at ``qmodel.quantization``: the config, what each
+layer became (bytes, bits per weight, kernel), every layer left in full
+precision and why, and the total bytes of the model.
+
+Examples
+--------
+>>> import torch, qviz
+>>> from torch import nn
+>>> net = nn.Sequential(nn.Embedding(10, 32), nn.Linear(32, 32))
+>>> q = qviz.quantize(net, qviz.RTN(bits=4, group_size=32), progress=False)
+>>> list(q.quantization.layers), q.quantization.skipped
+(['1'], {'0': 'embedding layers are not quantized (lookup tables; pass them to quantize_tensor to study them)'})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qviz._filters import LayerSpec, layer_predicate
+from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
+from qviz.quant.config import RTN, QuantConfig
+from qviz.quant.primitives import check_tensor, fake_quantize_with_stats
+from qviz.quant.registry import LayerQuant, Method, method_for
+
+MAX_ROWS = 4096
+"""Calibration rows (tokens, or pixel positions of a convolution) kept per layer."""
+
+CAPTURE_BATCH = 16
+
+
+# --------------------------------------------------------------------------- one tensor
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """A tensor in a quantized format, with every stored byte counted.
+
+    Attributes
+    ----------
+    codes : torch.Tensor or np.ndarray
+        The codes as one small integer per weight, ``[rows, cols]``: uint8 RTN
+        codes, uint8 NF4/FP4 code indices (0..15), or int8 LLM.int8 codes.
+        (Stored packed: :attr:`nbytes` counts the packed size.)
+    scale : torch.Tensor or np.ndarray
+        float32 scales: RTN ``[rows, n_groups]``; NF4/FP4 per-block absmax
+        ``[n_blocks]``; LLM.int8 per-row ``absmax / 127`` ``[rows]``.
+    zero : torch.Tensor, np.ndarray or None
+        uint8 RTN zero points (like ``scale``); None for the bitsandbytes formats.
+    config : QuantConfig
+    shape : tuple of int
+        Shape of the original tensor; ``rows = shape[0]``, ``cols`` = the rest.
+    nbytes : int
+        Stored bytes: packed codes, scales, zero points, absmax and code tables.
+    """
+
+    codes: Any
+    scale: Any
+    zero: Any
+    config: QuantConfig
+    shape: tuple[int, ...]
+    nbytes: int
+    _dequant: Callable[[], Any] = field(repr=False)
+    _like: Any = field(repr=False)
+
+    @property
+    def numel(self) -> int:
+        """Number of weights."""
+        return int(np.prod(self.shape))
+
+    @property
+    def bits_per_weight(self) -> float:
+        """``8 * nbytes / numel``: the true storage rate, overhead included."""
+        return 8.0 * self.nbytes / max(self.numel, 1)
+
+    def dequantize(self) -> Any:
+        """The dequantized tensor: same type (torch/numpy), shape, dtype and device as the input."""
+        return _restore(self._dequant(), self._like)
+
+
+def _as_2d(weight: Any, name: str = "weight") -> tuple[torch.Tensor, Any]:
+    """Check ``weight`` and return ``(float32 torch [rows, cols] on its device, like-info)``."""
+    if isinstance(weight, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(weight)) if weight.dtype != object else None
+    elif isinstance(weight, torch.Tensor):
+        t = weight.detach()
+    else:
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy.ndarray of floats; got {type(weight).__name__}. "
+            "For a layer pass layer.weight."
+        )
+    if t is None:
+        raise TypeError(f"{name} has dtype object; expected floats.")
+    if t.ndim == 0:
+        raise ValueError(f"{name} is a scalar (shape ()); expected a vector or a weight matrix.")
+    like = (isinstance(weight, np.ndarray), tuple(t.shape), weight.dtype, getattr(weight, "device", None))
+    t2 = t.reshape(1, -1) if t.ndim == 1 else t.reshape(t.shape[0], -1)  # [rows, cols]
+    check_tensor(t2, name)  # type, emptiness, NaN/Inf with the count
+    return t2.float(), like
+
+
+def _restore(x2d: torch.Tensor, like: Any) -> Any:
+    is_numpy, shape, dtype, device = like
+    x = x2d.reshape(shape)
+    if is_numpy:
+        return x.cpu().numpy().astype(dtype, copy=False)
+    return x.to(device=device, dtype=dtype)
+
+
+def quantize_tensor(weight: Any, cfg: QuantConfig) -> QuantizedTensor:
+    """Quantize one tensor (torch or numpy) to the format of ``cfg``.
+
+    Rows are ``weight.shape[0]`` (output channels); the other dims fold into
+    the row (a conv kernel ``[out, in, kh, kw]`` becomes ``[out, in*kh*kw]``; a
+    vector is one row). The input is not modified.
+
+    Parameters
+    ----------
+    weight : torch.Tensor or np.ndarray
+        Floating, finite, non-empty.
+    cfg : QuantConfig
+        A data-free config: ``RTN``, ``BnbInt8``, ``BnbNF4``, ``BnbFP4``.
+
+    Returns
+    -------
+    QuantizedTensor
+        ``.codes .scale .zero .dequantize() .nbytes .bits_per_weight``.
+
+    Examples
+    --------
+    >>> import torch, qviz
+    >>> qt = qviz.quantize_tensor(torch.randn(16, 256), qviz.RTN(bits=4, group_size=128))
+    >>> qt.codes.shape, qt.scale.shape, qt.bits_per_weight
+    (torch.Size([16, 256]), torch.Size([16, 2]), 4.1875)
+    """
+    method = method_for(cfg)
+    w, like = _as_2d(weight)
+    builder = getattr(method, "quantize_tensor", None)
+    if builder is not None:
+        codes, scale, zero, nbytes, dequant = builder(w, cfg)
+    else:
+        codes, scale, zero, nbytes, dequant = _via_layer(method, w, cfg)
+    if like[0]:  # numpy in, numpy out
+        codes, scale = codes.cpu().numpy(), scale.cpu().numpy()
+        zero = None if zero is None else zero.cpu().numpy()
+    return QuantizedTensor(codes, scale, zero, cfg, like[1], int(nbytes), dequant, like)
+
+
+def _via_layer(method: Method, w: torch.Tensor, cfg: QuantConfig) -> tuple:
+    if method.needs_inputs:
+        raise TypeError(
+            f"{type(cfg).__name__} needs calibration inputs, so it cannot quantize a lone tensor. "
+            "Use qviz.quantize(model, cfg, calib=batch) or qviz.layer_error(model, cfg, calib=batch)."
+        )
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    lq = method.quantize_layer("tensor", lin, cfg, None, None)
+    w_hat = lq.weight_hat.detach().float()
+    return w_hat, torch.ones(1), None, lq.nbytes, lambda: w_hat
+
+
+def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
+    """Quantize and dequantize one tensor: same type, shape, dtype and device out as in.
+
+    RTN runs the fused one-pass kernel; the bitsandbytes formats run
+    bitsandbytes. The input is not modified.
+
+    Parameters
+    ----------
+    weight : torch.Tensor or np.ndarray
+        Floating, finite, non-empty; rows are ``shape[0]``.
+    cfg : QuantConfig
+        ``RTN``, ``BnbInt8``, ``BnbNF4`` or ``BnbFP4``.
+
+    Examples
+    --------
+    >>> import numpy as np, qviz
+    >>> w = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    >>> w_hat = qviz.fake_quantize(w, qviz.RTN(bits=8, group_size=None))
+    >>> w_hat.dtype, bool(np.abs(w_hat - w).max() < 0.02)
+    (dtype('float32'), True)
+    """
+    if isinstance(cfg, RTN):
+        method_for(cfg)  # a registered config (always true for RTN)
+        w, like = _as_2d(weight)
+        w_hat, _ = fake_quantize_with_stats(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
+                                            clip_search=cfg.clip_search)
+        return _restore(w_hat, like)
+    return quantize_tensor(weight, cfg).dequantize()
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class LayerRecord:
+    """What one layer became: config label, bytes, bits per weight, what runs, method numbers."""
+
+    config: str
+    nbytes: int
+    n_weights: int
+    kernel: str
+    info: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """``8 * nbytes / n_weights``."""
+        return 8.0 * self.nbytes / max(self.n_weights, 1)
+
+
+@dataclass
+class QuantizationRecord:
+    """What :func:`quantize` did, attached to the result as ``qmodel.quantization``.
+
+    Attributes
+    ----------
+    config : QuantConfig or dict
+        The config, or the per-layer mapping that was given.
+    layers : dict
+        Layer name -> :class:`LayerRecord`, in module order.
+    skipped : dict
+        Layer name -> why it was left in full precision.
+    total_bytes : int
+        Bytes of the whole quantized model: the quantized weights as stored
+        plus every other parameter and buffer at its own dtype.
+    original_bytes : int
+        Bytes of the input model's parameters and buffers.
+    extra : dict
+        What the methods' ``finalize`` returned, by config label.
+    """
+
+    config: Any
+    layers: dict[str, LayerRecord]
+    skipped: dict[str, str]
+    total_bytes: int
+    original_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quantized_bytes(self) -> int:
+        """Bytes of the quantized weights alone."""
+        return sum(r.nbytes for r in self.layers.values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits per weight over the quantized layers (overhead included)."""
+        n = sum(r.n_weights for r in self.layers.values())
+        return 8.0 * self.quantized_bytes / max(n, 1)
+
+    @property
+    def compression(self) -> float:
+        """``original_bytes / total_bytes`` for the whole model."""
+        return self.original_bytes / max(self.total_bytes, 1)
+
+    def summary(self) -> str:
+        """A few readable lines: totals, then each skipped layer with its reason."""
+        lines = [
+            f"{len(self.layers)} layers quantized, {len(self.skipped)} left in full precision; "
+            f"{self.bits_per_weight:.3f} bits/weight on quantized layers; model "
+            f"{self.original_bytes / 1e6:.2f} MB -> {self.total_bytes / 1e6:.2f} MB ({self.compression:.2f}x)"
+        ]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@dataclass
+class Plan:
+    """Which layer gets which config, and which are skipped (with reasons). Built before any change."""
+
+    assign: dict[str, QuantConfig]
+    skipped: dict[str, str]
+
+
+def _config_map(cfg: Any, names: list[str]) -> Callable[[str], tuple[QuantConfig | None, str | None]]:
+    """Normalise ``cfg`` (one config, or a mapping name/glob -> config or None) into a lookup."""
+    if isinstance(cfg, Mapping):
+        if not cfg:
+            raise ValueError("The config mapping is empty. Map layer names or globs to configs, e.g. {'*': qviz.RTN()}.")
+        entries = []
+        for key, value in cfg.items():
+            if value is not None:
+                method_for(value)  # TypeError listing the known configs
+            entries.append((layer_predicate(key, names), value, key))
+
+        def lookup(name: str) -> tuple[QuantConfig | None, str | None]:
+            for pred, value, key in entries:
+                if pred(name, None):
+                    if value is None:
+                        return None, f"kept in full precision by the config mapping ({key!r}: None)"
+                    return value, None
+            return None, "not named in the config mapping"
+
+        return lookup
+    method_for(cfg)  # TypeError listing the known configs
+
+    def single(name: str) -> tuple[QuantConfig | None, str | None]:
+        return cfg, None
+
+    return single
+
+
+def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip: LayerSpec = None) -> Plan:
+    """Decide, before changing anything, which layers each config quantizes and which are skipped and why.
+
+    Raises ``ValueError`` for NaN/Inf weights (naming the layer and the count)
+    and for a group size that does not divide a selected layer's row (naming the
+    layer and valid sizes).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> import qviz
+    >>> p = plan(nn.Sequential(nn.Linear(8, 8), nn.Conv2d(1, 2, 3)), qviz.BnbInt8())
+    >>> list(p.assign), p.skipped
+    (['0'], {'1': 'BnbInt8 quantizes only linear layers; this is a conv2d layer'})
+    """
+    candidates = quantizable_layers(model)
+    if not candidates:
+        raise ValueError(
+            f"{type(as_module(model)).__name__} has no quantizable layer (Linear, Conv1d/2d, GPT-2 Conv1D). "
+            "qviz quantizes networks built from these layers."
+        )
+    names = list(candidates)
+    keep = layer_predicate(layers, names)
+    drop = layer_predicate(skip, names) if skip is not None else (lambda n, m: False)
+    lookup = _config_map(cfg, names)
+    assign: dict[str, QuantConfig] = {}
+    skipped: dict[str, str] = {}
+    for name, module in candidates.items():
+        if not keep(name, module):
+            continue
+        if drop(name, module):
+            skipped[name] = "excluded by skip="
+            continue
+        kind = layer_type(module)
+        if kind == "embedding":
+            skipped[name] = "embedding layers are not quantized (lookup tables; pass them to quantize_tensor to study them)"
+            continue
+        c, reason = lookup(name)
+        if c is None:
+            skipped[name] = reason or "no config"
+            continue
+        method = method_for(c)
+        if kind not in method.layer_types:
+            skipped[name] = f"{type(c).__name__} quantizes only {', '.join(method.layer_types)} layers; this is a {kind} layer"
+            continue
+        _check_layer(name, module, c)
+        assign[name] = c
+    if not assign:
+        why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5])
+        raise ValueError(f"No layer is left to quantize ({why}). Check layers=, skip= and the config.")
+    return Plan(assign, skipped)
+
+
+def _check_layer(name: str, module: nn.Module, cfg: QuantConfig) -> None:
+    w = weight_matrix(module)  # [out, in]
+    bad = int((~torch.isfinite(w)).sum())
+    if bad:
+        raise ValueError(
+            f"Layer {name!r} has {bad} NaN/Inf weight(s) out of {w.numel()}; quantizing it would spread them. "
+            "Fix the weights (a diverged fine-tune?) or leave the layer out with skip=[...]."
+        )
+    group = getattr(cfg, "group_size", None)
+    if isinstance(group, int) and not isinstance(group, bool) and w.shape[1] % group:
+        cols = int(w.shape[1])
+        valid = [g for g in (32, 64, 128, 256, 512) if cols % g == 0] or [d for d in range(1, cols + 1) if cols % d == 0][-4:]
+        raise ValueError(
+            f"group_size={group} does not divide the row length {cols} of layer {name!r} "
+            f"({tuple(w.shape)[0]}x{cols}). Valid group sizes for it include {valid}; or use group_size=None "
+            f"(one scale per output channel), or leave the layer out with skip=[{name!r}]."
+        )
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def as_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A layer's raw input as the rows its ``[out, in]`` weight multiplies: ``[rows, in]``.
+
+    Linear inputs are already rows; a convolution's input is unfolded into patches
+    ``[batch * positions, in * kh * kw]``.
+    """
+    if isinstance(module, nn.Conv2d):
+        cols = nn.functional.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                                    stride=module.stride)  # [batch, in*kh*kw, positions]
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    if isinstance(module, nn.Conv1d):
+        x4 = x.unsqueeze(-1)  # [batch, in, length, 1]
+        cols = nn.functional.unfold(x4, (module.kernel_size[0], 1), dilation=(module.dilation[0], 1),
+                                    padding=(module.padding[0], 0), stride=(module.stride[0], 1))
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+class _Reservoir:
+    """Keeps a uniform random sample of at most ``cap`` rows of a stream (smallest random keys win)."""
+
+    def __init__(self, cap: int, seed: int) -> None:
+        self.cap = cap
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rows: torch.Tensor | None = None
+        self.keys: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:  # rows [n, ...]
+        keys = torch.rand(rows.shape[0], generator=self.gen)
+        if self.rows is not None:
+            rows = torch.cat([self.rows, rows])
+            keys = torch.cat([self.keys, keys])
+        if rows.shape[0] > self.cap:
+            idx = torch.topk(keys, self.cap, largest=False).indices.sort().values
+            rows, keys = rows[idx], keys[idx]
+        self.rows, self.keys = rows, keys
+
+
+def capture_inputs(
+    model: QvizModel, calib: Any, names: Iterable[str], max_rows: int = MAX_ROWS, batch_size: int = CAPTURE_BATCH
+) -> dict[str, torch.Tensor]:
+    """Run ``calib`` through ``model`` and keep each named layer's input (float32, on CPU).
+
+    Linear inputs are kept as rows ``[tokens, in]`` with padding tokens
+    removed (``model.token_mask``); convolution inputs are kept as whole images
+    ``[images, channels, ...]``. At most ``max_rows`` tokens (or pixel positions)
+    per layer are kept, a uniform random sample (seed 0) when there are more.
+    """
+    names = list(names)
+    if not names:
+        return {}
+    module = model.module
+    layers = {n: module.get_submodule(n) for n in names}
+    store = {n: _Reservoir(max_rows, seed=i) for i, n in enumerate(names)}
+    image_budget = dict.fromkeys(names, max_rows)
+    current_mask: list[torch.Tensor | None] = [None]
+
+    def hook(name: str, mod: nn.Module, inputs: tuple, output: Any) -> None:
+        x = inputs[0].detach()
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            positions = int(np.prod(output.shape[2:])) or 1
+            if image_budget[name] <= 0:
+                return
+            take = max(1, min(x.shape[0], -(-image_budget[name] // positions)))
+            image_budget[name] -= take * positions
+            store[name].add(x[:take].float().cpu())
+            return
+        mask = current_mask[0]
+        if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+            rows = x[mask]  # [real tokens, in]
+        else:
+            rows = x.reshape(-1, x.shape[-1])
+        store[name].add(rows.float().cpu())
+
+    from qviz.hooks import hooks
+
+    with torch.no_grad(), hooks(module, hook, layers=names, include_norms=False):
+        for inputs in model.batches(calib, batch_size):
+            current_mask[0] = model.token_mask(inputs)
+            model.run(inputs)
+    out = {}
+    for n in names:
+        rows = store[n].rows
+        if rows is None:
+            raise RuntimeError(
+                f"Layer {n!r} never ran on the calibration batch, so it has no inputs. "
+                "Is it used in the model's forward pass? Leave it out with skip=[...]."
+            )
+        out[n] = rows
+    del layers
+    return out
+
+
+def check_calib(calib: Any, who: str) -> None:
+    """Raise a clear error when calibration data is missing or empty."""
+    if calib is None:
+        raise ValueError(
+            f"{who} needs calibration inputs (calib=...). Pass e.g. calib=qviz.calibration_data(model, n=64)."
+        )
+    if isinstance(calib, (list, tuple)) and len(calib) == 0:
+        raise ValueError(f"{who} got an empty calibration batch. Pass at least one input, e.g. qviz.calibration_data(model, n=64).")
+    if isinstance(calib, (torch.Tensor, np.ndarray)) and (calib.ndim == 0 or len(calib) == 0):
+        raise ValueError(f"{who} got an empty calibration batch (shape {tuple(calib.shape)}). Pass at least one input.")
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _model_bytes(module: nn.Module, exclude: set[str] = frozenset()) -> int:
+    total = 0
+    seen: set[int] = set()
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if id(t) in seen or name in exclude:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _weight_names(module: nn.Module, prefix: str) -> set[str]:
+    """Names of the tensors that hold a quantized layer's weight (counted by its LayerQuant instead)."""
+    keep = {"bias"}
+    return {f"{prefix}.{n}" for n, _ in [*module.named_parameters(), *module.named_buffers()] if n not in keep}
+
+
+def quantize(
+    model: QvizModel | nn.Module,
+    cfg: QuantConfig | Mapping[str, QuantConfig | None],
+    calib: Any = None,
+    layers: LayerSpec = None,
+    *,
+    skip: LayerSpec = None,
+    progress: bool = True,
+    packed: bool = False,
+    max_rows: int = MAX_ROWS,
+) -> QvizModel:
+    """Quantize a copy of ``model``; the model passed in is left bit-for-bit unchanged.
+
+    Parameters
+    ----------
+    model : QvizModel or torch.nn.Module
+    cfg : QuantConfig or dict
+        One config for every selected layer, or a mapping from layer names or
+        globs to configs (the first matching key wins; ``None`` keeps a layer
+        in full precision) for mixed precision.
+    calib : optional
+        Calibration inputs (``qviz.calibration_data(model)``); required by
+        methods that need activations (GPTQ, AWQ, SmoothQuant).
+    layers : None, name, glob, list or callable
+        Which quantizable layers to consider (default: all).
+    skip : same forms as ``layers``
+        Layers to leave in full precision (recorded as skipped).
+    progress : bool
+        Show a progress bar over layers.
+    packed : bool
+        Store weight-only RTN Linear layers as packed codes (:class:`~qviz.quant.modules.PackedLinear`)
+        instead of fake-quant float weights.
+    max_rows : int
+        Calibration rows kept per layer for methods that need inputs.
+
+    Returns
+    -------
+    QvizModel
+        The quantized copy, with ``.quantization`` (:class:`QuantizationRecord`).
+
+    Raises
+    ------
+    TypeError
+        ``cfg`` is not a registered config (the message lists the known ones).
+    ValueError
+        NaN/Inf weights, a group size that does not divide a layer's row, a
+        method that needs calibration inputs without ``calib``, unknown layer names.
+
+    Examples
+    --------
+    >>> import qviz
+    >>> model = qviz.load("digits-cnn")                                           # doctest: +SKIP
+    >>> q = qviz.quantize(model, qviz.RTN(bits=4, group_size=None), progress=False)  # doctest: +SKIP
+    >>> print(q.quantization.summary())                                           # doctest: +SKIP
+    """
+    qm = load(model) if not isinstance(model, QvizModel) else model
+    p = plan(qm, cfg, layers, skip)
+    methods = {name: method_for(c) for name, c in p.assign.items()}
+    if any(m.needs_inputs for m in methods.values()):
+        check_calib(calib, "quantize with " + ", ".join(sorted({type(c).__name__ for n, c in p.assign.items() if methods[n].needs_inputs})))
+    if not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"max_rows must be a positive int; got {max_rows!r}.")
+
+    original_bytes = _model_bytes(qm.module)
+    out = qm.copy()
+    root = out.module
+    by_cfg: dict[QuantConfig, list[str]] = {}
+    for name, c in p.assign.items():
+        by_cfg.setdefault(c, []).append(name)
+    states = {}
+    for c, names in by_cfg.items():
+        states[c] = method_for(c).prepare(out, c, calib, {n: root.get_submodule(n) for n in names})
+
+    need_now = [n for n, m in methods.items() if m.needs_inputs and not m.sequential]
+    captured = capture_inputs(out, calib, need_now, max_rows) if need_now else {}
+
+    records: dict[str, LayerRecord] = {}
+    weight_tensors: set[str] = set()
+    bar = _progress(list(p.assign), progress)
+    for name in bar:
+        c, method = p.assign[name], methods[name]
+        module = root.get_submodule(name)
+        x = None
+        if method.needs_inputs:
+            raw = captured.pop(name) if name in captured else capture_inputs(out, calib, [name], max_rows)[name]
+            x = as_rows(module, raw)  # [rows, in]
+        lq = method.quantize_layer(name, module, c, x, states[c])
+        new = lq.module
+        if packed and hasattr(method, "pack"):
+            new = method.pack(module, c) or new
+        kernel = getattr(new, "kernel", lq.kernel)
+        _set_module(root, name, new)
+        weight_tensors |= _weight_names(new, name)
+        records[name] = LayerRecord(c.label, int(lq.nbytes), lq.n_weights, str(kernel), dict(lq.info))
+    extra = {}
+    for c in by_cfg:
+        extra[c.label] = method_for(c).finalize(out, c, calib, states[c])
+    total = _model_bytes(root, weight_tensors) + sum(r.nbytes for r in records.values())
+    out.quantization = QuantizationRecord(
+        config=dict(cfg) if isinstance(cfg, Mapping) else cfg,
+        layers=records,
+        skipped=p.skipped,
+        total_bytes=int(total),
+        original_bytes=int(original_bytes),
+        extra=extra,
+    )
+    out.name = f"{qm.name} [{_config_label(cfg)}]"
+    return out
+
+
+def _config_label(cfg: Any) -> str:
+    if isinstance(cfg, Mapping):
+        labels = sorted({c.label for c in cfg.values() if c is not None})
+        return "mixed: " + ", ".join(labels)
+    return cfg.label
+
+
+def _progress(items: list[str], show: bool) -> Iterable[str]:
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="quantize", unit="layer", leave=False)

@@ -1,0 +1,247 @@
+"""bitsandbytes formats through the real library: LLM.int8 (``BnbInt8``), NF4 and FP4 (``BnbNF4``, ``BnbFP4``).
+
+* :class:`BnbInt8Method` stores each weight row as int8 with a float32
+  absmax (``int8_vectorwise_quant``, as ``Linear8bitLt`` does) and swaps in a
+  ``Linear8bitLt`` that runs the LLM.int8 matmul: activations quantized per
+  token to int8, except the input columns whose magnitude exceeds
+  ``threshold``, which run in float16 against the dequantized weight columns
+  (the outlier decomposition). bitsandbytes >= 0.45 keeps no separate float16
+  copy of the outlier weight columns, so the stored bytes are the int8 codes
+  plus 4 bytes per row; the outlier columns found on the calibration inputs
+  are reported per layer (``info["outlier_columns"]``).
+* :class:`BnbNF4Method` / :class:`BnbFP4Method` call ``quantize_4bit`` (blockwise
+  absmax, two codes per byte) and swap in ``Linear4bit``. The stored bytes count
+  the packed codes, the absmax table (float32, or uint8 plus the second-level
+  absmax, its 256-entry code table and offset with ``double_quant``) and the
+  16-entry code table.
+
+bitsandbytes supports Linear layers only: convolutions are skipped with that
+reason by :func:`qviz.quantize`.
+
+Examples
+--------
+>>> import torch, qviz
+>>> qt = qviz.quantize_tensor(torch.randn(64, 64), qviz.BnbNF4(blocksize=64))
+>>> qt.bits_per_weight
+4.625
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from qviz.models import weight_matrix
+from qviz.quant.config import BnbFP4, BnbInt8, BnbNF4, QuantConfig, _Bnb4bit
+from qviz.quant.registry import LayerQuant, Method, register
+from qviz.quant.rtn import module_bias, output_without_bias
+
+F16_MAX = 65504.0
+
+
+def require_bitsandbytes(cfg: QuantConfig, device: torch.device | str = "cpu") -> Any:
+    """Import bitsandbytes and check that it can run ``cfg`` on ``device``; raise a clear error if not.
+
+    Examples
+    --------
+    >>> require_bitsandbytes(BnbNF4()).__name__
+    'bitsandbytes'
+    """
+    label = getattr(cfg, "label", type(cfg).__name__)
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional  # noqa: F401
+    except Exception as err:  # ImportError, or a broken native library raising at import
+        raise RuntimeError(
+            f"{label} runs through bitsandbytes, which cannot run here: {type(err).__name__}: {err}. "
+            "Install it with `pip install 'bitsandbytes>=0.45'` (CPU and CUDA builds are on PyPI), "
+            "or use an RTN config (qviz.RTN(bits=8) or qviz.RTN(bits=4, group_size=64)) instead."
+        ) from err
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda", "xpu"):
+        raise RuntimeError(
+            f"{label} runs through bitsandbytes, which has no kernels for {dev.type!r} tensors. "
+            "Move the model to the CPU or a CUDA GPU (model.module.to('cpu')), or use an RTN config."
+        )
+    return bnb
+
+
+def _check_fp16_range(name: str, w: torch.Tensor, label: str) -> None:
+    amax = float(w.abs().max())
+    if amax > F16_MAX:
+        raise ValueError(
+            f"Layer {name!r} has weights up to |w| = {amax:.3g}, beyond float16's range ({F16_MAX:g}); "
+            f"{label} quantizes through float16. Rescale the layer or use an RTN config."
+        )
+
+
+# --------------------------------------------------------------------------- int8
+
+
+def int8_vectorwise(w: torch.Tensor, cfg: BnbInt8) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes' row-wise int8 of ``w [out, in]``: ``(CB int8 [out, in], SCB float32 [out])``.
+
+    ``w_hat = CB * SCB / 127``.
+
+    Examples
+    --------
+    >>> cb, scb = int8_vectorwise(torch.tensor([[1.0, -0.5]]), BnbInt8())
+    >>> cb.tolist(), scb.tolist()
+    ([[127, -64]], [1.0])
+    """
+    bnb = require_bitsandbytes(cfg, w.device)
+    cb, scb, _ = bnb.functional.int8_vectorwise_quant(w.detach().to(torch.float16).contiguous())
+    return cb, scb.float()
+
+
+def int8_nbytes(cb: torch.Tensor, scb: torch.Tensor) -> int:
+    """Stored bytes of an LLM.int8 weight: 1 per code and 4 per row absmax."""
+    return int(cb.numel() * cb.element_size() + scb.numel() * scb.element_size())
+
+
+@register(BnbInt8)
+class BnbInt8Method(Method):
+    """LLM.int8 through bitsandbytes ``Linear8bitLt``."""
+
+    needs_inputs = False
+    sequential = False
+    layer_types = ("linear",)
+
+    def quantize_layer(self, name: str, module: nn.Module, cfg: BnbInt8, inputs: torch.Tensor | None,
+                       state: Any) -> LayerQuant:
+        """Quantize one Linear to int8 rows and return a ``Linear8bitLt`` replacement."""
+        from qviz.quant.modules import bnb_int8_linear
+
+        w = weight_matrix(module).float()  # [out, in]
+        _check_fp16_range(name, w, cfg.label)
+        new = bnb_int8_linear(w, module_bias(module), cfg.threshold, w.device)
+        cb, scb = new.weight.CB, new.weight.SCB  # [out, in] int8, [out] float32
+        w_hat = cb.float() * (scb.float() / 127.0).unsqueeze(1)  # [out, in]
+        info: dict[str, float] = {}
+        if inputs is not None and cfg.threshold > 0:
+            cols = (inputs.abs() > cfg.threshold).any(dim=0)  # [in]
+            info["outlier_columns"] = float(cols.sum())
+        return LayerQuant(new, w_hat, int8_nbytes(cb, scb), new.kernel, info)
+
+    def quantize_tensor(self, w: torch.Tensor, cfg: BnbInt8) -> tuple:
+        """``(codes int8, absmax/127, None, nbytes, dequantize)`` of ``w [rows, cols]``."""
+        _check_fp16_range("tensor", w, cfg.label)
+        cb, scb = int8_vectorwise(w, cfg)
+        scale = scb / 127.0  # [rows]
+        return cb, scale, None, int8_nbytes(cb, scb), lambda: cb.float() * scale.unsqueeze(1)
+
+    def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
+        """The real ``Linear8bitLt`` output on ``x [tokens, in]`` (LLM.int8 path), bias removed."""
+        with torch.no_grad():
+            lq.module.eval()
+            return output_without_bias(lq.module, x)
+
+
+# --------------------------------------------------------------------------- 4-bit
+
+
+def quantize_4bit(w: torch.Tensor, cfg: _Bnb4bit) -> tuple[torch.Tensor, Any]:
+    """bitsandbytes ``quantize_4bit`` of ``w [out, in]``: ``(packed uint8 [ceil(n/2), 1], QuantState)``.
+
+    Examples
+    --------
+    >>> packed, state = quantize_4bit(torch.randn(8, 16), BnbFP4(blocksize=64))
+    >>> tuple(packed.shape), tuple(state.absmax.shape)
+    ((64, 1), (2,))
+    """
+    bnb = require_bitsandbytes(cfg, w.device)
+    return bnb.functional.quantize_4bit(
+        w.detach().float().contiguous(), blocksize=cfg.blocksize, quant_type=cfg.quant_type,
+        compress_statistics=cfg.double_quant,
+    )
+
+
+def dequantize_4bit(packed: torch.Tensor, state: Any) -> torch.Tensor:
+    """bitsandbytes ``dequantize_4bit``: float32 ``[out, in]``."""
+    import bitsandbytes.functional as bf
+
+    return bf.dequantize_4bit(packed, state).float()
+
+
+def unpack_4bit(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """bitsandbytes' packed bytes -> code indices ``uint8 [out, in]`` (first code in the high nibble).
+
+    Examples
+    --------
+    >>> unpack_4bit(torch.tensor([[0x12], [0x30]], dtype=torch.uint8), (1, 3)).tolist()
+    [[1, 2, 3]]
+    """
+    flat = packed.reshape(-1)
+    codes = torch.stack([flat >> 4, flat & 0xF], dim=1).reshape(-1)  # [2 * n_bytes]
+    n = shape[0] * shape[1]
+    return codes[:n].reshape(shape).to(torch.uint8)
+
+
+def nbytes_4bit(packed: torch.Tensor, state: Any) -> int:
+    """Every stored byte of a bitsandbytes 4-bit weight: codes, absmax, code tables, nested statistics."""
+    total = packed.numel() * packed.element_size()
+    total += state.absmax.numel() * state.absmax.element_size()
+    total += state.code.numel() * state.code.element_size()  # the 16-entry code table
+    if getattr(state, "nested", False):
+        total += state.state2.absmax.numel() * state.state2.absmax.element_size()
+        total += state.state2.code.numel() * state.state2.code.element_size()
+        total += 4  # float32 offset
+    return int(total)
+
+
+def absmax_4bit(state: Any) -> torch.Tensor:
+    """Per-block absmax as float32 ``[n_blocks]`` (dequantized from the nested table with ``double_quant``)."""
+    import bitsandbytes.functional as bf
+
+    if getattr(state, "nested", False):
+        return bf.dequantize_blockwise(state.absmax, state.state2).float() + state.offset
+    return state.absmax.float()
+
+
+class _Bnb4bitMethod(Method):
+    needs_inputs = False
+    sequential = False
+    layer_types = ("linear",)
+
+    def quantize_layer(self, name: str, module: nn.Module, cfg: _Bnb4bit, inputs: torch.Tensor | None,
+                       state: Any) -> LayerQuant:
+        """Quantize one Linear with ``quantize_4bit`` and return a ``Linear4bit`` replacement."""
+        bnb = require_bitsandbytes(cfg, module.weight.device)
+        w = weight_matrix(module).float()  # [out, in]
+        out_f, in_f = w.shape
+        bias = module_bias(module)
+        new = bnb.nn.Linear4bit(in_f, out_f, bias=bias is not None, compute_dtype=torch.float32,
+                                compress_statistics=cfg.double_quant, quant_type=cfg.quant_type)
+        new.weight = bnb.nn.Params4bit(w.detach().cpu().clone(), requires_grad=False, quant_type=cfg.quant_type,
+                                       blocksize=cfg.blocksize, compress_statistics=cfg.double_quant)
+        if bias is not None:
+            new.bias = nn.Parameter(bias.float().cpu().clone(), requires_grad=False)
+        new = new.to(w.device)  # Params4bit quantizes on the move to a device
+        qstate = new.weight.quant_state
+        w_hat = dequantize_4bit(new.weight.data, qstate)  # [out, in]
+        new.kernel = f"real kernel: bitsandbytes Linear4bit ({cfg.quant_type})"
+        new.eval()
+        return LayerQuant(new, w_hat, nbytes_4bit(new.weight.data, qstate), new.kernel, {})
+
+    def quantize_tensor(self, w: torch.Tensor, cfg: _Bnb4bit) -> tuple:
+        """``(code indices uint8 [rows, cols], block absmax, None, nbytes, dequantize)`` of ``w``."""
+        packed, qstate = quantize_4bit(w, cfg)
+        codes = unpack_4bit(packed, tuple(w.shape))
+        return codes, absmax_4bit(qstate), None, nbytes_4bit(packed, qstate), lambda: dequantize_4bit(packed, qstate)
+
+    def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
+        """The real ``Linear4bit`` output on ``x [tokens, in]``, bias removed."""
+        with torch.no_grad():
+            return output_without_bias(lq.module, x)
+
+
+@register(BnbNF4)
+class BnbNF4Method(_Bnb4bitMethod):
+    """4-bit NormalFloat through bitsandbytes."""
+
+
+@register(BnbFP4)
+class BnbFP4Method(_Bnb4bitMethod):
+    """4-bit float (e2m1) through bitsandbytes."""

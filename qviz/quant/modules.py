@@ -1,0 +1,399 @@
+"""The replacement modules :func:`qviz.quantize` swaps into a model copy.
+
+* :class:`FakeQuantLinear`, :class:`FakeQuantConv1d`, :class:`FakeQuantConv2d`:
+  subclasses of the torch layers whose ``weight`` holds the dequantized weight
+  ``W_hat`` (simulated quantization: the arithmetic is float, the values are
+  exactly the quantized ones), with optional INT activation fake-quant of the
+  input (W8A8). They stay ``nn.Linear``/``nn.Conv2d``, so capture, hooks and
+  autograd (straight-through for the activations) work on them as before.
+* :class:`PackedLinear`: stores only the packed codes, float16 scales and
+  uint8 zero points; batch-1 inputs run the packed INT4/INT8 matrix-vector
+  kernel of :mod:`kernels_numba` where it exists, larger batches dequantize
+  into a float matrix for the call.
+* :class:`Bnb8bitLinear`: bitsandbytes' ``Linear8bitLt`` run the LLM.int8 way
+  (float16 activations, int8 matmul, outlier columns above the threshold in
+  float16), with the bias kept in the input dtype.
+
+Examples
+--------
+>>> import torch
+>>> from torch import nn
+>>> lin = nn.Linear(4, 2)
+>>> fq = FakeQuantLinear.from_float(lin, weight_hat=torch.zeros(2, 4), act_bits=8)
+>>> fq(torch.ones(3, 4)).shape
+torch.Size([3, 2])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ACT_SCHEMES = ("per-token", "per-tensor")
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def fake_quant_activation(x: torch.Tensor, bits: int, scheme: str = "per-token", channel_dim: int = -1) -> torch.Tensor:
+    """Symmetric INT fake-quant of activations, scale from the absmax (dynamic, computed per call).
+
+    ``per-token``: one scale per vector along ``channel_dim`` (a token of a
+    Linear input, a pixel position of a convolution input); ``per-tensor``: one
+    scale. Levels ``-(2**(bits-1)-1) .. 2**(bits-1)-1``; an all-zero token gets
+    scale 1. Gradients pass straight through (``x + (q - x).detach()``).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Floating activations, e.g. ``[batch, tokens, channels]``.
+    bits : int
+        2 to 8.
+    scheme : {"per-token", "per-tensor"}
+    channel_dim : int
+        The channel dim (-1 for Linear inputs, 1 for convolution inputs).
+
+    Examples
+    --------
+    >>> x = torch.tensor([[0.0, 1.0, -2.0]])
+    >>> fake_quant_activation(x, 2)
+    tensor([[ 0.,  0., -2.]])
+    """
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ValueError(f"activation bits must be an int from 2 to 8; got {bits!r}.")
+    if scheme not in ACT_SCHEMES:
+        raise ValueError(f"scheme must be one of {ACT_SCHEMES}; got {scheme!r}.")
+    qmax = float((1 << (bits - 1)) - 1)
+    xf = x.float()
+    if scheme == "per-tensor":
+        amax = xf.detach().abs().amax()
+    else:
+        amax = xf.detach().abs().amax(dim=channel_dim, keepdim=True)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.clamp(torch.round(xf / scale), -qmax, qmax) * scale
+    return (xf + (q - xf).detach()).to(x.dtype)
+
+
+class _ActQuantMixin:
+    act_bits: int | None
+    act_scheme: str
+
+    def _quant_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        if self.act_bits is None:
+            return x
+        return fake_quant_activation(x, self.act_bits, self.act_scheme, channel_dim)
+
+
+def _copy_param(p: torch.Tensor | None) -> nn.Parameter | None:
+    if p is None:
+        return None
+    return nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+
+
+# --------------------------------------------------------------------------- fake-quant layers
+
+
+class FakeQuantLinear(_ActQuantMixin, nn.Linear):
+    """A Linear whose weight is the dequantized ``W_hat [out, in]``; optional INT activation fake-quant.
+
+    Build it with :meth:`from_float`; ``kernel`` says what runs (``"simulated (fake-quant)"``).
+
+    Examples
+    --------
+    >>> lin = nn.Linear(3, 2)
+    >>> FakeQuantLinear.from_float(lin, lin.weight.detach().round()).weight.abs().max() >= 0
+    tensor(True)
+    """
+
+    kernel = "simulated (fake-quant)"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 act_bits: int | None = None, act_scheme: str = "per-token",
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.act_bits = act_bits
+        self.act_scheme = act_scheme
+
+    @classmethod
+    def from_float(cls, module: nn.Module, weight_hat: torch.Tensor, act_bits: int | None = None,
+                   act_scheme: str = "per-token") -> FakeQuantLinear:
+        """Replace ``module`` (nn.Linear or GPT-2's Conv1D) by a fake-quant Linear with ``weight_hat [out, in]``."""
+        out_f, in_f = weight_hat.shape
+        bias = getattr(module, "bias", None)
+        new = cls(in_f, out_f, bias is not None, act_bits, act_scheme, device=weight_hat.device,
+                  dtype=module.weight.dtype)
+        new.weight = nn.Parameter(weight_hat.detach().to(module.weight.dtype).clone(),
+                                  requires_grad=module.weight.requires_grad)
+        new.bias = _copy_param(bias)
+        new.train(module.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        return nn.functional.linear(self._quant_input(x, -1), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        act = f", act_bits={self.act_bits} ({self.act_scheme})" if self.act_bits else ""
+        return super().extra_repr() + act
+
+
+def _conv_from_float(cls: type, module: nn.Module, weight_hat: torch.Tensor, act_bits: int | None,
+                     act_scheme: str) -> nn.Module:
+    new = cls(
+        module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+        padding=module.padding, dilation=module.dilation, groups=module.groups,
+        bias=module.bias is not None, padding_mode=module.padding_mode,
+        device=module.weight.device, dtype=module.weight.dtype,
+    )
+    new.weight = nn.Parameter(weight_hat.detach().reshape(module.weight.shape).to(module.weight.dtype).clone(),
+                              requires_grad=module.weight.requires_grad)
+    new.bias = _copy_param(module.bias)
+    new.act_bits = act_bits
+    new.act_scheme = act_scheme
+    new.train(module.training)
+    return new
+
+
+class FakeQuantConv2d(_ActQuantMixin, nn.Conv2d):
+    """A Conv2d whose kernel is the dequantized weight; activations fake-quantized per pixel or per tensor.
+
+    Examples
+    --------
+    >>> conv = nn.Conv2d(1, 2, 3)
+    >>> FakeQuantConv2d.from_float(conv, conv.weight.detach().reshape(2, -1))(torch.ones(1, 1, 5, 5)).shape
+    torch.Size([1, 2, 3, 3])
+    """
+
+    kernel = "simulated (fake-quant)"
+    act_bits: int | None = None
+    act_scheme: str = "per-token"
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, weight_hat: torch.Tensor, act_bits: int | None = None,
+                   act_scheme: str = "per-token") -> FakeQuantConv2d:
+        """``weight_hat`` is ``[out, in * kh * kw]`` (as :func:`qviz.models.weight_matrix`) or the kernel shape."""
+        return _conv_from_float(cls, module, weight_hat, act_bits, act_scheme)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [batch, in, h, w] -> [batch, out, h', w']
+        return self._conv_forward(self._quant_input(x, 1), self.weight, self.bias)
+
+
+class FakeQuantConv1d(_ActQuantMixin, nn.Conv1d):
+    """A Conv1d whose kernel is the dequantized weight (see :class:`FakeQuantConv2d`).
+
+    Examples
+    --------
+    >>> conv = nn.Conv1d(2, 2, 3)
+    >>> FakeQuantConv1d.from_float(conv, conv.weight.detach().reshape(2, -1))(torch.ones(1, 2, 5)).shape
+    torch.Size([1, 2, 3])
+    """
+
+    kernel = "simulated (fake-quant)"
+    act_bits: int | None = None
+    act_scheme: str = "per-token"
+
+    @classmethod
+    def from_float(cls, module: nn.Conv1d, weight_hat: torch.Tensor, act_bits: int | None = None,
+                   act_scheme: str = "per-token") -> FakeQuantConv1d:
+        """``weight_hat`` is ``[out, in * k]`` or the kernel shape."""
+        return _conv_from_float(cls, module, weight_hat, act_bits, act_scheme)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [batch, in, length] -> [batch, out, length']
+        return self._conv_forward(self._quant_input(x, 1), self.weight, self.bias)
+
+
+def fake_quant_module(module: nn.Module, weight_hat: torch.Tensor, act_bits: int | None = None,
+                      act_scheme: str = "per-token") -> nn.Module:
+    """The fake-quant replacement of a Linear, GPT-2 Conv1D, Conv1d or Conv2d with weight ``W_hat [out, in]``.
+
+    Examples
+    --------
+    >>> type(fake_quant_module(nn.Conv2d(1, 2, 3), torch.zeros(2, 9))).__name__
+    'FakeQuantConv2d'
+    """
+    if isinstance(module, nn.Conv2d):
+        return FakeQuantConv2d.from_float(module, weight_hat, act_bits, act_scheme)
+    if isinstance(module, nn.Conv1d):
+        return FakeQuantConv1d.from_float(module, weight_hat, act_bits, act_scheme)
+    from qviz.models import layer_type
+
+    if layer_type(module) == "linear":
+        return FakeQuantLinear.from_float(module, weight_hat, act_bits, act_scheme)
+    raise TypeError(
+        f"Cannot build a fake-quant replacement for {type(module).__name__}; supported: nn.Linear, "
+        "transformers' Conv1D, nn.Conv1d, nn.Conv2d."
+    )
+
+
+# --------------------------------------------------------------------------- bit packing
+
+
+def packed_nbytes(n_codes: int, bits: int) -> int:
+    """Bytes of ``n_codes`` codes of ``bits`` bits packed tightly (``ceil(n * bits / 8)``).
+
+    Examples
+    --------
+    >>> packed_nbytes(384 * 384, 4), packed_nbytes(10, 3)
+    (73728, 4)
+    """
+    return (int(n_codes) * int(bits) + 7) // 8
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack uint8 codes (each ``< 2**bits``) into a little-endian bit stream of ``ceil(n*bits/8)`` bytes.
+
+    Code ``i`` occupies bits ``i*bits .. (i+1)*bits - 1`` of the stream, lowest bit
+    first; so INT4 puts two codes per byte (first in the low nibble), INT2 four,
+    INT3 eight codes per three bytes.
+
+    Examples
+    --------
+    >>> pack_codes(np.array([1, 2, 3], np.uint8), 4)
+    array([33,  3], dtype=uint8)
+    """
+    flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)  # [n]
+    if bits == 8:
+        return flat.copy()
+    bitplanes = np.unpackbits(flat[:, None], axis=1, bitorder="little")[:, :bits]  # [n, bits]
+    return np.packbits(bitplanes.reshape(-1), bitorder="little")
+
+
+def unpack_codes(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: ``n`` uint8 codes.
+
+    Examples
+    --------
+    >>> unpack_codes(pack_codes(np.array([1, 2, 3], np.uint8), 4), 4, 3)
+    array([1, 2, 3], dtype=uint8)
+    """
+    if bits == 8:
+        return np.asarray(packed, np.uint8)[:n].copy()
+    stream = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
+    weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
+    return (stream.astype(np.uint16) @ weights).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- packed layer
+
+
+class PackedLinear(nn.Module):
+    """A Linear stored as packed RTN codes + float16 scales + uint8 zero points (true low-bit storage).
+
+    ``forward`` on a single input vector with no gradient uses the packed
+    matrix-vector kernel of :mod:`kernels_numba` when one exists for
+    ``bits``; otherwise (and for batches) the weight is dequantized for the
+    call and a float matmul runs. :attr:`nbytes` is what is stored.
+
+    Examples
+    --------
+    >>> from qviz.quant.primitives import choose_qparams, quantize
+    >>> w = torch.randn(8, 32)
+    >>> qp = choose_qparams(w, bits=4)
+    >>> layer = PackedLinear(quantize(w, qp), qp, bias=None)
+    >>> layer(torch.ones(2, 32)).shape, layer.nbytes
+    (torch.Size([2, 8]), 152)
+    """
+
+    def __init__(self, codes: torch.Tensor, qparams: Any, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        out_f, in_f = qparams.shape
+        self.in_features, self.out_features = in_f, out_f
+        self.bits = qparams.bits
+        self.symmetric = qparams.symmetric
+        self.granularity = qparams.granularity
+        packed = pack_codes(codes.detach().cpu().numpy(), self.bits)
+        self.register_buffer("packed", torch.from_numpy(packed))  # [ceil(out*in*bits/8)] uint8
+        self.register_buffer("scale", torch.as_tensor(qparams.scale).detach().cpu().to(torch.float16))  # [out|1, n_groups]
+        self.register_buffer("zero", torch.as_tensor(qparams.zero).detach().cpu().to(torch.uint8))
+        self.bias = _copy_param(bias)
+        self.kernel = "packed storage; dequantize + float matmul"
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes of the weight: packed codes, float16 scales, zero points (asymmetric only)."""
+        return int(self.packed.numel() + 2 * self.scale.numel() + (0 if self.symmetric else self.zero.numel()))
+
+    def codes(self) -> torch.Tensor:
+        """The unpacked uint8 codes ``[out, in]``."""
+        n = self.in_features * self.out_features
+        return torch.from_numpy(unpack_codes(self.packed.numpy(), self.bits, n).reshape(self.out_features, self.in_features))
+
+    def weight_hat(self) -> torch.Tensor:
+        """The dequantized float32 weight ``[out, in]``."""
+        from qviz.quant.primitives import QParams, dequantize
+
+        qp = QParams(self.scale.float(), self.zero, self.bits, self.symmetric, self.granularity,
+                     (self.out_features, self.in_features))
+        return dequantize(self.codes(), qp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        w = self.weight_hat().to(x.dtype)
+        return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, {self.granularity.label}"
+
+
+# --------------------------------------------------------------------------- bitsandbytes
+
+
+def bnb_int8_linear(weight_hat_source: torch.Tensor, bias: torch.Tensor | None, threshold: float,
+                    device: torch.device) -> nn.Module:
+    """A :class:`Bnb8bitLinear` holding ``weight [out, in]`` as bitsandbytes int8 (``CB``, ``SCB``)."""
+    cls = _bnb8bit_class()
+    out_f, in_f = weight_hat_source.shape
+    layer = cls(in_f, out_f, bias=bias is not None, has_fp16_weights=False, threshold=float(threshold))
+    import bitsandbytes as bnb
+
+    layer.weight = bnb.nn.Int8Params(weight_hat_source.detach().float().cpu().clone(), requires_grad=False,
+                                     has_fp16_weights=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach().float().cpu().clone(), requires_grad=False)
+    layer = layer.to(device)  # Int8Params quantizes on the move to a device
+    if layer.weight.dtype != torch.int8:
+        raise RuntimeError("bitsandbytes did not quantize the weight to int8; check the bitsandbytes install.")
+    layer.eval()
+    return layer
+
+
+_BNB8_CLASS: type | None = None
+
+
+def _bnb8bit_class() -> type:
+    global _BNB8_CLASS
+    if _BNB8_CLASS is not None:
+        return _BNB8_CLASS
+    import bitsandbytes as bnb
+
+    class Bnb8bitLinear(bnb.nn.Linear8bitLt):
+        """bitsandbytes ``Linear8bitLt`` run as LLM.int8: float16 activations, int8 matmul, float16 outliers.
+
+        The input is cast to float16 (as LLM.int8 runs) and the output back to
+        the input dtype; the bias is added in the input dtype and never cast in place.
+        """
+
+        kernel = "real kernel: bitsandbytes Linear8bitLt (LLM.int8)"
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+            self.state.is_training = self.training
+            if self.weight.CB is not None:
+                self.init_8bit_state()
+            out = bnb.matmul(x.to(torch.float16), self.weight, bias=None, state=self.state)
+            if not self.state.has_fp16_weights and self.state.CB is not None:
+                self.weight.data = self.state.CB
+            out = out.to(x.dtype)
+            return out if self.bias is None else out + self.bias.to(x.dtype)
+
+    Bnb8bitLinear.__module__ = __name__
+    Bnb8bitLinear.__qualname__ = "Bnb8bitLinear"
+    _BNB8_CLASS = Bnb8bitLinear
+    globals()["Bnb8bitLinear"] = Bnb8bitLinear
+    return Bnb8bitLinear
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Bnb8bitLinear":
+        return _bnb8bit_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,113 @@
+"""Round-to-nearest (RTN) weight quantization, with optional INT activation fake-quant (W8A8).
+
+The :class:`RTNMethod` handler of :class:`qviz.RTN` quantizes each layer's
+``[out, in]`` weight with the fused Numba kernel (one pass: codes, scales and
+the error statistics), swaps in a fake-quant module (or, with
+``qviz.quantize(..., packed=True)``, a :class:`~qviz.quant.modules.PackedLinear`)
+and counts the true storage: packed codes, float16 scales, uint8 zero points.
+
+Examples
+--------
+>>> import torch, qviz
+>>> from torch import nn
+>>> q = qviz.quantize(nn.Sequential(nn.Linear(64, 8)), qviz.RTN(bits=4, group_size=32), progress=False)
+>>> q.quantization.layers["0"].bits_per_weight
+4.75
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from qviz.models import weight_matrix
+from qviz.quant.config import RTN
+from qviz.quant.modules import PackedLinear, fake_quant_module, packed_nbytes
+from qviz.quant.primitives import choose_qparams, fake_quantize_with_stats, quantize
+from qviz.quant.registry import LayerQuant, Method, register
+
+
+def rtn_nbytes(shape: tuple[int, int], cfg: RTN) -> int:
+    """True bytes of an ``[out, in]`` weight under ``cfg``: packed codes + float16 scales + uint8 zeros.
+
+    Examples
+    --------
+    >>> rtn_nbytes((384, 384), RTN(bits=4, group_size=128))
+    77184
+    """
+    rows, cols = shape
+    n_scales = tuple_prod(cfg.granularity.scale_shape((rows, cols)))
+    return packed_nbytes(rows * cols, cfg.bits) + 2 * n_scales + (0 if cfg.symmetric else n_scales)
+
+
+def tuple_prod(shape: tuple[int, ...]) -> int:
+    """Product of a shape's dims."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def module_bias(module: nn.Module) -> torch.Tensor | None:
+    """The layer's bias as a float tensor (None when it has none)."""
+    bias = getattr(module, "bias", None)
+    return None if bias is None else bias.detach()
+
+
+def output_without_bias(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` minus the module's bias (broadcast over the channel dim)."""
+    y = module(x)
+    bias = module_bias(module)
+    if bias is None:
+        return y
+    if y.dim() > 2 and not isinstance(module, nn.Linear) and isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return y - bias.to(y.dtype).reshape(1, -1, *([1] * (y.dim() - 2)))
+    return y - bias.to(y.dtype)
+
+
+@register(RTN)
+class RTNMethod(Method):
+    """Round-to-nearest: min/max (or clipped) range per tensor, channel or group; no calibration data."""
+
+    needs_inputs = False
+    sequential = False
+    layer_types = ("linear", "conv1d", "conv2d")
+
+    def quantize_layer(self, name: str, module: nn.Module, cfg: RTN, inputs: torch.Tensor | None,
+                       state: Any) -> LayerQuant:
+        """Fake-quantize the layer's weight in one fused pass and build its replacement module."""
+        w = weight_matrix(module).float()  # [out, in]
+        w_hat, stats = fake_quantize_with_stats(
+            w.cpu(), cfg.granularity, cfg.bits, symmetric=cfg.symmetric, clip_search=cfg.clip_search
+        )
+        w_hat = w_hat.to(w.device)  # [out, in] float32
+        new = fake_quant_module(module, w_hat, cfg.act_bits, cfg.act_scheme)
+        info = {"sse": stats.sse, "signal": stats.signal, "max_abs_err": stats.max_abs_err}
+        return LayerQuant(new, w_hat, rtn_nbytes(tuple(w.shape), cfg), new.kernel, info)
+
+    def quantize_tensor(self, w: torch.Tensor, cfg: RTN) -> tuple:
+        """``(codes, scale, zero, nbytes, dequantize)`` of ``w [rows, cols]`` (for :func:`qviz.quantize_tensor`)."""
+        from qviz.quant.primitives import dequantize
+
+        qp = choose_qparams(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric, clip_search=cfg.clip_search)
+        codes = quantize(w, qp)  # [rows, cols] uint8
+        return codes, qp.scale, qp.zero, rtn_nbytes(tuple(w.shape), cfg), lambda: dequantize(codes, qp)
+
+    def pack(self, module: nn.Module, cfg: RTN) -> nn.Module | None:
+        """A :class:`PackedLinear` holding the packed codes of the ORIGINAL layer ``module`` (None if not packable).
+
+        Only weight-only RTN on Linear-like layers packs; its output equals the fake-quant module's.
+        """
+        from qviz.models import layer_type
+
+        if cfg.act_bits is not None or layer_type(module) != "linear":
+            return None
+        w = weight_matrix(module).float().cpu()  # [out, in]
+        qp = choose_qparams(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric, clip_search=cfg.clip_search)
+        return PackedLinear(quantize(w, qp), qp, module_bias(module))
+
+    def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
+        """The replacement layer's output on its raw input ``x``, bias removed (activation fake-quant included)."""
+        return output_without_bias(lq.module, x)
