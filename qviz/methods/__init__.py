@@ -1,0 +1,22 @@
+"""Outlier-aware quantization methods: SmoothQuant, AWQ, GPTQ and QAT.
+
+Importing this package registers each method for its config type
+(:mod:`qviz.quant.registry` imports it lazily). The algorithms are pure
+functions on tensors in the submodules; the registered ``Method`` classes are
+thin glue that :func:`qviz.quantize` drives layer by layer.
+"""
+
+from qviz.methods import awq, gptq  # noqa: F401  (importing registers the methods)
+from qviz.methods.awq import AWQApplied, awq_apply, awq_scales, awq_search
+from qviz.methods.gptq import GPTQResult, gptq_hessian, gptq_quantize_weight, hessian_loss
+
+__all__ = [
+    "AWQApplied",
+    "GPTQResult",
+    "awq_apply",
+    "awq_scales",
+    "awq_search",
+    "gptq_hessian",
+    "gptq_quantize_weight",
+    "hessian_loss",
+]
