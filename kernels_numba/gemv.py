@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._bits import I32
 from ._checks import check_array, check_int, raise_nonfinite
 
 __all__ = ["gemv_int4", "gemv_int8"]
@@ -28,13 +29,85 @@ _ROWS_PER_TASK = 16
 @njit(cache=True, fastmath=_FASTMATH)
 def _dot_nibbles(ps, xe, xo):
     # ps [half] uint8, two codes per byte (low nibble = even column); xe, xo [half] float32
-    acc_lo = np.float32(0.0)
-    acc_hi = np.float32(0.0)
+    acc = np.float32(0.0)
     for j in range(ps.shape[0]):
-        b = ps[j]
-        acc_lo += np.float32(b & 15) * xe[j]
-        acc_hi += np.float32(b >> 4) * xo[j]
-    return acc_lo + acc_hi
+        b = I32(ps[j])
+        acc += np.float32(I32(b & I32(15))) * xe[j] + np.float32(I32(b >> I32(4))) * xo[j]
+    return acc
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dot_nibbles_32(ps, xe, xo):
+    # as _dot_nibbles for exactly 32 bytes (64 weights): a constant trip count that LLVM
+    # unrolls into straight vector code with a single horizontal reduction
+    acc = np.float32(0.0)
+    for j in range(32):
+        b = I32(ps[j])
+        acc += np.float32(I32(b & I32(15))) * xe[j] + np.float32(I32(b >> I32(4))) * xo[j]
+    return acc
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _rows4_fast(packed, scale, zero, xe, xo, xsum, half, r, y):
+    # y[r:r+4] for half % 32 == 0: four rows share each load of x, and their independent
+    # accumulation chains overlap in the out-of-order core
+    p0 = packed[r]  # [cols // 2]
+    p1 = packed[r + 1]
+    p2 = packed[r + 2]
+    p3 = packed[r + 3]
+    chunks = half // 32
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for g in range(scale.shape[1]):
+        d0 = d1 = d2 = d3 = np.float32(0.0)
+        for c in range(chunks):
+            o = (g * chunks + c) * 32
+            e = xe[o:o + 32]
+            od = xo[o:o + 32]
+            d0 += _dot_nibbles_32(p0[o:o + 32], e, od)
+            d1 += _dot_nibbles_32(p1[o:o + 32], e, od)
+            d2 += _dot_nibbles_32(p2[o:o + 32], e, od)
+            d3 += _dot_nibbles_32(p3[o:o + 32], e, od)
+        xs = xsum[g]
+        a0 += scale[r, g] * (d0 - np.float32(zero[r, g]) * xs)
+        a1 += scale[r + 1, g] * (d1 - np.float32(zero[r + 1, g]) * xs)
+        a2 += scale[r + 2, g] * (d2 - np.float32(zero[r + 2, g]) * xs)
+        a3 += scale[r + 3, g] * (d3 - np.float32(zero[r + 3, g]) * xs)
+    y[r] = a0
+    y[r + 1] = a1
+    y[r + 2] = a2
+    y[r + 3] = a3
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _row_generic(packed, scale, zero, xe, xo, xsum, half, r, y):
+    # y[r] for any even group size
+    pr = packed[r]  # [cols // 2]
+    acc = np.float32(0.0)
+    for g in range(scale.shape[1]):
+        c0 = g * half
+        d = _dot_nibbles(pr[c0:c0 + half], xe[c0:c0 + half], xo[c0:c0 + half])
+        acc += scale[r, g] * (d - np.float32(zero[r, g]) * xsum[g])
+    y[r] = acc
+
+
+@njit(cache=True, parallel=True)
+def _gemv_int4_kernel(packed, scale, zero, xe, xo, xsum, group_size, y):
+    # packed [rows, cols // 2] uint8; scale [rows, n_groups] float32; zero [rows, n_groups] uint8
+    # xe, xo [cols // 2] float32: x[0::2], x[1::2]; xsum [n_groups] float32; y [rows] float32
+    rows = packed.shape[0]
+    half = group_size // 2
+    fast = half % 32 == 0
+    n_tasks = (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for t in prange(n_tasks):
+        r = t * _ROWS_PER_TASK
+        r1 = min(r + _ROWS_PER_TASK, rows)
+        if fast:
+            while r + 4 <= r1:
+                _rows4_fast(packed, scale, zero, xe, xo, xsum, half, r, y)
+                r += 4
+        while r < r1:
+            _row_generic(packed, scale, zero, xe, xo, xsum, half, r, y)
+            r += 1
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -42,29 +115,8 @@ def _dot_u8(cs, xs):
     # cs [n] uint8; xs [n] float32
     acc = np.float32(0.0)
     for j in range(cs.shape[0]):
-        acc += np.float32(cs[j]) * xs[j]
+        acc += np.float32(I32(cs[j])) * xs[j]
     return acc
-
-
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def _gemv_int4_kernel(packed, scale, zero, xe, xo, xsum, group_size, y):
-    # packed [rows, cols // 2] uint8; scale [rows, n_groups] float32; zero [rows, n_groups] uint8
-    # xe, xo [cols // 2] float32: x[0::2], x[1::2]; xsum [n_groups] float32; y [rows] float32
-    rows = packed.shape[0]
-    n_groups = scale.shape[1]
-    half = group_size // 2
-    n_tasks = (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(n_tasks):
-        r0 = t * _ROWS_PER_TASK
-        r1 = min(r0 + _ROWS_PER_TASK, rows)
-        for r in range(r0, r1):
-            pr = packed[r]
-            acc = np.float32(0.0)
-            for g in range(n_groups):
-                c0 = g * half
-                d = _dot_nibbles(pr[c0:c0 + half], xe[c0:c0 + half], xo[c0:c0 + half])
-                acc += scale[r, g] * (d - np.float32(zero[r, g]) * xsum[g])
-            y[r] = acc
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
