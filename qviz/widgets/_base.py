@@ -1,0 +1,278 @@
+"""Pieces every explorer shares: header, message line, debouncing, background jobs, figure sync.
+
+Examples
+--------
+>>> calls = []
+>>> d = Debouncer(lambda: calls.append(1), delay=0)
+>>> d(); calls
+[1]
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anywidget
+import ipywidgets as W
+import plotly.graph_objects as go
+import traitlets
+
+from qviz.widgets._assets import read_asset
+from qviz.widgets._static import fallback_html
+
+
+class ExplorerFrame(anywidget.AnyWidget):
+    """The explorer's header (title and a note); it also hides the cell's static fallback when live."""
+
+    _esm = read_asset("frame.js")
+    _css = read_asset("qviz.css")
+
+    title = traitlets.Unicode("").tag(sync=True)
+    note = traitlets.Unicode("").tag(sync=True)
+    static_id = traitlets.Unicode("").tag(sync=True)
+
+
+class Debouncer:
+    """Call ``fn`` once, ``delay`` seconds after the last of a burst of calls.
+
+    With ``delay=0`` the call is synchronous (what tests and benchmarks use).
+    Otherwise ``fn`` runs on a timer thread, so a slider drag never queues a
+    model evaluation per pixel and the kernel keeps answering while it runs;
+    ``fn`` calls never overlap.
+
+    Examples
+    --------
+    >>> out = []
+    >>> d = Debouncer(lambda: out.append(len(out)), delay=0.01)
+    >>> d(); d(); d.flush(); out
+    [0]
+    """
+
+    def __init__(self, fn: Callable[[], None], delay: float = 0.15) -> None:
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+            raise ValueError(f"debounce delay must be a number of seconds >= 0; got {delay!r}.")
+        self.fn = fn
+        self.delay = float(delay)
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if self.delay == 0:
+            with self._run_lock:
+                self.fn()
+            return
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.delay, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        with self._run_lock:
+            self.fn()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until a pending call has run."""
+        with self._lock:
+            timer = self._timer
+        if timer is not None:
+            timer.join(timeout)
+        with self._run_lock:  # a call that already started finishes first
+            pass
+
+
+class BackgroundJob:
+    """Whole-model work on a thread, with a progress bar, a status line and a Cancel button.
+
+    ``start(work, total)`` cancels a running job and starts ``work(job)``;
+    ``work`` calls ``job.advance(text)`` after each step and returns early
+    when ``job.cancelled`` is set.
+
+    Examples
+    --------
+    >>> job = BackgroundJob()
+    >>> def work(job):
+    ...     for i in range(3):
+    ...         job.advance(f"step {i}")
+    >>> job.start(work, total=3); job.wait(); job.progress.value
+    3
+    """
+
+    def __init__(self) -> None:
+        self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="220px"))
+        self.status = W.HTML("")
+        self.cancel_button = W.Button(description="Cancel", icon="stop", disabled=True,
+                                      layout=W.Layout(width="90px"))
+        self.cancel_button.on_click(lambda _: self.cancel())
+        self.box = W.HBox([self.progress, self.cancel_button, self.status])
+        self._thread: threading.Thread | None = None
+        self._event = threading.Event()
+        self._done = 0
+        self.error: BaseException | None = None
+        self.elapsed: float | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def advance(self, text: str = "") -> None:
+        self._done += 1
+        self.progress.value = min(self._done, self.progress.max)
+        if text:
+            self.status.value = html.escape(text)
+
+    def start(self, work: Callable[[BackgroundJob], Any], total: int, label: str = "working") -> None:
+        self.cancel()
+        self.wait()
+        self._event = threading.Event()
+        self._done = 0
+        self.error = None
+        self.elapsed = None
+        self.progress.max = max(1, int(total))
+        self.progress.value = 0
+        self.progress.bar_style = "info"
+        self.status.value = html.escape(label)
+        self.cancel_button.disabled = False
+        event = self._event
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                work(self)
+            except Exception as err:  # shown in the widget; the thread must not die silently
+                self.error = err
+                self.progress.bar_style = "danger"
+                self.status.value = f"<span style='color:#8a1f11'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
+            else:
+                if event.is_set():
+                    self.progress.bar_style = "warning"
+                    self.status.value = "cancelled"
+                else:
+                    self.progress.bar_style = "success"
+            finally:
+                self.elapsed = time.perf_counter() - t0
+                self.cancel_button.disabled = True
+
+        self._thread = threading.Thread(target=run, name="qviz-widget-job", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop after its current step."""
+        self._event.set()
+
+    def wait(self, timeout: float | None = 120.0) -> None:
+        """Block until the running job (if any) has finished."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def sync_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
+    """Make the long-lived ``fw`` show ``fig`` with one ``plotly_update`` message.
+
+    When the traces line up (same count and types) the new trace and layout
+    properties go out as one restyle + relayout, without plotly re-validating
+    what ``fig`` already validated; otherwise the traces are replaced.
+
+    Examples
+    --------
+    >>> fw = go.FigureWidget(go.Figure(go.Bar(y=[1, 2])))
+    >>> sync_figure(fw, go.Figure(go.Bar(y=[3, 4]), layout={"title": "new"}))
+    >>> list(fw.data[0].y), fw.layout.title.text
+    ([3, 4], 'new')
+    """
+    same = len(fw.data) == len(fig.data) and all(a.type == b.type for a, b in zip(fw.data, fig.data, strict=True))
+    layout = fig.layout.to_plotly_json()
+    layout.pop("template", None)
+    if not same:
+        with fw.batch_update():
+            fw.data = ()
+            fw.add_traces(list(fig.data))
+            fw.layout = fig.layout
+        return
+    specs = [t.to_plotly_json() for t in fig.data]
+    keys: dict[str, None] = {}
+    for old, spec in zip(fw.data, specs, strict=True):
+        keys.update(dict.fromkeys(spec))
+        keys.update(dict.fromkeys(old.to_plotly_json()))
+    keys.pop("type", None)
+    keys.pop("uid", None)
+    restyle = {k: [spec.get(k) for spec in specs] for k in keys}
+    old_layout = fw.layout.to_plotly_json()
+    relayout = {
+        k: layout.get(k, [] if isinstance(old_layout.get(k), (list, tuple)) else None)
+        for k in {**dict.fromkeys(layout), **dict.fromkeys(old_layout)}
+        if k != "template"
+    }
+    fw.plotly_update(restyle_data=restyle, relayout_data=relayout, trace_indexes=list(range(len(specs))))
+
+
+def message_html(err: BaseException | str) -> str:
+    """The readable message shown in place of a traceback."""
+    text = err if isinstance(err, str) else f"{err}"
+    return f'<div class="qviz-message"><b>Not applied:</b> {html.escape(text)}</div>'
+
+
+class Explorer(W.VBox):
+    """Base of the explorers: a header, a message line, the static fallback, error containment."""
+
+    title = "qviz"
+
+    def __init__(self, children: list[W.Widget], note: str = "", debounce: float = 0.15) -> None:
+        self._static_id = uuid.uuid4().hex
+        self.frame = ExplorerFrame(title=self.title, note=note, static_id=self._static_id)
+        self.message = W.HTML("", layout=W.Layout(margin="2px 0"))
+        self.last_error: str | None = None
+        self._lock = threading.RLock()
+        self._debounced = Debouncer(self._refresh_guarded, delay=debounce)
+        super().__init__([self.frame, self.message, *children])
+
+    # --- error containment: bad input gets a message, the figures stay as they were
+    def _refresh(self) -> None:  # pragma: no cover - each explorer defines it
+        raise NotImplementedError
+
+    def _refresh_guarded(self) -> None:
+        with self._lock:
+            try:
+                self._refresh()
+            except Exception as err:  # noqa: BLE001 - shown to the user instead of a traceback
+                self.last_error = f"{type(err).__name__}: {err}" if not isinstance(err, (ValueError, TypeError)) else str(err)
+                self.message.value = message_html(self.last_error)
+            else:
+                self.last_error = None
+                self.message.value = ""
+
+    def _on_control(self, change: dict[str, Any] | None = None) -> None:
+        self._debounced()
+
+    def flush(self) -> None:
+        """Wait for pending (debounced) updates and background work to finish (for scripts and tests)."""
+        self._debounced.flush()
+        job = getattr(self, "job", None)
+        if job is not None:
+            job.wait()
+
+    # --- static fallback
+    def static_parts(self) -> list[str]:  # pragma: no cover - each explorer defines it
+        raise NotImplementedError
+
+    def static_html(self) -> str:
+        """The static picture of the current state (HTML with inline PNG images, no script)."""
+        with self._lock:
+            return fallback_html(self._static_id, f"{self.title}: {self.frame.note}", self.static_parts())
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display({"text/html": self.static_html(), "text/plain": f"<{self.title} (static picture)>"}, raw=True)
+        display(super()._repr_mimebundle_(), raw=True)
