@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from qviz.models import layer_type, weight_matrix
+from qviz.quant.modules import FakeQuantLinear, fake_quant_module
 
 F16_MIN_SUBNORMAL = 2.0**-24
 F16_MAX = 65504.0
@@ -226,144 +227,43 @@ def weight_nbytes(out_features: int, in_features: int, bits: int, group_size: in
     return codes + 2 * n_groups + (0 if symmetric else n_groups)
 
 
-# --------------------------------------------------------------------------- activations
-
-
-def act_fake_quant(x: torch.Tensor, bits: int, scheme: str) -> torch.Tensor:
-    """Dynamic symmetric INT fake-quant of activations: one scale per token row or per tensor.
-
-    ``scale = absmax / (2**(bits-1) - 1)``, values rounded half to even and clamped to the
-    restricted symmetric range.
-
-    Examples
-    --------
-    >>> act_fake_quant(torch.tensor([[0.5, -1.0, 0.26]]), 2, "per-tensor").tolist()
-    [[0.0, -1.0, 0.0]]
-    """
-    qmax = (1 << (bits - 1)) - 1
-    if scheme == "per-token":
-        amax = x.detach().abs().amax(dim=-1, keepdim=True)  # [..., 1]
-    elif scheme == "per-tensor":
-        amax = x.detach().abs().amax()
-    else:
-        raise ValueError(f"scheme must be 'per-token' or 'per-tensor'; got {scheme!r}.")
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).to(x.dtype)
-    return torch.clamp(torch.round(x / scale), -qmax, qmax) * scale
-
-
-class STEFakeQuant(torch.autograd.Function):
-    """Fake-quantize in the forward, pass the gradient straight through (identity) in the backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return x_hat
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad, None
-
-
 # --------------------------------------------------------------------------- replacement modules
 
 
-class QuantizedLinear(nn.Module):
-    """A linear layer that applies a (de)quantized weight, optionally with an input scale and INT activations.
+class ScaledFakeQuantLinear(FakeQuantLinear):
+    """A fake-quant Linear that multiplies its input by a per-channel ``input_scale`` first.
 
-    ``y = act_q(x * input_scale) @ weight.T + bias``. ``weight`` ``[out, in]`` holds the dequantized
-    weight in the basis of the scaled input; with ``input_scale`` None the input is used as is.
-    Replaces ``nn.Linear`` and GPT-2's ``Conv1D`` (same call, same output).
-
-    Parameters
-    ----------
-    weight : torch.Tensor
-        ``[out, in]`` dequantized weight.
-    bias : torch.Tensor or None
-        ``[out]``.
-    input_scale : torch.Tensor or None
-        ``[in]`` per-input-channel factor applied to the input first (``1/s`` of SmoothQuant/AWQ
-        when it could not be folded into the preceding layer).
-    act_bits : int or None
-        Dynamic symmetric INT fake-quant of the (scaled) input.
-    act_scheme : str
-        ``"per-token"`` or ``"per-tensor"``.
-    method : str
-        Which method made it (shown in ``repr``).
+    ``y = act_q(x * input_scale) @ weight.T + bias``, where ``weight`` ``[out, in]`` is the
+    dequantized weight in the scaled basis. This is the explicit form of SmoothQuant's and
+    AWQ's ``1/s`` where it cannot be folded into the preceding layer. Same call and output as
+    the ``nn.Linear`` / GPT-2 ``Conv1D`` it replaces.
 
     Examples
     --------
-    >>> lin = QuantizedLinear(torch.eye(2), None)
-    >>> lin(torch.tensor([[1.0, 2.0]])).tolist()
-    [[1.0, 2.0]]
+    >>> lin = nn.Linear(2, 1, bias=False)
+    >>> q = ScaledFakeQuantLinear.from_float(lin, torch.tensor([[2.0, 4.0]]), input_scale=torch.tensor([0.5, 0.25]))
+    >>> q(torch.tensor([[1.0, 1.0]])).tolist()
+    [[2.0]]
     """
 
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        input_scale: torch.Tensor | None = None,
-        act_bits: int | None = None,
-        act_scheme: str = "per-tensor",
-        method: str = "",
-    ) -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", weight.detach().clone())  # [out, in]
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())  # [out]
-        self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().clone())  # [in]
-        self.act_bits = act_bits
-        self.act_scheme = act_scheme
-        self.method = method
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-        if self.input_scale is not None:
-            x = x * self.input_scale.to(x.dtype)
-        if self.act_bits is not None:
-            x = act_fake_quant(x, self.act_bits, self.act_scheme)
-        return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-    def extra_repr(self) -> str:
-        parts = [f"in_features={self.in_features}", f"out_features={self.out_features}"]
-        if self.method:
-            parts.append(f"method={self.method!r}")
-        if self.input_scale is not None:
-            parts.append("input_scale=explicit")
-        if self.act_bits is not None:
-            parts.append(f"act=int{self.act_bits}/{self.act_scheme}")
-        return ", ".join(parts)
-
-
-class QuantizedConv2d(nn.Module):
-    """A 2-D convolution with a fixed (de)quantized kernel; same call and output as the original.
-
-    Examples
-    --------
-    >>> conv = nn.Conv2d(1, 2, 3, padding=1)
-    >>> q = QuantizedConv2d.like(conv, weight_matrix(conv))
-    >>> torch.allclose(q(torch.ones(1, 1, 4, 4)), conv(torch.ones(1, 1, 4, 4)))
-    True
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any, padding: Any,
-                 dilation: Any, groups: int, method: str = "") -> None:
-        super().__init__()
-        self.register_buffer("weight", weight.detach().clone())  # [out, in/groups, kh, kw]
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self.method = method
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, act_bits: int | None = None,
+                 act_scheme: str = "per-token", device: Any = None, dtype: Any = None) -> None:
+        super().__init__(in_features, out_features, bias, act_bits, act_scheme, device=device, dtype=dtype)
+        self.register_buffer("input_scale", torch.ones(in_features, device=device, dtype=dtype))  # [in]
 
     @classmethod
-    def like(cls, conv: nn.Conv2d, weight_2d: torch.Tensor, method: str = "") -> QuantizedConv2d:
-        """A replacement for ``conv`` applying ``weight_2d`` ``[out, in*kh*kw]``."""
-        if conv.padding_mode != "zeros":
-            raise ValueError(
-                f"Only zero-padded convolutions can be replaced; this one uses padding_mode={conv.padding_mode!r}."
-            )
-        return cls(weight_2d.reshape(conv.weight.shape), conv.bias, conv.stride, conv.padding,
-                   conv.dilation, conv.groups, method)
+    def from_float(cls, module: nn.Module, weight_hat: torch.Tensor, act_bits: int | None = None,  # type: ignore[override]
+                   act_scheme: str = "per-token", *, input_scale: torch.Tensor) -> ScaledFakeQuantLinear:
+        """Replace ``module`` by a Linear applying ``weight_hat`` ``[out, in]`` to ``x * input_scale``."""
+        new = super().from_float(module, weight_hat, act_bits, act_scheme)
+        new.input_scale = input_scale.detach().to(new.weight.dtype).clone()
+        return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return nn.functional.conv2d(x, self.weight.to(x.dtype), bias, self.stride, self.padding, self.dilation, self.groups)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        return super().forward(x * self.input_scale.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", input_scale=explicit"
 
 
 def layer_bias(module: nn.Module) -> torch.Tensor | None:
@@ -376,22 +276,22 @@ def replacement_for(
     module: nn.Module,
     weight_hat: torch.Tensor,
     *,
-    method: str,
     input_scale: torch.Tensor | None = None,
     act_bits: int | None = None,
-    act_scheme: str = "per-tensor",
+    act_scheme: str = "per-token",
 ) -> nn.Module:
-    """A new module that computes what ``module`` does, with weight ``weight_hat`` ``[out, in]``."""
-    kind = layer_type(module)
-    if kind == "linear":
-        return QuantizedLinear(weight_hat, layer_bias(module), input_scale, act_bits, act_scheme, method)
-    if kind == "conv2d" and input_scale is None and act_bits is None:
-        return QuantizedConv2d.like(module, weight_hat, method)
-    raise TypeError(
-        f"{method} cannot replace a {type(module).__name__} here; it handles Linear layers"
-        f"{' and Conv2d' if input_scale is None and act_bits is None else ''}. "
-        "Select only those layers with layers=... ."
-    )
+    """The fake-quant module that replaces ``module`` with weight ``weight_hat`` ``[out, in]``.
+
+    With ``input_scale`` ``[in]`` (Linear layers only) the input is multiplied by it first.
+    """
+    if input_scale is None:
+        return fake_quant_module(module, weight_hat, act_bits, act_scheme)
+    if layer_type(module) != "linear":
+        raise TypeError(
+            f"An explicit input scale needs a Linear layer; got {type(module).__name__}. "
+            "Select only Linear layers with layers=... ."
+        )
+    return ScaledFakeQuantLinear.from_float(module, weight_hat, act_bits, act_scheme, input_scale=input_scale)
 
 
 def layer_weight(module: nn.Module, name: str = "layer") -> torch.Tensor:

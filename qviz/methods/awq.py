@@ -336,7 +336,7 @@ class AWQMethod(Method):
         if folded is not None:
             res = _apply(W, torch.ones(cols), folded["clip"], cfg.bits, cfg.group_size, cfg.symmetric)
             s = folded["s"]
-            replacement = replacement_for(module, res.weight_scaled_hat, method=cfg.label)
+            replacement = replacement_for(module, res.weight_scaled_hat)
             weight_hat = res.weight_scaled_hat / s
             info = {"awq_alpha": folded["alpha"], "awq_folded": 1.0, "awq_rel_err": folded["rel_err"],
                     "awq_rtn_rel_err": folded["rtn_rel_err"]}
@@ -345,7 +345,7 @@ class AWQMethod(Method):
             ds = awq_search(W, X, cfg.bits, cfg.group_size, cfg.n_grid, cfg.clip_search, cfg.symmetric)
             state["search"][name] = ds
             res = awq_apply(W, ds)
-            replacement = replacement_for(module, res.weight_scaled_hat, method=cfg.label,
+            replacement = replacement_for(module, res.weight_scaled_hat,
                                           input_scale=(1.0 / res.input_scale.double()).float())
             weight_hat = res.weight_hat
             nbytes += 2 * cols  # the explicit float16 input scale

@@ -316,7 +316,7 @@ class GPTQMethod(Method):
             state.setdefault("layers", {})[name] = info
         out, cols = W.shape
         return LayerQuant(
-            module=replacement_for(module, res.weight_hat, method=cfg.label),
+            module=replacement_for(module, res.weight_hat),
             weight_hat=res.weight_hat,
             nbytes=weight_nbytes(out, cols, cfg.bits, cfg.group_size, cfg.symmetric),
             info=info,

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from qviz.quant.granularity import Granularity, granularity_of
 
 ACT_SCHEMES = ("per-token", "per-tensor")
+FOLD_MODES = ("auto", "require", "never")
 
 
 def _check_bits(owner: str, name: str, bits: Any, lo: int = 2, hi: int = 8, allow_none: bool = False) -> None:
@@ -252,16 +253,24 @@ class SmoothQuant(QuantConfig):
     w_bits: int = 8
     a_bits: int = 8
     act_scheme: str = "per-tensor"
+    fold: str = "auto"
     method: ClassVar[str] = "smoothquant"
 
     def __post_init__(self) -> None:
         _check_unit("SmoothQuant", "alpha", self.alpha)
         _check_bits("SmoothQuant", "w_bits", self.w_bits)
         _check_act("SmoothQuant", self.a_bits, self.act_scheme)
+        if self.fold not in FOLD_MODES:
+            raise ValueError(
+                f"SmoothQuant fold must be one of {FOLD_MODES}; got {self.fold!r}. 'auto' folds 1/s into the "
+                "preceding norm where that is exact and keeps an explicit input scale elsewhere (with a warning); "
+                "'require' raises for layers without a foldable predecessor; 'never' always uses explicit scales."
+            )
 
     @property
     def label(self) -> str:
-        return f"SmoothQuant a{self.alpha:g} w{self.w_bits}a{self.a_bits}/{self.act_scheme.split('-')[1]}"
+        text = f"SmoothQuant a{self.alpha:g} w{self.w_bits}a{self.a_bits}/{self.act_scheme.split('-')[1]}"
+        return text if self.fold == "auto" else f"{text} fold={self.fold}"
 
     @property
     def weight_bits(self) -> int:
