@@ -31,7 +31,7 @@ from torch import nn
 from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
 from qviz.quant.config import RTN, QuantConfig
-from qviz.quant.primitives import check_tensor, fake_quantize_with_stats
+from qviz.quant.primitives import check_tensor, count_nonfinite, fake_quantize_with_stats
 from qviz.quant.registry import LayerQuant, Method, method_for
 
 MAX_ROWS = 4096
@@ -369,7 +369,7 @@ def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip:
 
 def _check_layer(name: str, module: nn.Module, cfg: QuantConfig) -> None:
     w = weight_matrix(module)  # [out, in]
-    bad = int((~torch.isfinite(w)).sum())
+    bad = count_nonfinite(w)
     if bad:
         raise ValueError(
             f"Layer {name!r} has {bad} NaN/Inf weight(s) out of {w.numel()}; quantizing it would spread them. "

@@ -132,6 +132,10 @@ class BnbInt8Method(Method):
         scale = scb / 127.0  # [rows]
         return cb, scale, None, int8_nbytes(cb, scb), lambda: cb.float() * scale.unsqueeze(1)
 
+    def weight_only(self, cfg: BnbInt8) -> bool:
+        """False: LLM.int8 quantizes the activations to int8 too (outlier columns aside)."""
+        return False
+
     def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
         """The real ``Linear8bitLt`` output on ``x [tokens, in]`` (LLM.int8 path), bias removed."""
         with torch.no_grad():
@@ -230,6 +234,10 @@ class _Bnb4bitMethod(Method):
         packed, qstate = quantize_4bit(w, cfg)
         codes = unpack_4bit(packed, tuple(w.shape))
         return codes, absmax_4bit(qstate), None, nbytes_4bit(packed, qstate), lambda: dequantize_4bit(packed, qstate)
+
+    def weight_only(self, cfg: _Bnb4bit) -> bool:
+        """True: ``Linear4bit`` computes ``x W_hat^T`` with the dequantized weight in float32."""
+        return True
 
     def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
         """The real ``Linear4bit`` output on ``x [tokens, in]``, bias removed."""

@@ -123,8 +123,7 @@ class FakeQuantLinear(_ActQuantMixin, nn.Linear):
         """Replace ``module`` (nn.Linear or GPT-2's Conv1D) by a fake-quant Linear with ``weight_hat [out, in]``."""
         out_f, in_f = weight_hat.shape
         bias = getattr(module, "bias", None)
-        new = cls(in_f, out_f, bias is not None, act_bits, act_scheme, device=weight_hat.device,
-                  dtype=module.weight.dtype)
+        new = cls(in_f, out_f, bias is not None, act_bits, act_scheme, device="meta")
         new.weight = nn.Parameter(weight_hat.detach().to(module.weight.dtype).clone(),
                                   requires_grad=module.weight.requires_grad)
         new.bias = _copy_param(bias)
@@ -145,7 +144,7 @@ def _conv_from_float(cls: type, module: nn.Module, weight_hat: torch.Tensor, act
         module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
         padding=module.padding, dilation=module.dilation, groups=module.groups,
         bias=module.bias is not None, padding_mode=module.padding_mode,
-        device=module.weight.device, dtype=module.weight.dtype,
+        device="meta",
     )
     new.weight = nn.Parameter(weight_hat.detach().reshape(module.weight.shape).to(module.weight.dtype).clone(),
                               requires_grad=module.weight.requires_grad)

@@ -108,6 +108,10 @@ class RTNMethod(Method):
         qp = choose_qparams(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric, clip_search=cfg.clip_search)
         return PackedLinear(quantize(w, qp), qp, module_bias(module))
 
+    def weight_only(self, cfg: RTN) -> bool:
+        """True unless the config fake-quantizes activations too (W8A8)."""
+        return cfg.act_bits is None
+
     def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
         """The replacement layer's output on its raw input ``x``, bias removed (activation fake-quant included)."""
         return output_without_bias(lq.module, x)
