@@ -32,39 +32,6 @@ def _forward_all(model: QvizModel, calib: Any, batch_size: int, on_batch: Any = 
         model.run(inputs)
 
 
-def gather_inputs(
-    model: QvizModel, calib: Any, names: Sequence[str], *, batch_size: int = 16, max_tokens: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Each named layer's calibration inputs as a ``[tokens, in]`` float32 matrix (padding tokens dropped).
-
-    ``max_tokens`` keeps the first that many rows per layer (bounded memory for big calibration sets).
-
-    Examples
-    --------
-    >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    >>> x = gather_inputs(QvizModel(net, "net", "module"), torch.randn(5, 3), ["2"])
-    >>> tuple(x["2"].shape)
-    (5, 4)
-    """
-    names = list(names)
-    store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    counts = dict.fromkeys(names, 0)
-    mask: list[torch.Tensor | None] = [None]
-
-    def fn(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
-        if name not in store or (max_tokens is not None and counts[name] >= max_tokens):
-            return
-        x = input_matrix(module, inputs[0].detach(), mask[0]).float().cpu()  # [tokens, in]
-        if max_tokens is not None:
-            x = x[: max_tokens - counts[name]]
-        counts[name] += x.shape[0]
-        store[name].append(x)
-
-    with hooks(model, fn, layers=names, include_norms=False):
-        _forward_all(model, calib, batch_size, lambda m: mask.__setitem__(0, m))
-    return {n: torch.cat(v) if v else torch.empty(0) for n, v in store.items()}
-
-
 def input_absmax(model: QvizModel, calib: Any, names: Sequence[str], *, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Streaming per-input-channel ``max |X_j|`` ``[in]`` of each named layer over the calibration set.
 

@@ -126,14 +126,14 @@ def awq_search(
     xarray.Dataset
         dims ``alpha``, ``channel``, ``row``, ``group``, ``ratio``. Variables: ``loss`` (alpha:
         relative output error of each grid point), ``act_mean`` and ``scale`` (channel: mean|X|
-        and the chosen ``s``), ``clip`` (row, group: chosen ratio), ``clip_loss`` (ratio: the
+        and the chosen ``s``), ``clip_ratio`` (row, group: chosen ratio), ``clip_loss`` (ratio: the
         groups' relative error at each ratio), and 0-d ``best_alpha``, ``rtn_rel_err``,
         ``scaled_rel_err`` (after scaling), ``rel_err`` (after scaling and clipping).
 
     Examples
     --------
     >>> ds = awq_search(torch.randn(8, 16), torch.randn(64, 16), bits=3, group_size=8, n_grid=4)
-    >>> ds.loss.sizes["alpha"], ds.clip.shape
+    >>> ds.loss.sizes["alpha"], ds.clip_ratio.shape
     (4, (8, 2))
     """
     W = check_matrix(W, "W").detach().float()
@@ -193,7 +193,7 @@ def awq_search(
             "loss": ("alpha", losses, {"long_name": "relative output error ‖XWᵀ−XŴᵀ‖²/‖XWᵀ‖²", "units": "1"}),
             "act_mean": ("channel", act_mean.numpy(), {"long_name": "mean |X| per input channel", "units": "1"}),
             "scale": ("channel", s.numpy(), {"long_name": "chosen AWQ scale s", "units": "1"}),
-            "clip": (("row", "group"), chosen.numpy(), {"long_name": "chosen clipping ratio", "units": "1"}),
+            "clip_ratio": (("row", "group"), chosen.numpy(), {"long_name": "chosen clipping ratio", "units": "1"}),
             "clip_loss": ("ratio", clip_loss, {"long_name": "groups' relative output error at each clip ratio", "units": "1"}),
             "best_alpha": ((), best_alpha, {"long_name": "chosen alpha", "units": "1"}),
             "rtn_rel_err": ((), float(losses[0]), {"long_name": "RTN relative output error (alpha=0, no clip)", "units": "1"}),
@@ -252,7 +252,7 @@ def awq_apply(W: torch.Tensor, search: xr.Dataset) -> AWQApplied:
     >>> torch.allclose(res.weight_hat * res.input_scale, res.weight_scaled_hat)
     True
     """
-    if not isinstance(search, xr.Dataset) or not {"scale", "clip"} <= set(search.data_vars) or "config" not in search.attrs:
+    if not isinstance(search, xr.Dataset) or not {"scale", "clip_ratio"} <= set(search.data_vars) or "config" not in search.attrs:
         raise TypeError("search must be the Dataset returned by awq_search(W, X, ...).")
     W = check_matrix(W, "W").detach().float()
     out, cols = W.shape
@@ -263,7 +263,7 @@ def awq_apply(W: torch.Tensor, search: xr.Dataset) -> AWQApplied:
         )
     cfg = json.loads(search.attrs["config"])
     s = torch.from_numpy(np.asarray(search.scale.values, np.float32))
-    clip = torch.from_numpy(np.asarray(search.clip.values, np.float32))
+    clip = torch.from_numpy(np.asarray(search["clip_ratio"].values, np.float32))
     return _apply(W, s, clip, cfg["bits"], cfg["group_size"], cfg["symmetric"])
 
 
@@ -290,9 +290,11 @@ class AWQMethod(Method):
     layer_types = ("linear",)
 
     def prepare(self, model: Any, cfg: AWQ, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
-        from qviz.methods._model import as_qviz_model, find_input_groups, fold_scale_, gather_inputs
+        from qviz.methods._model import as_qviz_model, find_input_groups, fold_scale_
         from qviz.models import layer_type
+        from qviz.quant.api import as_rows, capture_inputs, check_calib
 
+        check_calib(calib, "AWQ (it searches scales on each layer's calibration inputs)")
         model = as_qviz_model(model)
         names = [n for n, m in layers.items() if layer_type(m) == "linear"]
         state: dict[str, Any] = {"folded": {}, "search": {}, "reasons": {}}
@@ -307,7 +309,8 @@ class AWQMethod(Method):
         if not foldable:
             return state
         modules = dict(model.module.named_modules())
-        inputs = gather_inputs(model, calib, [g.layers[0] for g in foldable])
+        first = [g.layers[0] for g in foldable]
+        inputs = {n: as_rows(modules[n], x) for n, x in capture_inputs(model, calib, first).items()}  # [tokens, in]
         for g in foldable:
             weights = [layer_weight(modules[n], n) for n in g.layers]
             W = torch.cat(weights)  # [sum of outs, in]
@@ -319,7 +322,7 @@ class AWQMethod(Method):
             for n, w in zip(g.layers, weights, strict=True):
                 rows = slice(start, start + w.shape[0])
                 start += w.shape[0]
-                state["folded"][n] = {"s": s, "clip": torch.from_numpy(np.asarray(ds.clip.values[rows], np.float32)),
+                state["folded"][n] = {"s": s, "clip": torch.from_numpy(np.asarray(ds["clip_ratio"].values[rows], np.float32)),
                                       "alpha": float(ds.best_alpha), "rel_err": float(ds.rel_err),
                                       "rtn_rel_err": float(ds.rtn_rel_err), "predecessor": g.predecessor}
                 state["search"][n] = ds
