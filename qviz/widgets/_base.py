@@ -91,9 +91,10 @@ class Debouncer:
 class BackgroundJob:
     """Whole-model work on a thread, with a progress bar, a status line and a Cancel button.
 
-    ``start(work, total)`` cancels a running job and starts ``work(job)``;
-    ``work`` calls ``job.advance(text)`` after each step and returns early
-    when ``job.cancelled`` is set.
+    ``start(work, total)`` cancels the running job (it stops at its next
+    check; nobody waits for it) and starts ``work(job)`` on a new thread;
+    ``work`` calls ``job.advance(text)`` after each step and returns early when
+    ``job.cancelled`` is set. Only the newest run moves the progress bar.
 
     Examples
     --------
@@ -118,8 +119,14 @@ class BackgroundJob:
         self.error: BaseException | None = None
         self.elapsed: float | None = None
 
+    def _current(self) -> bool:
+        return threading.current_thread() is self._thread
+
     @property
     def cancelled(self) -> bool:
+        """True once this run was cancelled (or replaced by a newer one)."""
+        if threading.current_thread() is not self._thread and isinstance(threading.current_thread(), _JobThread):
+            return True
         return self._event.is_set()
 
     @property
@@ -127,6 +134,9 @@ class BackgroundJob:
         return self._thread is not None and self._thread.is_alive()
 
     def advance(self, text: str = "") -> None:
+        """One step done (only the newest run reports)."""
+        if not self._current():
+            return
         self._done += 1
         self.progress.value = min(self._done, self.progress.max)
         if text:
@@ -134,8 +144,8 @@ class BackgroundJob:
 
     def start(self, work: Callable[[BackgroundJob], Any], total: int, label: str = "working") -> None:
         self.cancel()
-        self.wait()
-        self._event = threading.Event()
+        event = threading.Event()
+        self._event = event
         self._done = 0
         self.error = None
         self.elapsed = None
@@ -144,71 +154,84 @@ class BackgroundJob:
         self.progress.bar_style = "info"
         self.status.value = html.escape(label)
         self.cancel_button.disabled = False
-        event = self._event
 
         def run() -> None:
             t0 = time.perf_counter()
             try:
                 work(self)
             except Exception as err:  # shown in the widget; the thread must not die silently
-                self.error = err
-                self.progress.bar_style = "danger"
-                self.status.value = f"<span style='color:#8a1f11'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
+                if self._current():
+                    self.error = err
+                    self.progress.bar_style = "danger"
+                    self.status.value = (
+                        f"<span style='color:#8a1f11'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
+                    )
             else:
-                if event.is_set():
-                    self.progress.bar_style = "warning"
-                    self.status.value = "cancelled"
-                else:
-                    self.progress.bar_style = "success"
+                if self._current():
+                    self.progress.bar_style = "warning" if event.is_set() else "success"
+                    if event.is_set():
+                        self.status.value = "cancelled"
             finally:
-                self.elapsed = time.perf_counter() - t0
-                self.cancel_button.disabled = True
+                if self._current():
+                    self.elapsed = time.perf_counter() - t0
+                    self.cancel_button.disabled = True
 
-        self._thread = threading.Thread(target=run, name="qviz-widget-job", daemon=True)
-        self._thread.start()
+        thread = _JobThread(target=run, name="qviz-widget-job", daemon=True)
+        self._thread = thread
+        thread.start()
 
     def cancel(self) -> None:
         """Ask the running job to stop after its current step."""
         self._event.set()
 
-    def wait(self, timeout: float | None = 120.0) -> None:
-        """Block until the running job (if any) has finished."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def wait(self, timeout: float | None = 300.0) -> None:
+        """Block until the newest run (if any) has finished."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
 
-def sync_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
-    """Make the long-lived ``fw`` show ``fig`` with one ``plotly_update`` message.
+class _JobThread(threading.Thread):
+    """Marks threads started by :class:`BackgroundJob` (a superseded one reads as cancelled)."""
+
+
+def sync_figure(fw: go.FigureWidget, fig: go.Figure | dict) -> None:
+    """Make the long-lived ``fw`` show ``fig`` (a ``go.Figure`` or a figure dict) with one update message.
 
     When the traces line up (same count and types) the new trace and layout
-    properties go out as one restyle + relayout, without plotly re-validating
-    what ``fig`` already validated; otherwise the traces are replaced.
+    properties go out as one ``plotly_update`` (restyle + relayout), without
+    plotly validating every value again; otherwise the traces are replaced.
 
     Examples
     --------
     >>> fw = go.FigureWidget(go.Figure(go.Bar(y=[1, 2])))
-    >>> sync_figure(fw, go.Figure(go.Bar(y=[3, 4]), layout={"title": "new"}))
+    >>> sync_figure(fw, {"data": [{"type": "bar", "y": [3, 4]}], "layout": {"title": {"text": "new"}}})
     >>> list(fw.data[0].y), fw.layout.title.text
     ([3, 4], 'new')
     """
-    same = len(fw.data) == len(fig.data) and all(a.type == b.type for a, b in zip(fw.data, fig.data, strict=True))
-    layout = fig.layout.to_plotly_json()
+    if isinstance(fig, dict):
+        specs = [dict(t) for t in fig.get("data", [])]
+        layout = dict(fig.get("layout", {}))
+    else:
+        specs = [t.to_plotly_json() for t in fig.data]
+        layout = fig.layout.to_plotly_json()
     layout.pop("template", None)
-    if not same:
+    types = [spec.get("type", "scatter") for spec in specs]
+    if len(fw.data) != len(specs) or any(t.type != ty for t, ty in zip(fw.data, types, strict=True)):
+        full = fig if isinstance(fig, go.Figure) else go.Figure(fig)
         with fw.batch_update():
             fw.data = ()
-            fw.add_traces(list(fig.data))
-            fw.layout = fig.layout
+            fw.add_traces(list(full.data))
+            fw.layout = full.layout
         return
-    specs = [t.to_plotly_json() for t in fig.data]
     keys: dict[str, None] = {}
-    for old, spec in zip(fw.data, specs, strict=True):
+    for old, spec in zip(fw._data, specs, strict=True):  # the widget's own trace dicts: no deep copy
         keys.update(dict.fromkeys(spec))
-        keys.update(dict.fromkeys(old.to_plotly_json()))
+        keys.update(dict.fromkeys(old))
     keys.pop("type", None)
     keys.pop("uid", None)
     restyle = {k: [spec.get(k) for spec in specs] for k in keys}
-    old_layout = fw.layout.to_plotly_json()
+    old_layout = fw._layout
     relayout = {
         k: layout.get(k, [] if isinstance(old_layout.get(k), (list, tuple)) else None)
         for k in {**dict.fromkeys(layout), **dict.fromkeys(old_layout)}

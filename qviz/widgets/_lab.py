@@ -1,0 +1,380 @@
+"""The numbers behind QuantExplorer: quantize one layer for one config, measure it.
+
+:class:`LayerLab` holds a model, its calibration inputs and caches, and answers
+"what does config C do to layer L" through the registered method of C
+(:func:`qviz.quant.registry.method_for`), exactly as :func:`qviz.layer_error`
+measures it: weight MSE and SQNR, and the output error
+``||X W^T - Q(X) W_hat^T||^2 / ||X W^T||^2`` on the layer's calibration inputs.
+Methods that change the model first (SmoothQuant, AWQ) run their ``prepare`` on a
+copy once per config; nothing here touches the user's model.
+
+Examples
+--------
+>>> import torch, qviz
+>>> from torch import nn
+>>> net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+>>> lab = LayerLab(net, torch.randn(16, 64))
+>>> res = lab.quantize("0", qviz.RTN(bits=8, group_size=None))
+>>> res.weight_sqnr_db > 40, res.bits_per_weight
+(True, 8.375)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qviz._filters import LayerSpec
+from qviz.models import QvizModel, layer_type, load, weight_matrix
+from qviz.quant.config import AWQ, GPTQ, RTN, BnbFP4, BnbInt8, BnbNF4, QuantConfig, SmoothQuant
+from qviz.quant.registry import LayerQuant, Method, known_config_types, method_for
+from qviz.widgets._fast import ErrorHistogram, error_and_histogram
+
+MAX_ROWS = 256
+"""Calibration rows (tokens) kept per layer for the output error."""
+
+METHODS: dict[str, type[QuantConfig]] = {
+    "RTN": RTN,
+    "NF4": BnbNF4,
+    "FP4": BnbFP4,
+    "Int8": BnbInt8,
+    "SmoothQuant": SmoothQuant,
+    "AWQ": AWQ,
+    "GPTQ": GPTQ,
+}
+"""Method names of the explorer's dropdown -> config type."""
+
+USES: dict[str, tuple[str, ...]] = {
+    "RTN": ("bits", "group_size", "symmetric"),
+    "NF4": ("group_size",),
+    "FP4": ("group_size",),
+    "Int8": ("threshold",),
+    "SmoothQuant": ("bits", "alpha"),
+    "AWQ": ("bits", "group_size", "symmetric"),
+    "GPTQ": ("bits", "group_size", "symmetric"),
+}
+"""Which controls each method reads (the others are greyed out)."""
+
+SWEEP_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def available_methods() -> list[str]:
+    """The dropdown's methods whose config type has a registered quantizer.
+
+    Examples
+    --------
+    >>> available_methods()[:4]
+    ['RTN', 'NF4', 'FP4', 'Int8']
+    """
+    known = set(known_config_types())
+    return [name for name, cls in METHODS.items() if cls in known]
+
+
+def parse_group_size(text: Any) -> int | str | None:
+    """The group-size control's text as a config value: ``None`` (per channel), ``"tensor"`` or an int.
+
+    Examples
+    --------
+    >>> parse_group_size("128"), parse_group_size("channel"), parse_group_size("tensor")
+    (128, None, 'tensor')
+    >>> parse_group_size("12x")
+    Traceback (most recent call last):
+    ...
+    ValueError: group size '12x' is not understood. Type a whole number such as 32, 64 or 128, 'channel' for one scale per output row, or 'tensor' for a single scale.
+    """
+    if text is None or isinstance(text, (int, np.integer)) and not isinstance(text, bool):
+        return None if text is None else int(text)
+    s = str(text).strip().lower()
+    if s in ("", "none", "channel", "ch", "per-channel", "row"):
+        return None
+    if s in ("tensor", "per-tensor"):
+        return "tensor"
+    if re.fullmatch(r"[+-]?\d+", s):
+        return int(s)
+    raise ValueError(
+        f"group size {text!r} is not understood. Type a whole number such as 32, 64 or 128, "
+        "'channel' for one scale per output row, or 'tensor' for a single scale."
+    )
+
+
+def make_config(
+    method: str, bits: Any = 4, group_size: Any = 128, symmetric: bool = False, alpha: float = 0.5,
+    threshold: float = 6.0,
+) -> QuantConfig:
+    """The config the explorer's controls describe (validated by the config itself).
+
+    For NF4/FP4 the group size is bitsandbytes' block size (per-channel means the default 64).
+
+    Examples
+    --------
+    >>> make_config("RTN", bits=3, group_size="64").label
+    'RTN w3 g64 asym'
+    >>> make_config("NF4", group_size="128").label
+    'bnb nf4 b128'
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; pick one of {', '.join(METHODS)}.")
+    gs = parse_group_size(group_size)
+    if isinstance(bits, float) and bits.is_integer():
+        bits = int(bits)
+    if method == "RTN":
+        return RTN(bits=bits, group_size=gs, symmetric=bool(symmetric))
+    if method in ("NF4", "FP4"):
+        if gs == "tensor":
+            raise ValueError(f"{method} quantizes in blocks; give a block size such as 64 (not 'tensor').")
+        return METHODS[method](blocksize=64 if gs is None else gs)
+    if method == "Int8":
+        return BnbInt8(threshold=float(threshold))
+    if method == "SmoothQuant":
+        return SmoothQuant(alpha=float(alpha), w_bits=bits)
+    if gs == "tensor":
+        raise ValueError(f"{method} takes a group size or 'channel', not 'tensor'.")
+    return METHODS[method](bits=bits, group_size=gs, symmetric=bool(symmetric))
+
+
+def divisors_hint(cols: int) -> str:
+    """A few group sizes that divide ``cols`` (powers of two first).
+
+    Examples
+    --------
+    >>> divisors_hint(384)
+    '32, 64, 128'
+    """
+    good = [g for g in (32, 64, 128, 256, 16, 8) if cols % g == 0 and g < cols][:3]
+    return ", ".join(str(g) for g in sorted(good)) or str(cols)
+
+
+def check_fits(cfg: QuantConfig, name: str, cols: int) -> None:
+    """Raise ``ValueError`` when ``cfg``'s group size does not divide the layer's ``cols`` input columns."""
+    gs = getattr(cfg, "group_size", None)
+    if isinstance(gs, int) and not isinstance(gs, bool) and cols % gs:
+        raise ValueError(
+            f"group size {gs} does not divide the {cols} input columns of {name} "
+            f"({cols} / {gs} = {cols / gs:.3g}). Pick a divisor such as {divisors_hint(cols)}, or 'channel'."
+        )
+
+
+@dataclass
+class LayerResult:
+    """One layer quantized with one config.
+
+    Attributes
+    ----------
+    layer, config : str
+        Layer name and config label.
+    weight_mse, weight_sqnr_db, max_abs_err : float
+    bits_per_weight : float
+        Stored bits per weight, overhead included.
+    hist : ErrorHistogram
+        Error statistics and the histogram of the quantized weight.
+    output_rel_err : float
+        NaN until :meth:`LayerLab.output_error` has run.
+    """
+
+    layer: str
+    config: str
+    weight_mse: float
+    weight_sqnr_db: float
+    max_abs_err: float
+    bits_per_weight: float
+    nbytes: int
+    kernel: str
+    hist: ErrorHistogram
+    output_rel_err: float = math.nan
+    lq: LayerQuant | None = field(default=None, repr=False)
+    method: Method | None = field(default=None, repr=False)
+
+
+class LayerLab:
+    """Quantize single layers of a model with any registered config and measure the error.
+
+    Parameters
+    ----------
+    model
+        A :class:`~qviz.QvizModel`, ``torch.nn.Module`` or model name. Never changed.
+    calib
+        Calibration inputs; the first ``max_rows`` tokens of each layer's input are kept.
+    layers
+        Which quantizable layers (a layer filter; default all).
+    max_rows
+        Calibration rows kept per layer.
+    n_bins
+        Bins of the weight histograms.
+    """
+
+    def __init__(self, model: Any, calib: Any, layers: LayerSpec = None, *, max_rows: int = MAX_ROWS,
+                 n_bins: int = 120) -> None:
+        from qviz.quant.api import check_calib, plan
+
+        self.model = model if isinstance(model, QvizModel) else load(model)
+        check_calib(calib, "QuantExplorer")
+        if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
+            raise ValueError(f"max_rows must be a positive int; got {max_rows!r}.")
+        self.calib = calib
+        self.max_rows = max_rows
+        self.n_bins = n_bins
+        self.plan = plan(self.model, RTN(bits=8, group_size=None), layers)
+        self.names: list[str] = list(self.plan.assign)
+        if not self.names:
+            raise ValueError(f"The layer filter {layers!r} selected no quantizable layer; pass layers=None for all.")
+        root = self.model.module
+        self.modules: dict[str, nn.Module] = {n: root.get_submodule(n) for n in self.names}
+        self._weights: dict[str, np.ndarray] = {}
+        self._ranges: dict[str, tuple[float, float, np.ndarray]] = {}
+        self._inputs: dict[str, torch.Tensor] | None = None
+        self._ref: dict[str, torch.Tensor] = {}
+        self._prepared: dict[str, tuple[QvizModel, dict[str, torch.Tensor], Any]] = {}
+        self._lock = threading.RLock()
+
+    # ----------------------------------------------------------------- cached inputs
+    def shape(self, name: str) -> tuple[int, int]:
+        """``(out, in)`` of the layer's weight matrix."""
+        w = weight_matrix(self.modules[self._check(name)])
+        return int(w.shape[0]), int(w.shape[1])
+
+    def _check(self, name: str) -> str:
+        if name not in self.modules:
+            from qviz._errors import did_you_mean
+
+            raise ValueError(f"Unknown layer {name!r}.{did_you_mean(name, self.names)} Pick one of lab.names.")
+        return name
+
+    def weight(self, name: str) -> np.ndarray:
+        """The layer's float32 weight ``[out, in]`` (a private copy)."""
+        with self._lock:
+            if name not in self._weights:
+                w = weight_matrix(self.modules[self._check(name)]).detach().float().cpu().numpy()
+                self._weights[name] = np.ascontiguousarray(w)  # [out, in]
+            return self._weights[name]
+
+    def before(self, name: str) -> ErrorHistogram:
+        """Histogram of the unquantized weight (its range is the range of every later histogram)."""
+        with self._lock:
+            if name not in self._ranges:
+                w = self.weight(name)
+                lo, hi = float(w.min()), float(w.max())
+                pad = 0.02 * (hi - lo) if hi > lo else 1.0
+                h = error_and_histogram(w, w, lo - pad, hi + pad, self.n_bins)
+                self._ranges[name] = (lo - pad, hi + pad, h)
+            return self._ranges[name][2]
+
+    def inputs(self, name: str) -> torch.Tensor:
+        """The layer's raw calibration input (``[rows, in]`` for a Linear), captured once for every layer."""
+        from qviz.quant.api import capture_inputs
+
+        with self._lock:
+            if self._inputs is None:
+                self._inputs = capture_inputs(self.model, self.calib, self.names, self.max_rows)
+            return self._inputs[self._check(name)]
+
+    def _reference(self, name: str) -> torch.Tensor:
+        from qviz.quant.rtn import output_without_bias
+
+        with self._lock:
+            if name not in self._ref:
+                with torch.no_grad():
+                    self._ref[name] = output_without_bias(self.modules[name], self.inputs(name)).double()
+            return self._ref[name]
+
+    @staticmethod
+    def needs_prepare(cfg: QuantConfig) -> bool:
+        """True when ``cfg``'s method changes the model before quantizing layers (SmoothQuant, AWQ)."""
+        method = method_for(cfg)
+        return type(method).prepare is not Method.prepare and not _prepare_is_trivial(method)
+
+    def _context(self, cfg: QuantConfig) -> tuple[QvizModel, dict[str, torch.Tensor] | None, Any]:
+        """(model to quantize from, its inputs, method state); a prepared copy for model-changing methods."""
+        method = method_for(cfg)
+        if not self.needs_prepare(cfg):
+            state = method.prepare(self.model, cfg, self.calib, {}) if _prepare_is_trivial(method) else None
+            return self.model, None, state
+        from qviz.quant.api import capture_inputs
+
+        with self._lock:
+            if cfg.label not in self._prepared:
+                work = self.model.copy()
+                mods = {n: work.module.get_submodule(n) for n in self.names}
+                state = method.prepare(work, cfg, self.calib, mods)
+                ins = capture_inputs(work, self.calib, self.names, self.max_rows)
+                self._prepared[cfg.label] = (work, ins, state)
+            return self._prepared[cfg.label]
+
+    # ----------------------------------------------------------------- the measurement
+    def quantize(self, name: str, cfg: QuantConfig) -> LayerResult:
+        """Quantize layer ``name`` with ``cfg`` and measure the weight error (output error: :meth:`output_error`).
+
+        Raises ``ValueError`` with a readable message for a config that does not fit the layer.
+        """
+        from qviz.quant.api import as_rows
+
+        method = method_for(cfg)
+        self._check(name)
+        out_f, in_f = self.shape(name)
+        check_fits(cfg, name, in_f)
+        if layer_type(self.modules[name]) not in method.layer_types:
+            raise ValueError(
+                f"{type(cfg).__name__} does not quantize {layer_type(self.modules[name])} layers such as {name}; "
+                f"it handles {', '.join(method.layer_types)}. Pick another layer or method."
+            )
+        work, prepared_inputs, state = self._context(cfg)
+        module = work.module.get_submodule(name)
+        rows = None
+        if method.needs_inputs:
+            x = prepared_inputs[name] if prepared_inputs is not None else self.inputs(name)
+            rows = as_rows(module, x)  # [rows, in]
+        with torch.no_grad():
+            lq = method.quantize_layer(name, module, cfg, rows, state)
+        w_hat = lq.weight_hat.detach().float().cpu().numpy().reshape(out_f, in_f)  # [out, in]
+        self.before(name)
+        lo, hi, _ = self._ranges[name]
+        h = error_and_histogram(self.weight(name), w_hat, lo, hi, self.n_bins)
+        return LayerResult(
+            layer=name, config=cfg.label, weight_mse=h.mse, weight_sqnr_db=h.sqnr_db, max_abs_err=h.max_abs_err,
+            bits_per_weight=lq.bits_per_weight, nbytes=int(lq.nbytes), kernel=lq.kernel, hist=h, lq=lq,
+            method=method,
+        )
+
+    def output_error(self, res: LayerResult, cfg: QuantConfig) -> float:
+        """``||X W^T - Q(X) W_hat^T||^2 / ||X W^T||^2`` on the layer's calibration inputs; stored in ``res``."""
+        from qviz.quant.error import quantized_output
+
+        if res.lq is None or res.method is None:
+            raise ValueError("This result has no quantized layer to run; make it with LayerLab.quantize.")
+        name = res.layer
+        ref = self._reference(name)
+        work, prepared_inputs, _ = self._context(cfg)
+        x = prepared_inputs[name] if prepared_inputs is not None else self.inputs(name)
+        with torch.no_grad():
+            got = quantized_output(res.method, res.lq, work.module.get_submodule(name), x).double()
+        energy = float((ref * ref).sum())
+        noise = float(((ref - got) ** 2).sum())
+        res.output_rel_err = noise / energy if energy > 0 else (0.0 if noise == 0 else math.inf)
+        return res.output_rel_err
+
+    def sweep_bits(self, name: str, cfg: QuantConfig, bits: tuple[int, ...] = SWEEP_BITS,
+                   cancelled: Any = None) -> list[tuple[int, float]]:
+        """``[(bits, weight SQNR dB)]`` for ``cfg`` at each bit width (configs with a ``bits``/``w_bits`` field)."""
+        field_name = "bits" if hasattr(cfg, "bits") else "w_bits" if hasattr(cfg, "w_bits") else None
+        if field_name is None:
+            return [(int(cfg.weight_bits or 0), self.quantize(name, cfg).weight_sqnr_db)]
+        out = []
+        for b in bits:
+            if cancelled is not None and cancelled():
+                break
+            out.append((b, self.quantize(name, cfg.replace(**{field_name: b})).weight_sqnr_db))
+        return out
+
+
+_BOOKKEEPING_PREPARE = ("GPTQMethod",)
+"""Methods whose ``prepare`` only makes a bookkeeping dict and leaves the model alone (no copy needed)."""
+
+
+def _prepare_is_trivial(method: Method) -> bool:
+    return type(method).__name__ in _BOOKKEEPING_PREPARE
