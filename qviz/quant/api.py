@@ -30,7 +30,7 @@ from torch import nn
 
 from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
-from qviz.quant.config import RTN, QuantConfig
+from qviz.quant.config import RTN, BnbFP4, BnbNF4, QuantConfig
 from qviz.quant.primitives import check_tensor, count_nonfinite, fake_quantize_with_stats
 from qviz.quant.registry import LayerQuant, Method, method_for
 
@@ -174,8 +174,10 @@ def _via_layer(method: Method, w: torch.Tensor, cfg: QuantConfig) -> tuple:
 def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
     """Quantize and dequantize one tensor: same type, shape, dtype and device out as in.
 
-    RTN runs the fused one-pass kernel; the bitsandbytes formats run
-    bitsandbytes. The input is not modified.
+    RTN runs the fused one-pass Numba kernel; NF4/FP4 without double
+    quantization run the Numba kernel that reproduces bitsandbytes' arithmetic
+    (equal results, tested); LLM.int8 and double-quantized NF4/FP4 run
+    bitsandbytes itself. The input is not modified.
 
     Parameters
     ----------
@@ -198,6 +200,14 @@ def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
         w_hat, _ = fake_quantize_with_stats(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
                                             clip_search=cfg.clip_search)
         return _restore(w_hat, like)
+    if isinstance(cfg, (BnbNF4, BnbFP4)) and not cfg.double_quant:
+        method_for(cfg)
+        w, like = _as_2d(weight)
+        if w.device.type == "cpu":  # the Numba kernel: bitsandbytes' arithmetic, one fused pass
+            import kernels_numba as kn
+
+            w_hat, _ = kn.fake_quantize_4bit(np.ascontiguousarray(w.numpy()), cfg.blocksize, cfg.quant_type)
+            return _restore(torch.from_numpy(w_hat), like)
     return quantize_tensor(weight, cfg).dequantize()
 
 

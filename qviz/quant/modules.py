@@ -226,64 +226,29 @@ def fake_quant_module(module: nn.Module, weight_hat: torch.Tensor, act_bits: int
     )
 
 
-# --------------------------------------------------------------------------- bit packing
-
-
-def packed_nbytes(n_codes: int, bits: int) -> int:
-    """Bytes of ``n_codes`` codes of ``bits`` bits packed tightly (``ceil(n * bits / 8)``).
-
-    Examples
-    --------
-    >>> packed_nbytes(384 * 384, 4), packed_nbytes(10, 3)
-    (73728, 4)
-    """
-    return (int(n_codes) * int(bits) + 7) // 8
-
-
-def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack uint8 codes (each ``< 2**bits``) into a little-endian bit stream of ``ceil(n*bits/8)`` bytes.
-
-    Code ``i`` occupies bits ``i*bits .. (i+1)*bits - 1`` of the stream, lowest bit
-    first; so INT4 puts two codes per byte (first in the low nibble), INT2 four,
-    INT3 eight codes per three bytes.
-
-    Examples
-    --------
-    >>> pack_codes(np.array([1, 2, 3], np.uint8), 4)
-    array([33,  3], dtype=uint8)
-    """
-    flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)  # [n]
-    if bits == 8:
-        return flat.copy()
-    bitplanes = np.unpackbits(flat[:, None], axis=1, bitorder="little")[:, :bits]  # [n, bits]
-    return np.packbits(bitplanes.reshape(-1), bitorder="little")
-
-
-def unpack_codes(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_codes`: ``n`` uint8 codes.
-
-    Examples
-    --------
-    >>> unpack_codes(pack_codes(np.array([1, 2, 3], np.uint8), 4), 4, 3)
-    array([1, 2, 3], dtype=uint8)
-    """
-    if bits == 8:
-        return np.asarray(packed, np.uint8)[:n].copy()
-    stream = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
-    weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
-    return (stream.astype(np.uint16) @ weights).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------- packed layer
+
+
+def packed_nbytes(rows: int, cols: int, bits: int) -> int:
+    """Bytes of a ``[rows, cols]`` code matrix packed row by row: ``rows * ceil(cols * bits / 8)``.
+
+    Examples
+    --------
+    >>> packed_nbytes(384, 384, 4), packed_nbytes(2, 10, 3)
+    (73728, 8)
+    """
+    return int(rows) * ((int(cols) * int(bits) + 7) // 8)
 
 
 class PackedLinear(nn.Module):
     """A Linear stored as packed RTN codes + float16 scales + uint8 zero points (true low-bit storage).
 
-    ``forward`` on a single input vector with no gradient uses the packed
-    matrix-vector kernel of :mod:`kernels_numba` when one exists for
-    ``bits``; otherwise (and for batches) the weight is dequantized for the
-    call and a float matmul runs. :attr:`nbytes` is what is stored.
+    Codes are packed row by row with :func:`kernels_numba.pack` (INT4: two per
+    byte, low nibble first; INT2: four; INT3: eight per three bytes). A single
+    input vector with no gradient runs the packed matrix-vector kernel of
+    :mod:`kernels_numba` (INT4 any group size; INT8 one scale per row); other
+    inputs dequantize the weight for the call and run a float matmul.
+    :attr:`nbytes` is what is stored.
 
     Examples
     --------
@@ -297,27 +262,47 @@ class PackedLinear(nn.Module):
 
     def __init__(self, codes: torch.Tensor, qparams: Any, bias: torch.Tensor | None = None) -> None:
         super().__init__()
+        import kernels_numba as kn
+
+        from qviz.quant.granularity import PerTensor
+
         out_f, in_f = qparams.shape
         self.in_features, self.out_features = in_f, out_f
         self.bits = qparams.bits
         self.symmetric = qparams.symmetric
         self.granularity = qparams.granularity
-        packed = pack_codes(codes.detach().cpu().numpy(), self.bits)
-        self.register_buffer("packed", torch.from_numpy(packed))  # [ceil(out*in*bits/8)] uint8
-        self.register_buffer("scale", torch.as_tensor(qparams.scale).detach().cpu().to(torch.float16))  # [out|1, n_groups]
-        self.register_buffer("zero", torch.as_tensor(qparams.zero).detach().cpu().to(torch.uint8))
+        scale = torch.as_tensor(qparams.scale).detach().cpu().float()  # [out|1, n_groups]
+        zero = torch.as_tensor(qparams.zero).detach().cpu().to(torch.uint8)
+        packed = kn.pack(np.ascontiguousarray(torch.as_tensor(codes).cpu().numpy()), self.bits)  # [out, ceil(in*bits/8)]
+        self.register_buffer("packed", torch.from_numpy(packed))
+        self.register_buffer("scale", scale.to(torch.float16))  # exact: RTN scales are float16 values
+        self.register_buffer("zero", zero)
         self.bias = _copy_param(bias)
-        self.kernel = "packed storage; dequantize + float matmul"
+        per_tensor = isinstance(self.granularity, PerTensor)
+        group = in_f if per_tensor or scale.shape[1] == 1 else in_f // scale.shape[1]
+        self._group = group
+        if self.bits == 4 and group % 2 == 0:
+            self.kernel = "real kernel: numba packed INT4 GEMV (batch 1); dequantize + float matmul for batches"
+        elif self.bits == 8 and group == in_f:
+            self.kernel = "real kernel: numba INT8 GEMV (batch 1); dequantize + float matmul for batches"
+        else:
+            self.kernel = f"packed INT{self.bits} storage; dequantize + float matmul"
 
     @property
     def nbytes(self) -> int:
         """Stored bytes of the weight: packed codes, float16 scales, zero points (asymmetric only)."""
         return int(self.packed.numel() + 2 * self.scale.numel() + (0 if self.symmetric else self.zero.numel()))
 
+    def _full(self, t: torch.Tensor) -> np.ndarray:
+        """Per-tensor parameters broadcast to one per row (the kernels want ``[rows, n_groups]``)."""
+        a = t.numpy()
+        return np.ascontiguousarray(np.broadcast_to(a, (self.out_features, a.shape[1])))
+
     def codes(self) -> torch.Tensor:
         """The unpacked uint8 codes ``[out, in]``."""
-        n = self.in_features * self.out_features
-        return torch.from_numpy(unpack_codes(self.packed.numpy(), self.bits, n).reshape(self.out_features, self.in_features))
+        import kernels_numba as kn
+
+        return torch.from_numpy(kn.unpack(self.packed.numpy(), self.bits, self.in_features))
 
     def weight_hat(self) -> torch.Tensor:
         """The dequantized float32 weight ``[out, in]``."""
@@ -327,7 +312,31 @@ class PackedLinear(nn.Module):
                      (self.out_features, self.in_features))
         return dequantize(self.codes(), qp)
 
+    def _gemv(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The packed kernel's ``W_hat @ x`` for one vector, or None where no kernel applies."""
+        import kernels_numba as kn
+
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            return None
+        v = np.ascontiguousarray(x.detach().reshape(-1).float().numpy())  # [in]
+        scale = self._full(self.scale.float())
+        zero = self._full(self.zero)
+        if self.bits == 4 and self._group % 2 == 0:
+            if scale.shape[1] * self._group != self.in_features:  # per tensor: one group per row
+                scale, zero = np.ascontiguousarray(scale[:, :1]), np.ascontiguousarray(zero[:, :1])
+            y = kn.gemv_int4(self.packed.numpy(), scale, zero, v, self._group)
+        elif self.bits == 8 and self._group == self.in_features:
+            y = kn.gemv_int8(self.packed.numpy(), scale[:, :1].copy(), zero[:, :1].copy(), v)
+        else:
+            return None
+        return torch.from_numpy(y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        if x.numel() == self.in_features:
+            y = self._gemv(x)
+            if y is not None:
+                y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+                return y if self.bias is None else y + self.bias.to(x.dtype)
         w = self.weight_hat().to(x.dtype)
         return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 

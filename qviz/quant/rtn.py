@@ -39,7 +39,7 @@ def rtn_nbytes(shape: tuple[int, int], cfg: RTN) -> int:
     """
     rows, cols = shape
     n_scales = tuple_prod(cfg.granularity.scale_shape((rows, cols)))
-    return packed_nbytes(rows * cols, cfg.bits) + 2 * n_scales + (0 if cfg.symmetric else n_scales)
+    return packed_nbytes(rows, cols, cfg.bits) + 2 * n_scales + (0 if cfg.symmetric else n_scales)
 
 
 def tuple_prod(shape: tuple[int, ...]) -> int:
