@@ -50,6 +50,7 @@ _LAZY: dict[str, str] = {
     "layer_error": "qviz.quant.error",
     "sensitivity": "qviz.quant.sensitivity",
     "recommend": "qviz.quant.sensitivity",
+    "limits": "qviz.quant.limits",
     "compare": "qviz.evaluate.compare",
     "project_size": "qviz.evaluate.size",
     "save": "qviz._io",
