@@ -140,6 +140,28 @@ def _damped(H: torch.Tensor, damp: float) -> torch.Tensor:
     return H
 
 
+def _inverse_cholesky_upper(H: torch.Tensor, damp: float) -> np.ndarray:
+    """The upper Cholesky factor ``U`` of ``H^-1`` (``H^-1 = U^T U``), float32 ``[in, in]``.
+
+    With ``J`` the reversal permutation, ``chol(J H J) = M`` gives ``H = R R^T`` for the upper
+    triangular ``R = J M J``, so ``H^-1 = R^-T R^-1`` and ``U = R^-1``: one Cholesky and one
+    triangular inverse, no explicit ``H^-1``. float32 as the reference, float64 if that fails.
+    """
+    for dtype in (torch.float32, torch.float64):
+        M, info = torch.linalg.cholesky_ex(H.to(dtype).flip(0, 1))
+        if int(info) == 0:
+            break
+    else:
+        raise ValueError(
+            f"The Hessian is not positive definite even after dampening with damp={damp} "
+            "(cholesky failed). Increase damp (e.g. 0.1) or pass more varied calibration inputs."
+        )
+    R = M.flip(0, 1)  # upper triangular, H = R R^T
+    eye = torch.eye(R.shape[0], dtype=R.dtype)
+    U = torch.linalg.solve_triangular(R, eye, upper=True)
+    return np.ascontiguousarray(U.float().numpy())
+
+
 def hessian_loss(delta: torch.Tensor, H: torch.Tensor, damp: float | None = None) -> float:
     """``tr(delta H delta^T) / 2`` for a weight error ``delta`` ``[out, in]`` (``H`` dampened as GPTQ does when ``damp``).
 
@@ -234,15 +256,7 @@ def gptq_quantize_weight(
     else:
         perm = np.arange(cols)
     Wk = np.ascontiguousarray(Wk[:, perm])
-    Hp = _damped(Hd[perm][:, perm], damp)
-    L, info = torch.linalg.cholesky_ex(Hp)
-    if int(info) != 0:
-        raise ValueError(
-            f"The Hessian is not positive definite even after dampening with damp={damp} "
-            "(cholesky failed). Increase damp (e.g. 0.1) or pass more varied calibration inputs."
-        )
-    U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float().numpy()  # [in, in]
-    U = np.ascontiguousarray(U)
+    U = _inverse_cholesky_upper(_damped(Hd[perm][:, perm], damp), damp)  # [in, in] float32
     gidx = (perm // gs).astype(np.int64) if static else (np.arange(cols) // gs).astype(np.int64)
 
     Q = np.empty((rows, cols), np.float32)
