@@ -8,12 +8,13 @@ Search returns data, applying it is a separate step (as in llm-awq's ``run_awq``
   ``W * s`` and measures the layer's output error ``||X W^T - (X / s) Q(W * s)^T||^2`` on the
   calibration inputs; it keeps the best ``alpha``. Then, on the scaled weight, it searches per
   output row and group the clipping ratio (``1, 0.95, ..., 0.55`` of the group's largest
-  magnitude) that minimises that group's share of the output error. Everything it tried is
-  in the returned :class:`xarray.Dataset`.
+  magnitude) that minimises that group's share of the output error (kept only if it also lowers
+  the layer's total output error, since the per-group measure ignores cross-group terms).
+  Everything it tried is in the returned :class:`xarray.Dataset`.
 * :func:`awq_apply` — scales, clips and quantizes a weight with a search result.
 
-``alpha = 0`` gives ``s = 1``, i.e. plain RTN, so the scale search never does worse than RTN
-on its calibration inputs.
+``alpha = 0`` gives ``s = 1``, i.e. plain RTN, so AWQ never does worse than RTN on its
+calibration inputs.
 
 In a model, ``1/s`` is folded into the preceding op where that leaves the model unchanged
 (a pre-norm block's LayerNorm/RMSNorm feeding q/k/v or the MLP, searched jointly for the
@@ -185,6 +186,10 @@ def awq_search(
             chosen = torch.where(better, torch.full_like(chosen, float(ratio)), chosen)
     final = _apply(W, s, chosen, bits, group_size, symmetric)
     rel = _sq_err(W - final.weight_hat, X, G) / ref
+    clip_kept = True
+    if clip and rel > best[0]:  # the per-group search ignores cross-group terms; never let it hurt overall
+        chosen = torch.ones(out, ng)
+        rel, clip_kept = float(best[0]), False
 
     cfg = {"bits": bits, "group_size": group_size, "symmetric": bool(symmetric), "n_grid": n_grid,
            "clip": bool(clip), "max_shrink": float(max_shrink), "n_clip": n_clip}
@@ -202,7 +207,7 @@ def awq_search(
         },
         coords={"alpha": alphas, "channel": np.arange(cols), "row": np.arange(out), "group": np.arange(ng),
                 "ratio": ratios},
-        attrs={"method": "AWQ", "config": json.dumps(cfg), "n_tokens": int(tokens)},
+        attrs={"method": "AWQ", "config": json.dumps(cfg), "n_tokens": int(tokens), "clip_kept": int(clip_kept)},
     )
 
 
