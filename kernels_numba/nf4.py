@@ -77,6 +77,7 @@ for _name, _code in (("nf4", _NF4), ("fp4", _FP4)):
     _TABLES[_name] = (_code, _mid, _order)
 _ZERO_CODE = {name: int(t[2][int(np.sum(t[1] < 0))]) for name, t in _TABLES.items()}
 _TINY = np.float32(1e-38)
+_BLOCKS_PER_TASK = 256
 
 
 def codebook_4bit(quant_type: str = "nf4") -> np.ndarray:
@@ -94,21 +95,33 @@ def codebook_4bit(quant_type: str = "nf4") -> np.ndarray:
 
 
 @njit(cache=True)
-def _encode_block(xs, cs, inv, divide, mid, order):
-    """Codes of one block: bucket clamp(x*inv or x/absmax, -1, 1) against the midpoints."""
+def _bucket(v, mid):
+    """Number of midpoints strictly below v (torch.bucketize, right=False), as int32."""
+    q = I32(0)
+    for k in range(15):
+        q += I32(v > mid[k])
+    return q
+
+
+@njit(cache=True)
+def _encode_block(xs, cs, a, divide, mid, order, remap):
+    """Codes of one block: bucket clamp(x * a or x / a, -1, 1) against the midpoints."""
     # xs [b] float32; cs [b] uint8; mid [15] float32; order [16] uint8
     one = np.float32(1.0)
-    for j in range(xs.shape[0]):
-        v = xs[j] / inv if divide else xs[j] * inv
-        v = min(max(v, -one), one)
-        q = 0
-        for k in range(15):
-            q += v > mid[k]
-        cs[j] = order[q]
+    # two plain loops (no branch inside) so that LLVM vectorises the 15 compares
+    if divide:
+        for j in range(xs.shape[0]):
+            cs[j] = np.uint8(_bucket(min(max(xs[j] / a, -one), one), mid))
+    else:
+        for j in range(xs.shape[0]):
+            cs[j] = np.uint8(_bucket(min(max(xs[j] * a, -one), one), mid))
+    if remap:  # FP4 stores codes by bit pattern, not by value order
+        for j in range(cs.shape[0]):
+            cs[j] = order[cs[j]]
 
 
 @njit(cache=True, parallel=True)
-def _quant4_kernel(x, blocksize, mid, order, codes, absmax, bad):
+def _quant4_kernel(x, blocksize, mid, order, remap, codes, absmax, bad):
     # x [n] float32; codes [n] uint8; absmax [n_blocks] float32; bad [n_blocks] uint8
     n = x.shape[0]
     n_blocks = absmax.shape[0]
@@ -125,9 +138,9 @@ def _quant4_kernel(x, blocksize, mid, order, codes, absmax, bad):
         clamped = max(am, _TINY)
         absmax[b] = clamped if short else am
         if short:  # bitsandbytes divides in the short last block
-            _encode_block(xs, codes[c0:c1], clamped, True, mid, order)
+            _encode_block(xs, codes[c0:c1], clamped, True, mid, order, remap)
         else:
-            _encode_block(xs, codes[c0:c1], np.float32(1.0) / clamped, False, mid, order)
+            _encode_block(xs, codes[c0:c1], np.float32(1.0) / clamped, False, mid, order, remap)
 
 
 @njit(cache=True, parallel=True)
@@ -141,47 +154,55 @@ def _dequant4_kernel(codes, absmax, blocksize, code, out):
         cs = codes[c0:c1]
         ys = out[c0:c1]
         for j in range(cs.shape[0]):
-            ys[j] = code[cs[j] & 15] * a
+            ys[j] = code[cs[j]] * a  # codes were checked to be < 16
 
 
 @njit(cache=True, parallel=True)
-def _fake4_kernel(x, blocksize, code, mid, order, out, sse, signal, maxerr, bad):
-    # x, out [n] float32; sse, signal, maxerr, bad [n_blocks]
+def _fake4_kernel(x, blocksize, code, mid, order, remap, out, sse, signal, maxerr, bad):
+    # x, out [n] float32; sse, signal, maxerr [n_blocks] float64; bad [n_blocks] uint8
     n = x.shape[0]
-    for b in prange(sse.shape[0]):
-        c0 = b * blocksize
-        c1 = min(c0 + blocksize, n)
-        xs = x[c0:c1]
-        ys = out[c0:c1]
-        am, finite = absmax_finite(xs)
-        if not finite:
-            bad[b] = 1
-            continue
-        short = c1 - c0 < blocksize
-        clamped = max(am, _TINY)
-        a = clamped if short else am
-        inv = np.float32(1.0) / clamped
-        one = np.float32(1.0)
-        e = 0.0
-        sg = 0.0
-        mx = I32(0)
-        for j in range(xs.shape[0]):
-            v = xs[j]
-            s = v / clamped if short else v * inv
-            s = min(max(s, -one), one)
-            q = 0
-            for k in range(15):
-                q += s > mid[k]
-            xh = code[order[q]] * a
-            ys[j] = xh
-            v64 = np.float64(v)
-            d = np.float64(xh) - v64
-            e += d * d
-            sg += v64 * v64
-            mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
-        sse[b] = e
-        signal[b] = sg
-        maxerr[b] = bits_f32(mx)
+    n_blocks = sse.shape[0]
+    n_tasks = (n_blocks + _BLOCKS_PER_TASK - 1) // _BLOCKS_PER_TASK
+    for t in prange(n_tasks):
+        cs = np.empty(blocksize, np.uint8)  # [blocksize] scratch codes, one per task
+        for b in range(t * _BLOCKS_PER_TASK, min((t + 1) * _BLOCKS_PER_TASK, n_blocks)):
+            c0 = b * blocksize
+            c1 = min(c0 + blocksize, n)
+            xs = x[c0:c1]
+            am, finite = absmax_finite(xs)
+            if not finite:
+                bad[b] = 1
+                continue
+            short = c1 - c0 < blocksize
+            clamped = max(am, _TINY)
+            cb = cs[:c1 - c0]
+            if short:
+                _encode_block(xs, cb, clamped, True, mid, order, remap)
+            else:
+                _encode_block(xs, cb, np.float32(1.0) / clamped, False, mid, order, remap)
+            a = clamped if short else am
+            e, sg, mx = _decode_block_stats(xs, cb, a, code, out[c0:c1])
+            sse[b] = e
+            signal[b] = sg
+            maxerr[b] = bits_f32(mx)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _decode_block_stats(xs, cs, a, code, ys):
+    # ys = code[cs] * a; returns (sse, signal, max |err| as float32 bits) against xs
+    e = 0.0
+    sg = 0.0
+    mx = I32(0)
+    for j in range(xs.shape[0]):
+        v = xs[j]
+        xh = code[cs[j]] * a
+        ys[j] = xh
+        v64 = np.float64(v)
+        d = np.float64(xh) - v64
+        e += d * d
+        sg += v64 * v64
+        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
+    return e, sg, mx
 
 
 @njit(cache=True, parallel=True)
@@ -261,7 +282,7 @@ def quantize_4bit(x, blocksize=64, quant_type="nf4") -> tuple[np.ndarray, np.nda
     codes = np.empty(flat.shape[0], np.uint8)  # [n]
     absmax = np.empty(_n_blocks(flat.shape[0], blocksize), np.float32)  # [n_blocks]
     bad = np.zeros(absmax.shape[0], np.uint8)
-    _quant4_kernel(flat, blocksize, mid, order, codes, absmax, bad)
+    _quant4_kernel(flat, blocksize, mid, order, quant_type != "nf4", codes, absmax, bad)
     if bad.any():
         raise_nonfinite(x, "x")
     return codes.reshape(x.shape), absmax
@@ -358,8 +379,8 @@ def fake_quantize_4bit(x, blocksize=64, quant_type="nf4", out=None) -> tuple[np.
     signal = np.zeros(nb)
     maxerr = np.zeros(nb)
     bad = np.zeros(nb, np.uint8)
-    _fake4_kernel(x.reshape(-1), blocksize, code, mid, order, out.reshape(-1), sse, signal,
-                  maxerr, bad)
+    _fake4_kernel(x.reshape(-1), blocksize, code, mid, order, quant_type != "nf4", out.reshape(-1),
+                  sse, signal, maxerr, bad)
     if bad.any():
         raise_nonfinite(x, "x")
     return out, error_stats(sse, signal, maxerr, x.size)

@@ -58,9 +58,17 @@ __all__ = [
 CLIP_RATIOS = np.linspace(1.0, 0.5, 21)  # [n_ratios] float64, widest first
 _NO_CLIP = np.ones(1)  # [1]
 
-# "reassoc" lets the float64 error sums vectorise. The code and x_hat arithmetic has no
-# reduction, so it is unaffected: every code and x_hat is bit-identical to strict IEEE.
-# No "arcp"/"afn"/"contract": they would change rounding.
+# Output modes of the kernels: what the pass writes besides scale/zero and the error sums.
+_WRITE_NOTHING = 0
+_WRITE_CODES = 1
+_WRITE_XHAT = 2
+
+
+# Fast-math is confined to the error sums. Every code and x_hat is computed in functions
+# with no fast-math flags at all (strict IEEE): with "reassoc", LLVM is entitled to turn
+# x * (1/scale) into x / scale, which rounds differently at exact halves and would break
+# the equality with torch. The error sums read x_hat back from memory, and "reassoc" there
+# only reorders float64 additions (so they vectorise).
 _FASTMATH = {"reassoc"}
 
 
@@ -92,81 +100,73 @@ def _params(lo, hi, ratio, bits, symmetric, f16):
     return scale, zero
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _sse(xs, scale, zero, qmin, qmax):
-    """Squared error of quantizing the 1-D slice xs with (scale, zero); writes nothing."""
+@njit(cache=True)
+def _xhat_slice(xs, ys, scale, zero, qmin, qmax):
+    """ys = (clamp(rint(xs * (1/scale)) + zero, qmin, qmax) - zero) * scale, strict float32."""
     s32 = np.float32(scale)
     inv = np.float32(1.0) / s32
     z32 = np.float32(zero)
     lo32 = np.float32(qmin)
     hi32 = np.float32(qmax)
+    for j in range(xs.shape[0]):
+        q = min(max(np.rint(xs[j] * inv) + z32, lo32), hi32)
+        ys[j] = (q - z32) * s32
+
+
+@njit(cache=True)
+def _codes_slice(xs, cs, scale, zero, qmin, qmax):
+    """cs = clamp(rint(xs * (1/scale)) + zero, qmin, qmax) as uint8, strict float32."""
+    inv = np.float32(1.0) / np.float32(scale)
+    z32 = np.float32(zero)
+    lo32 = np.float32(qmin)
+    hi32 = np.float32(qmax)
+    for j in range(xs.shape[0]):
+        cs[j] = np.uint8(min(max(np.rint(xs[j] * inv) + z32, lo32), hi32))
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _err_sums(xs, ys):
+    """(sum (ys-xs)^2, sum xs^2, max |ys-xs| as float32 bits) in float64, over 1-D slices."""
     sse = 0.0
+    sig = 0.0
+    mx = I32(0)
     for j in range(xs.shape[0]):
         v = xs[j]
-        q = min(max(np.rint(v * inv) + z32, lo32), hi32)
-        d = np.float64((q - z32) * s32) - np.float64(v)
+        xh = ys[j]
+        v64 = np.float64(v)
+        d = np.float64(xh) - v64
+        sse += d * d
+        sig += v64 * v64
+        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
+    return sse, sig, mx
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _sse_only(xs, ys):
+    """sum (ys - xs)^2 in float64 over 1-D slices."""
+    sse = 0.0
+    for j in range(xs.shape[0]):
+        d = np.float64(ys[j]) - np.float64(xs[j])
         sse += d * d
     return sse
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _apply_xhat(xs, ys, scale, zero, qmin, qmax):
-    """x_hat of the 1-D slice xs into ys; returns (sse, signal, max |err| as float32 bits)."""
-    s32 = np.float32(scale)
-    inv = np.float32(1.0) / s32
-    z32 = np.float32(zero)
-    lo32 = np.float32(qmin)
-    hi32 = np.float32(qmax)
-    sse = 0.0
-    sig = 0.0
-    mx = I32(0)
-    for j in range(xs.shape[0]):
-        v = xs[j]
-        q = min(max(np.rint(v * inv) + z32, lo32), hi32)
-        xh = (q - z32) * s32
-        ys[j] = xh
-        v64 = np.float64(v)
-        d = np.float64(xh) - v64
-        sse += d * d
-        sig += v64 * v64
-        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
-    return sse, sig, mx
-
-
-@njit(cache=True, fastmath=_FASTMATH)
-def _apply_codes(xs, cs, scale, zero, qmin, qmax):
-    """Codes of the 1-D slice xs into cs; returns (sse, signal, max |err| as float32 bits)."""
-    s32 = np.float32(scale)
-    inv = np.float32(1.0) / s32
-    z32 = np.float32(zero)
-    lo32 = np.float32(qmin)
-    hi32 = np.float32(qmax)
-    sse = 0.0
-    sig = 0.0
-    mx = I32(0)
-    for j in range(xs.shape[0]):
-        v = xs[j]
-        q = min(max(np.rint(v * inv) + z32, lo32), hi32)
-        cs[j] = np.uint8(q)
-        xh = (q - z32) * s32
-        v64 = np.float64(v)
-        d = np.float64(xh) - v64
-        sse += d * d
-        sig += v64 * v64
-        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
-    return sse, sig, mx
-
-
 @njit(cache=True)
-def _best_params(xs, lo, hi, ratios, bits, symmetric, f16):
-    """Scale and zero for one group, searching the clip ratios when there is more than one."""
+def _best_params(xs, buf, lo, hi, ratios, bits, symmetric, f16):
+    """Scale and zero for one group, searching the clip ratios when there is more than one.
+
+    buf is float32 scratch at least as long as xs.
+    """
     qmin, qmax = _qrange(bits, symmetric)
     scale, zero = _params(lo, hi, ratios[0], bits, symmetric, f16)
     if ratios.shape[0] > 1:
-        best = _sse(xs, scale, zero, qmin, qmax)
+        ys = buf[:xs.shape[0]]
+        _xhat_slice(xs, ys, scale, zero, qmin, qmax)
+        best = _sse_only(xs, ys)
         for k in range(1, ratios.shape[0]):
             s_k, z_k = _params(lo, hi, ratios[k], bits, symmetric, f16)
-            e_k = _sse(xs, s_k, z_k, qmin, qmax)
+            _xhat_slice(xs, ys, s_k, z_k, qmin, qmax)
+            e_k = _sse_only(xs, ys)
             if e_k < best:
                 best = e_k
                 scale = s_k
@@ -174,10 +174,18 @@ def _best_params(xs, lo, hi, ratios, bits, symmetric, f16):
     return scale, zero
 
 
-# Output modes of the kernels: what the pass writes besides scale/zero and the error sums.
-_WRITE_NOTHING = 0
-_WRITE_CODES = 1
-_WRITE_XHAT = 2
+@njit(cache=True)
+def _apply_group(xs, codes_row, xhat_row, buf, c0, scale, zero, qmin, qmax, mode):
+    """Write codes or x_hat of one group (per mode) and return its error sums."""
+    n = xs.shape[0]
+    if mode == _WRITE_XHAT:
+        ys = xhat_row[c0:c0 + n]
+    else:
+        ys = buf[:n]
+    _xhat_slice(xs, ys, scale, zero, qmin, qmax)
+    if mode == _WRITE_CODES:
+        _codes_slice(xs, codes_row[c0:c0 + n], scale, zero, qmin, qmax)
+    return _err_sums(xs, ys)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -194,28 +202,27 @@ def _fused_kernel(x, group_size, bits, symmetric, f16, ratios, mode, codes, xhat
     n_groups = cols // group_size
     qmin, qmax = _qrange(bits, symmetric)
     for r in prange(rows):
+        buf = np.empty(group_size, np.float32)  # [group_size] scratch x_hat
+        codes_row = codes[r] if mode == _WRITE_CODES else codes[0:0, 0]
+        xhat_row = xhat[r] if mode == _WRITE_XHAT else xhat[0:0, 0]
         row_sse = 0.0
         row_sig = 0.0
         row_mx = I32(0)
         for g in range(n_groups):
             c0 = g * group_size
-            c1 = c0 + group_size
-            xs = x[r, c0:c1]  # [group_size]
+            xs = x[r, c0:c0 + group_size]  # [group_size]
             lo, hi, finite = lohi_finite(xs)
             if not finite:
                 bad[r] = 1
                 scale[r, g] = 1.0
                 zero[r, g] = 0
                 continue
-            s, z = _best_params(xs, lo, hi, ratios, bits, symmetric, f16)
+            s, z = _best_params(xs, buf, lo, hi, ratios, bits, symmetric, f16)
             scale[r, g] = s
             zero[r, g] = np.uint8(z)
-            if mode == _WRITE_CODES:
-                e, sg, m = _apply_codes(xs, codes[r, c0:c1], s, z, qmin, qmax)
-            elif mode == _WRITE_XHAT:
-                e, sg, m = _apply_xhat(xs, xhat[r, c0:c1], s, z, qmin, qmax)
-            else:
+            if mode == _WRITE_NOTHING:
                 continue
+            e, sg, m = _apply_group(xs, codes_row, xhat_row, buf, c0, s, z, qmin, qmax, mode)
             row_sse += e
             row_sig += sg
             row_mx = I32(max(row_mx, m))
@@ -228,26 +235,24 @@ def _fused_kernel(x, group_size, bits, symmetric, f16, ratios, mode, codes, xhat
 def _apply_kernel(x, group_size, scale, zero, qmin, qmax, mode, codes, xhat,
                   sse, maxerr, signal, bad):
     # x [rows, cols] float32; scale [rows, n_groups] float32; zero like scale, uint8
-    # outputs as in _fused_kernel
+    # outputs as in _fused_kernel (mode 1 or 2)
     rows, cols = x.shape
     n_groups = cols // group_size
     for r in prange(rows):
+        buf = np.empty(group_size, np.float32)  # [group_size] scratch x_hat
+        codes_row = codes[r] if mode == _WRITE_CODES else codes[0:0, 0]
+        xhat_row = xhat[r] if mode == _WRITE_XHAT else xhat[0:0, 0]
         row_sse = 0.0
         row_sig = 0.0
         row_mx = I32(0)
         for g in range(n_groups):
             c0 = g * group_size
-            c1 = c0 + group_size
-            xs = x[r, c0:c1]  # [group_size]
+            xs = x[r, c0:c0 + group_size]  # [group_size]
             if not all_finite(xs):
                 bad[r] = 1
                 continue
-            s = np.float64(scale[r, g])
-            z = np.float64(zero[r, g])
-            if mode == _WRITE_CODES:
-                e, sg, m = _apply_codes(xs, codes[r, c0:c1], s, z, qmin, qmax)
-            else:
-                e, sg, m = _apply_xhat(xs, xhat[r, c0:c1], s, z, qmin, qmax)
+            e, sg, m = _apply_group(xs, codes_row, xhat_row, buf, c0, np.float64(scale[r, g]),
+                                    np.float64(zero[r, g]), qmin, qmax, mode)
             row_sse += e
             row_sig += sg
             row_mx = I32(max(row_mx, m))
@@ -273,9 +278,11 @@ def _tensor_clip_sse_kernel(x, lo, hi, ratios, bits, symmetric, f16, out):
     rows = x.shape[0]
     qmin, qmax = _qrange(bits, symmetric)
     for r in prange(rows):
+        buf = np.empty(x.shape[1], np.float32)  # [cols] scratch x_hat
         for k in range(ratios.shape[0]):
             s, z = _params(lo, hi, ratios[k], bits, symmetric, f16)
-            out[r, k] = _sse(x[r], s, z, qmin, qmax)
+            _xhat_slice(x[r], buf, s, z, qmin, qmax)
+            out[r, k] = _sse_only(x[r], buf)
 
 
 @njit(cache=True, parallel=True)

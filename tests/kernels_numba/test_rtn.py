@@ -406,3 +406,44 @@ def test_bad_out_and_qparams():
         kn.quantize(x, {"scale": 1})
     with pytest.raises(ValueError, match="codes contain 16, above the largest 4-bit code 15"):
         kn.dequantize(np.full((2, 32), 16, np.uint8), qp)
+
+
+def _halfway_cases(n_scales=40, bits=4):
+    """Rows whose scale is a chosen float16 value s and which hold values x with
+    x * (1/s) exactly at k + 0.5 while x / s is not: the two roundings differ there."""
+    rng = np.random.default_rng(7)
+    qmax = 2**bits - 1
+    rows = []
+    for s in rng.uniform(0.01, 2.0, n_scales).astype(np.float16).astype(np.float32):
+        inv = np.float32(1) / s
+        found = []
+        for k in range(qmax):
+            t = np.float32(k + 0.5)
+            x = np.float32(t / inv)
+            for _ in range(4):
+                for cand in (x, np.nextafter(x, np.float32(0)), np.nextafter(x, np.float32(99))):
+                    if cand * inv == t and np.rint(cand * inv) != np.rint(np.float64(cand) / np.float64(s)):
+                        found.append(cand)
+                x = np.nextafter(x, np.float32(99))
+        if found:
+            row = np.zeros(16, np.float32)
+            row[0] = s * np.float32(qmax)  # range [0, s*qmax]: the scale is exactly s
+            row[1:1 + min(15, len(found))] = found[:15]
+            rows.append(row)
+    return np.array(rows)
+
+
+def test_rounding_uses_float32_reciprocal_like_torch():
+    torch = pytest.importorskip("torch")
+    x = _halfway_cases()
+    assert len(x) > 3, "the search should find rows where x*(1/s) and x/s round differently"
+    qp = kn.choose_qparams(x, 4)
+    inv = np.float32(1) / qp.scale
+    expected = np.clip(np.rint(x * inv) + qp.zero.astype(np.float32), 0, 15).astype(np.uint8)
+    np.testing.assert_array_equal(kn.quantize(x, qp), expected)
+    np.testing.assert_array_equal(kn.quantize_with_stats(x, 4)[0], expected)
+    ref = torch.fake_quantize_per_channel_affine(
+        torch.from_numpy(x), torch.from_numpy(qp.scale[:, 0].copy()),
+        torch.from_numpy(qp.zero[:, 0].astype(np.int32)), 0, 0, 15).numpy()
+    np.testing.assert_array_equal(kn.fake_quantize(x, 4)[0], ref)
+    np.testing.assert_array_equal(kn.dequantize(expected, qp), ref)
