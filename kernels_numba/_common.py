@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from ._bits import ABS_MASK, I32, f32_bits
+
 F16_MAX = 65504.0
 F16_MIN_SUBNORMAL = 2.0**-24  # smallest positive float16
 F32_MIN_NORMAL = 2.0**-126  # smallest normal float32; 1/scale stays finite above it
@@ -98,3 +100,24 @@ def store_scale(scale, f16):
     if r < F32_MIN_NORMAL:
         r = F32_MIN_NORMAL
     return r
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def err_sums(xs, ys):
+    """``(sum (ys-xs)**2, sum xs**2, max |ys-xs| as float32 bits)`` over two 1-D float32 slices.
+
+    The sums are float64; "reassoc" only reorders them so that they vectorise. x_hat is read
+    from memory, computed beforehand by strict (flag-free) code.
+    """
+    sse = 0.0
+    sig = 0.0
+    mx = I32(0)
+    for j in range(xs.shape[0]):
+        v = xs[j]
+        xh = ys[j]
+        v64 = np.float64(v)
+        d = np.float64(xh) - v64
+        sse += d * d
+        sig += v64 * v64
+        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
+    return sse, sig, mx

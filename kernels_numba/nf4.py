@@ -26,9 +26,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._bits import I32, ABS_MASK, absmax_finite, bits_f32, f32_bits
+from ._bits import I32, absmax_finite, bits_f32
 from ._checks import check_array, check_int, raise_nonfinite
-from ._common import ErrorStats, error_stats
+from ._common import ErrorStats, err_sums, error_stats
 
 __all__ = [
     "QUANT_TYPES",
@@ -154,7 +154,7 @@ def _dequant4_kernel(codes, absmax, blocksize, code, out):
         cs = codes[c0:c1]
         ys = out[c0:c1]
         for j in range(cs.shape[0]):
-            ys[j] = code[cs[j]] * a  # codes were checked to be < 16
+            ys[j] = code[cs[j]] * a  # codes were checked to be < 16 by the wrapper
 
 
 @njit(cache=True, parallel=True)
@@ -181,28 +181,19 @@ def _fake4_kernel(x, blocksize, code, mid, order, remap, out, sse, signal, maxer
             else:
                 _encode_block(xs, cb, np.float32(1.0) / clamped, False, mid, order, remap)
             a = clamped if short else am
-            e, sg, mx = _decode_block_stats(xs, cb, a, code, out[c0:c1])
+            ys = out[c0:c1]
+            _decode_block(cb, a, code, ys)
+            e, sg, mx = err_sums(xs, ys)
             sse[b] = e
             signal[b] = sg
             maxerr[b] = bits_f32(mx)
 
 
-@njit(cache=True, fastmath={"reassoc"})
-def _decode_block_stats(xs, cs, a, code, ys):
-    # ys = code[cs] * a; returns (sse, signal, max |err| as float32 bits) against xs
-    e = 0.0
-    sg = 0.0
-    mx = I32(0)
-    for j in range(xs.shape[0]):
-        v = xs[j]
-        xh = code[cs[j]] * a
-        ys[j] = xh
-        v64 = np.float64(v)
-        d = np.float64(xh) - v64
-        e += d * d
-        sg += v64 * v64
-        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
-    return e, sg, mx
+@njit(cache=True)
+def _decode_block(cs, a, code, ys):
+    # ys [b] = code[cs] * a in strict float32 (no fast-math: values must match bitsandbytes)
+    for j in range(cs.shape[0]):
+        ys[j] = code[cs[j]] * a
 
 
 @njit(cache=True, parallel=True)

@@ -41,8 +41,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._checks import PER_TENSOR, check_array, check_bits, raise_nonfinite, resolve_group_size
-from ._bits import ABS_MASK, I32, all_finite, bits_f32, f32_bits, lohi_finite
-from ._common import F16_MAX, ErrorStats, error_stats, store_scale
+from ._bits import I32, all_finite, bits_f32, lohi_finite
+from ._common import F16_MAX, ErrorStats, err_sums, error_stats, store_scale
 
 __all__ = [
     "CLIP_RATIOS",
@@ -125,23 +125,6 @@ def _codes_slice(xs, cs, scale, zero, qmin, qmax):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _err_sums(xs, ys):
-    """(sum (ys-xs)^2, sum xs^2, max |ys-xs| as float32 bits) in float64, over 1-D slices."""
-    sse = 0.0
-    sig = 0.0
-    mx = I32(0)
-    for j in range(xs.shape[0]):
-        v = xs[j]
-        xh = ys[j]
-        v64 = np.float64(v)
-        d = np.float64(xh) - v64
-        sse += d * d
-        sig += v64 * v64
-        mx = I32(max(mx, I32(f32_bits(xh - v) & ABS_MASK)))
-    return sse, sig, mx
-
-
-@njit(cache=True, fastmath=_FASTMATH)
 def _sse_only(xs, ys):
     """sum (ys - xs)^2 in float64 over 1-D slices."""
     sse = 0.0
@@ -185,7 +168,7 @@ def _apply_group(xs, codes_row, xhat_row, buf, c0, scale, zero, qmin, qmax, mode
     _xhat_slice(xs, ys, scale, zero, qmin, qmax)
     if mode == _WRITE_CODES:
         _codes_slice(xs, codes_row[c0:c0 + n], scale, zero, qmin, qmax)
-    return _err_sums(xs, ys)
+    return err_sums(xs, ys)
 
 
 # ----------------------------------------------------------------------------- kernels
