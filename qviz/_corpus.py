@@ -101,3 +101,41 @@ def split(name: str) -> tuple[str, ...]:
         raise ValueError(f"split must be 'calib' or 'eval'; got {name!r}.")
     want_eval = name == "eval"
     return tuple(s for s in sentences() if (_key(s) % 4 == 0) == want_eval)
+
+
+@functools.lru_cache(maxsize=1)
+def labelled_sentences() -> tuple[tuple[str, str], ...]:
+    """Every sentence of :func:`sentences` with the standard-library module it comes from.
+
+    A sentence found in several modules' docstrings is labelled with the first
+    module in ``_MODULES`` order. The order is that of :func:`sentences`.
+
+    Examples
+    --------
+    >>> pairs = labelled_sentences()
+    >>> len(pairs) == len(sentences()), all(m in _MODULES for _, m in pairs[:10])
+    (True, True)
+    """
+    source: dict[str, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for modname in _MODULES:
+            try:
+                module = importlib.import_module(modname)
+            except Exception:  # a module missing from a trimmed Python is no error
+                continue
+            docs = [inspect.getdoc(module) or ""]
+            for _, obj in sorted(vars(module).items()):
+                if getattr(obj, "__module__", None) != module.__name__:
+                    continue
+                if inspect.isclass(obj) or inspect.isfunction(obj):
+                    docs.append(inspect.getdoc(obj) or "")
+                if inspect.isclass(obj):
+                    docs.extend(inspect.getdoc(m) or "" for _, m in sorted(vars(obj).items()) if inspect.isfunction(m))
+            for doc in docs:
+                for paragraph in re.split(r"\n\s*\n", doc):
+                    for sentence in _SENTENCE_END.split(" ".join(paragraph.split())):
+                        sentence = sentence.strip()
+                        if _is_prose(sentence):
+                            source.setdefault(sentence, modname)
+    return tuple((s, source[s]) for s in sentences() if s in source)
