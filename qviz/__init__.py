@@ -27,8 +27,8 @@ _LAZY: dict[str, str] = {
     "calibration_data": "qviz.data",
     "eval_data": "qviz.data",
     # capture
-    "hooks": "qviz.hooks",
-    "capture": "qviz.capture",
+    "hooks": "qviz._hooks",
+    "capture": "qviz._capture",
     "outlier_summary": "qviz.outliers",
     # quantization
     "RTN": "qviz.quant.config",
@@ -101,7 +101,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
-    from qviz.capture import capture
+    from qviz._capture import capture
     from qviz.data import calibration_data, eval_data
-    from qviz.hooks import hooks
+    from qviz._hooks import hooks
     from qviz.models import KNOWN_MODELS, QvizModel, load

@@ -152,7 +152,7 @@ def heatmap(stats: xr.Dataset, var: str = "absmax", max_channels: int = 384, lay
     note = "" if len(starts) == values.shape[1] else f" (channels grouped by {starts[1] - starts[0]}, max shown)"
     fig.update_layout(
         title=f"{stats[var].attrs.get('long_name', var)} per layer and channel{note}",
-        xaxis_title="channel" if not note else "channel block",
+        xaxis_title="input channel",
         yaxis={"autorange": "reversed", "title": None},
         height=max(320, 14 * len(names) + 140),
         margin={"l": 10, "r": 10, "t": 50, "b": 40},
@@ -351,7 +351,10 @@ def outliers(stats: xr.Dataset, max_channels: int = 384) -> go.Figure:
     fig.update_xaxes(title_text=hm.layout.xaxis.title.text, row=1, col=1)
     if hm.layout.xaxis.tickvals is not None:
         fig.update_xaxes(tickvals=hm.layout.xaxis.tickvals, ticktext=hm.layout.xaxis.ticktext, row=1, col=1)
-    fig.update_xaxes(tickangle=-60, tickfont={"size": 8}, row=2, col=1)
+    names = [str(n) for n in stats.layer.values]
+    fig.update_xaxes(
+        tickangle=-60, tickfont={"size": 8}, categoryorder="array", categoryarray=names, row=2, col=1
+    )
     title = f"Outliers in {stats.attrs.get('model', 'model')}"
     if int(stats.attrs.get("random_weights", 0)):
         title += " (RANDOM WEIGHTS)"

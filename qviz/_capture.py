@@ -31,7 +31,7 @@ from torch import nn
 
 import qviz
 from qviz._filters import LayerSpec
-from qviz.hooks import hooks, select_layers
+from qviz._hooks import hooks, select_layers
 from qviz.models import QvizModel, layer_type, load, weight_matrix
 
 HIST_LOG10_RANGE = (-6.0, 4.0)  # |x| from 1e-6 to 1e4; the end bins also hold what falls outside
