@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.capture import _ChannelStats
+from qviz._capture import _ChannelStats
 
 
 def _reference(x: np.ndarray) -> dict[str, np.ndarray]:

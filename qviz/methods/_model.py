@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qviz.hooks import hooks
+from qviz._hooks import hooks
 from qviz.methods._common import input_matrix
 from qviz.models import QvizModel, _hf_conv1d_type, as_module, is_norm, layer_type
 from qviz.models import load as _load

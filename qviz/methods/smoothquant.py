@@ -346,7 +346,7 @@ def smoothquant_alpha_sweep(
     True
     """
     from qviz.data import eval_data as default_eval
-    from qviz.hooks import select_layers
+    from qviz._hooks import select_layers
     from qviz.methods._model import as_qviz_model
     from qviz.models import layer_type
     from qviz.quant.api import check_calib

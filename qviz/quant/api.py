@@ -473,7 +473,7 @@ def capture_inputs(
             rows = x.reshape(-1, x.shape[-1])
         store[name].add(rows.float().cpu())
 
-    from qviz.hooks import hooks
+    from qviz._hooks import hooks
 
     with torch.no_grad(), hooks(module, hook, layers=names, include_norms=False):
         for inputs in model.batches(calib, batch_size):

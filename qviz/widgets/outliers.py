@@ -137,7 +137,7 @@ class OutlierExplorer(Explorer):
                     "OutlierExplorer needs a model and a calibration batch, e.g. "
                     "OutlierExplorer(model, qviz.calibration_data(model, n=32)), or stats=qviz.capture(...)."
                 )
-            from qviz.capture import capture
+            from qviz._capture import capture
             from qviz.models import QvizModel, load
 
             model = model if isinstance(model, QvizModel) else load(model)
@@ -212,7 +212,7 @@ class OutlierExplorer(Explorer):
             return self._samples[layer]
         if self.model is None or self.batch is None:
             return None
-        from qviz.capture import capture
+        from qviz._capture import capture
 
         widths = self._base_stats["n_channels"].values if "n_channels" in self._base_stats else None
         budget_all = (
