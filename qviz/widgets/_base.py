@@ -21,6 +21,7 @@ import anywidget
 import ipywidgets as W
 import plotly.graph_objects as go
 import traitlets
+from plotly.basedatatypes import Undefined
 
 from qviz.widgets._assets import read_asset
 from qviz.widgets._static import fallback_html
@@ -230,7 +231,11 @@ def sync_figure(fw: go.FigureWidget, fig: go.Figure | dict) -> None:
         keys.update(dict.fromkeys(old))
     keys.pop("type", None)
     keys.pop("uid", None)
-    restyle = {k: [spec.get(k) for spec in specs] for k in keys}
+    # per trace: the new value, None to drop a property the trace had, Undefined where neither has it
+    restyle = {
+        k: [spec[k] if k in spec else (None if k in old else Undefined) for spec, old in zip(specs, fw._data, strict=True)]
+        for k in keys
+    }
     old_layout = fw._layout
     relayout = {
         k: layout.get(k, [] if isinstance(old_layout.get(k), (list, tuple)) else None)
