@@ -340,7 +340,7 @@ def fake_quantize_4bit(x, blocksize=64, quant_type="nf4", out=None) -> tuple[np.
     blocksize, quant_type
         As in :func:`quantize_4bit`.
     out : np.ndarray, optional
-        float32 C-contiguous array of ``x.shape`` for the result.
+        float32 C-contiguous array of ``x.shape`` for the result, not overlapping ``x``.
 
     Returns
     -------
@@ -364,6 +364,11 @@ def fake_quantize_4bit(x, blocksize=64, quant_type="nf4", out=None) -> tuple[np.
         raise ValueError(
             f"out must be a writeable C-contiguous float32 array of shape {x.shape}; "
             f"allocate it with np.empty({x.shape}, np.float32)."
+        )
+    if np.may_share_memory(out, x):
+        raise ValueError(
+            "out overlaps x; expected a separate array, because x is read again after x_hat is "
+            "written (for the error statistics). Pass out=np.empty_like(x), or omit out."
         )
     nb = _n_blocks(x.size, blocksize)
     sse = np.zeros(nb)

@@ -368,7 +368,7 @@ def _check_common(x, bits, group_size, symmetric, clip_search):
     return x, bits, gs, per_tensor
 
 
-def _raise_scale_overflow(x, scale):
+def _raise_scale_overflow(x):
     amax = float(np.max(np.abs(x)))
     raise ValueError(
         f"x has values up to |x| = {amax:.3g}, which need a quantization scale above "
@@ -393,17 +393,12 @@ def _tensor_params(x, bits, symmetric, clip_search, f16):
         per_row = np.empty((rows, ratios.size), np.float64)  # [rows, n_ratios]
         _tensor_clip_sse_kernel(x, glo, ghi, ratios, bits, symmetric, f16, per_row)
         k = int(np.argmin(per_row.sum(axis=0)))  # first minimum = widest range on ties
-    s, z = _params_py(glo, ghi, ratios[k], bits, symmetric, f16)
+    s, z = _params(glo, ghi, ratios[k], bits, symmetric, f16)
     scale = np.full((1, 1), s, np.float32)
     zero = np.full((1, 1), z, np.uint8)
     if not np.isfinite(scale).all():
-        _raise_scale_overflow(x, scale)
+        _raise_scale_overflow(x)
     return scale, zero
-
-
-@njit(cache=True)
-def _params_py(lo, hi, ratio, bits, symmetric, f16):
-    return _params(lo, hi, ratio, bits, symmetric, f16)
 
 
 def _run_fused(x, bits, gs, symmetric, clip_search, f16, mode, codes, xhat):
@@ -420,7 +415,7 @@ def _run_fused(x, bits, gs, symmetric, clip_search, f16, mode, codes, xhat):
     if bad.any():
         raise_nonfinite(x, "x")
     if not np.isfinite(scale).all():
-        _raise_scale_overflow(x, scale)
+        _raise_scale_overflow(x)
     return scale, zero, error_stats(sse, signal, maxerr, x.size)
 
 
@@ -569,9 +564,14 @@ def dequantize(codes, qparams: QParams, out=None) -> np.ndarray:
     return out
 
 
-def _check_out(out, shape):
+def _check_out(out, shape, x=None):
     if out is None:
         return np.empty(shape, np.float32)
+    if x is not None and isinstance(out, np.ndarray) and np.may_share_memory(out, x):
+        raise ValueError(
+            "out overlaps x; expected a separate array, because x is read again after x_hat is "
+            "written (for the error statistics). Pass out=np.empty_like(x), or omit out."
+        )
     if not isinstance(out, np.ndarray) or out.dtype != np.float32:
         raise TypeError(
             f"out must be a float32 numpy array, got "
@@ -598,8 +598,8 @@ def fake_quantize(x, bits, group_size=None, symmetric=False, clip_search=False, 
     bits, group_size, symmetric, clip_search, scale_dtype
         As in :func:`choose_qparams`.
     out : np.ndarray, optional
-        float32 C-contiguous ``[rows, cols]`` for ``x_hat``; it may be ``x`` itself only if you
-        mean to overwrite it. If an error is raised its contents are unspecified.
+        float32 C-contiguous ``[rows, cols]`` for ``x_hat``, not overlapping ``x``. If an error
+        is raised its contents are unspecified.
 
     Returns
     -------
@@ -617,7 +617,7 @@ def fake_quantize(x, bits, group_size=None, symmetric=False, clip_search=False, 
     """
     x, bits, gs, per_tensor = _check_common(x, bits, group_size, symmetric, clip_search)
     f16 = _check_scale_dtype(scale_dtype)
-    out = _check_out(out, x.shape)
+    out = _check_out(out, x.shape, x)
     if per_tensor:
         scale, zero = _tensor_params(x, bits, symmetric, clip_search, f16)
         qmin = 1 if symmetric else 0

@@ -137,6 +137,8 @@ def test_bad_input():
         kn.quantize_4bit(bad, 64)
     with pytest.raises(ValueError, match="NaN/Inf"):
         kn.fake_quantize_4bit(bad, 64)
+    with pytest.raises(ValueError, match="out overlaps x"):
+        kn.fake_quantize_4bit(x, 64, out=x)
     with pytest.raises(TypeError, match="x has dtype float16, expected float32"):
         kn.quantize_4bit(x.astype(np.float16), 64)
     codes, absmax = kn.quantize_4bit(x, 64)

@@ -399,6 +399,8 @@ def test_bad_out_and_qparams():
         kn.fake_quantize(x, 4, out=np.empty((2, 16), np.float32))
     with pytest.raises(TypeError, match="out must be a float32 numpy array"):
         kn.fake_quantize(x, 4, out=np.empty((2, 32)))
+    with pytest.raises(ValueError, match="out overlaps x"):
+        kn.fake_quantize(x, 4, out=x)
     qp = kn.choose_qparams(x, 4)
     with pytest.raises(ValueError, match=r"x has shape \(3, 32\) but qparams were chosen for shape \(2, 32\)"):
         kn.quantize(rand((3, 32)), qp)
