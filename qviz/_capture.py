@@ -147,23 +147,68 @@ class _ChannelStats:
             self.merge(self.batch_stats(x))
 
     def finalize(self) -> dict[str, np.ndarray]:
-        count = self.count.cpu().numpy()
+        """Per-channel summary; same definitions as ``kernels_numba.finalize_channel_stats``."""
+        n = self.count.cpu().numpy()
+        m2, m3, m4 = (t.cpu().numpy() for t in (self.m2, self.m3, self.m4))
+        has = n > 0
+        pos = has & (m2 > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            var = np.where(count > 1, self.m2.cpu().numpy() / np.maximum(count, 1), np.nan)
-            m4 = self.m4.cpu().numpy() / np.maximum(count, 1)
-            kurt = np.where(var > 1e-30, m4 / np.where(var > 0, var, 1) ** 2, np.nan)
-        empty = count == 0
-        out = {
-            "count": count,
-            "min": np.where(empty, np.nan, self.min.cpu().numpy()),
-            "max": np.where(empty, np.nan, self.max.cpu().numpy()),
-            "absmax": np.where(empty, np.nan, self.absmax.cpu().numpy()),
-            "mean": np.where(empty, np.nan, self.mean.cpu().numpy()),
-            "std": np.sqrt(var),
-            "kurtosis": kurt,
-            "hist": self.hist.reshape(self.n_channels, self.n_bins).cpu().numpy(),
-        }
+            return {
+                "count": n,
+                "min": np.where(has, self.min.cpu().numpy(), np.nan),
+                "max": np.where(has, self.max.cpu().numpy(), np.nan),
+                "absmax": np.where(has, self.absmax.cpu().numpy(), np.nan),
+                "mean": np.where(has, self.mean.cpu().numpy(), np.nan),
+                "std": np.sqrt(np.where(has, m2 / np.where(has, n, 1), np.nan)),
+                "skewness": np.where(pos, np.sqrt(n) * m3 / np.where(pos, m2, 1) ** 1.5, np.nan),
+                "kurtosis": np.where(pos, n * m4 / np.where(pos, m2, 1) ** 2, np.nan),
+                "hist": self.hist.reshape(self.n_channels, self.n_bins).cpu().numpy(),
+            }
+
+
+class _NumbaChannelStats:
+    """The CPU accumulator: one fused pass per batch in ``kernels_numba`` (same interface as :class:`_ChannelStats`)."""
+
+    def __init__(self, n_channels: int, n_bins: int, lo: float, hi: float) -> None:
+        import kernels_numba as kn
+
+        self._kn = kn
+        self.n_channels, self.n_bins, self.lo, self.hi = n_channels, n_bins, lo, hi
+        self.state = kn.new_channel_stats(n_channels, n_bins, lo, hi)
+
+    @property
+    def n_nonfinite(self) -> int:
+        return int(self.state.nonfinite.sum())
+
+    @torch.no_grad()
+    def batch_stats(self, x: torch.Tensor) -> Any:
+        """Statistics of one batch ``x`` ``[rows, channels]``, ready for :meth:`merge`."""
+        rows = x.detach().to(torch.float32).contiguous().numpy()  # [rows, channels]
+        batch = self._kn.new_channel_stats(self.n_channels, self.n_bins, self.lo, self.hi)
+        return self._kn.update_channel_stats(batch, rows)
+
+    def merge(self, batch: Any) -> None:
+        """Fold one batch's statistics into the running ones."""
+        self._kn.merge_channel_stats(self.state, batch)
+
+    def update(self, x: torch.Tensor) -> None:  # x: [rows, channels]
+        """Fold the batch ``x`` into the running statistics."""
+        if x.shape[0]:
+            self._kn.update_channel_stats(self.state, x.detach().to(torch.float32).contiguous().numpy())
+
+    def finalize(self) -> dict[str, np.ndarray]:
+        summary = self._kn.finalize_channel_stats(self.state)
+        out = {k: getattr(summary, k) for k in ("count", "min", "max", "absmax", "mean", "std", "skewness", "kurtosis")}
+        out["count"] = out["count"].astype(np.float64)
+        out["hist"] = self.state.hist
         return out
+
+
+def _accumulator(n_channels: int, n_bins: int, lo: float, hi: float, device: torch.device) -> Any:
+    """Numba on the CPU (one fused pass), torch reductions on an accelerator."""
+    if device.type == "cpu":
+        return _NumbaChannelStats(n_channels, n_bins, lo, hi)
+    return _ChannelStats(n_channels, n_bins, lo, hi, device)
 
 
 def _to_rows(x: torch.Tensor, channels_first: bool, mask: torch.Tensor | None) -> torch.Tensor:
@@ -328,7 +373,7 @@ def capture(
     chan_first = {name: _channels_first(mod, ltypes[name]) for name, mod in selected.items()}
     device = qmodel.device
     lo, hi = HIST_LOG10_RANGE
-    acc = {name: _ChannelStats(channels[name], n_bins, lo, hi, device) for name in selected}
+    acc: dict[str, Any] = {}  # made on first use, on the device the activations live on
     samples: dict[str, list[torch.Tensor]] = {name: [] for name in sample_names}
     sampled_tokens = {name: 0 for name in sample_names}
     token_text: list[str] = []
@@ -344,6 +389,8 @@ def capture(
         # q, k and v projections read one tensor: compute its statistics once per batch
         key = (x.data_ptr(), tuple(x.shape), x.dtype)
         shared = state["seen"].get(key)
+        if name not in acc:
+            acc[name] = _accumulator(channels[name], n_bins, lo, hi, x.device)
         if shared is not None and channels[shared[0]] == channels[name] and not (name in samples):
             acc[name].merge(shared[1])
             return
@@ -388,6 +435,8 @@ def capture(
     never_ran = [name for name in selected if rec.calls.get(name, 0) == 0]
     names = list(selected)
     width = max(channels.values())
+    for name in names:  # layers that never ran report NaN statistics
+        acc.setdefault(name, _accumulator(channels[name], n_bins, lo, hi, torch.device("cpu")))
     finals = {name: acc[name].finalize() for name in names}
 
     def padded(key: str) -> np.ndarray:
@@ -422,6 +471,7 @@ def capture(
             "absmax": (dims2, padded("absmax"), {"long_name": "max |activation|", "units": "1"}),
             "mean": (dims2, padded("mean"), {"long_name": "mean activation", "units": "1"}),
             "std": (dims2, padded("std"), {"long_name": "standard deviation of activation", "units": "1"}),
+            "skewness": (dims2, padded("skewness"), {"long_name": "skewness (Fisher-Pearson)", "units": "1"}),
             "kurtosis": (dims2, padded("kurtosis"), {"long_name": "kurtosis (Pearson; normal = 3)", "units": "1"}),
             "hist": (
                 ("layer", "channel", "bin"),

@@ -294,7 +294,7 @@ class QvizModel:
         if isinstance(raw, dict):
             return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in raw.items()}
         raise TypeError(
-            f"Cannot turn a {type(raw).__name__} into inputs for {self.name!r}. Expected a list of "
+            f"Cannot turn an object of type {type(raw).__name__} into inputs for {self.name!r}. Expected a list of "
             "strings (text models), a torch.Tensor or numpy array, a dict of tensors from a tokenizer, "
             "or an iterable of those (a DataLoader)."
         )
@@ -306,6 +306,11 @@ class QvizModel:
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        if isinstance(data, (set, frozenset)):
+            raise TypeError(
+                f"Cannot read batches from a {type(data).__name__}: it has no order. Pass a list of strings, "
+                "a tensor, a numpy array, a dict of tensors, or a DataLoader."
+            )
         if isinstance(data, str):
             data = [data]
         if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):

@@ -102,7 +102,7 @@ def test_wrong_type_is_a_type_error():
 def test_prepare_rejects_bad_inputs(digits, minilm):
     with pytest.raises(TypeError, match="no tokenizer"):
         digits.prepare(["some text"])
-    with pytest.raises(TypeError, match="Cannot turn a set"):
+    with pytest.raises(TypeError, match="Cannot turn an object of type set"):
         minilm.prepare({1, 2})
     with pytest.raises(ValueError, match="empty"):
         list(minilm.batches([]))

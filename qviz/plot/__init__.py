@@ -16,8 +16,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# submodules searched, in order, for a public figure function
-_SUBMODULES = ("outliers", "quant", "methods", "dashboard")
+# Submodules searched, in order, for a public figure function. A submodule must not
+# share its name with a function it exports: importing it would rebind the name.
+_SUBMODULES = ("_outliers", "quant", "methods", "_dashboard", "dashboard")
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.plot.outliers import downsample_max
+from qviz.plot import downsample_max
 
 
 @pytest.fixture(scope="module")
