@@ -22,7 +22,7 @@ import anywidget
 import numpy as np
 import traitlets
 
-from qviz.plot.outliers import downsample_max
+from qviz.plot import downsample_max
 from qviz.widgets._assets import read_asset
 
 
@@ -32,7 +32,7 @@ def matrix_payload(
     """The trait values that carry ``values`` ``[rows, cols]`` to the canvas.
 
     Columns beyond ``max_cols`` are merged in blocks that keep their maximum
-    (:func:`qviz.plot.outliers.downsample_max`), so an outlier never vanishes.
+    (:func:`qviz.plot.downsample_max`), so an outlier never vanishes.
     NaN stays NaN (drawn grey: padding).
 
     Parameters

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import xarray as xr
 
 from qviz.outliers import _check_stats, outlier_summary
-from qviz.plot.outliers import channel_profile
+from qviz.plot import channel_profile
 from qviz.widgets._base import Explorer, sync_figure
 from qviz.widgets._canvas import HeatmapCanvas
 from qviz.widgets._static import heatmap_png, png_img, table_html
