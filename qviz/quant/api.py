@@ -104,6 +104,8 @@ def _as_2d(weight: Any, name: str = "weight") -> tuple[torch.Tensor, Any]:
         raise TypeError(f"{name} has dtype object; expected floats.")
     if t.ndim == 0:
         raise ValueError(f"{name} is a scalar (shape ()); expected a vector or a weight matrix.")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); expected at least one value to quantize.")
     like = (isinstance(weight, np.ndarray), tuple(t.shape), weight.dtype, getattr(weight, "device", None))
     t2 = t.reshape(1, -1) if t.ndim == 1 else t.reshape(t.shape[0], -1)  # [rows, cols]
     check_tensor(t2, name)  # type, emptiness, NaN/Inf with the count
