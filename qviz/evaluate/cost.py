@@ -1,0 +1,720 @@
+"""What a quantized model costs to run: measured here, estimated elsewhere.
+
+* **Measured** (:func:`measure_latency`): batch-1 latency and batched
+  throughput of a model on this machine, labelled with what ran. A
+  fake-quant model does float arithmetic on dequantized weights, so it is no
+  faster than full precision: its timings are labelled ``simulated``. Real
+  low-bit kernels are labelled ``real kernel``: bitsandbytes ``Linear8bitLt`` /
+  ``Linear4bit``, the packed INT4/INT8 matrix-vector kernels of
+  :mod:`kernels_numba` (:func:`kernel_model` swaps them in for weight-only RTN
+  layers) and torch's dynamic int8 ``Linear`` (fbgemm). :func:`gemv_benchmark`
+  times one matrix-vector product (one token at batch 1) per kernel and shape.
+* **Estimated** (:func:`roofline`): batch-1 decoding reads every weight once
+  per token, so tokens/s is at most ``bandwidth / bytes per token`` (and
+  ``FLOP/s / 2·params`` when compute is the limit). The hardware is an
+  editable table (:func:`hardware_table`): memory, bandwidth, price per
+  hour. From it: dollars per million tokens and per thousand queries, and
+  whether the model fits (:func:`fits_on`).
+
+The default rows are public list figures, rounded, for orientation; edit
+them (``hardware_table([...])``) for your own prices.
+
+Examples
+--------
+>>> hw = hardware_table()
+>>> list(hw.hardware.values)[1:]
+['consumer GPU (RTX 4090)', 'data-centre GPU (H100 SXM)', 'phone (LPDDR5X)']
+>>> float(roofline(35e9, hw).tokens_per_s.sel(hardware="data-centre GPU (H100 SXM)")) > 90
+True
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from qviz._errors import did_you_mean
+
+__all__ = [
+    "DEFAULT_HARDWARE",
+    "Hardware",
+    "cost_table",
+    "fits_on",
+    "gemv_benchmark",
+    "hardware_table",
+    "kernel_class",
+    "kernel_model",
+    "measure_latency",
+    "measure_memory_bandwidth",
+    "roofline",
+    "usd_per_1k_queries",
+    "usd_per_1m_tokens",
+]
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One row of the hardware table.
+
+    Attributes
+    ----------
+    name : str
+    memory_gb : float
+        Memory available to the model, GB (1e9 B).
+    bandwidth_gbps : float
+        Memory bandwidth, GB/s; what batch-1 decoding is limited by.
+    usd_per_hour : float
+        Price of an hour of the device (0 for a device you own).
+    tflops : float or None
+        Peak dense 16-bit TFLOP/s, for the compute roof (None: memory roof only).
+    note : str
+        Where the figures come from.
+
+    Examples
+    --------
+    >>> Hardware("laptop", memory_gb=16, bandwidth_gbps=68, usd_per_hour=0).bandwidth_gbps
+    68.0
+    >>> Hardware("x", memory_gb=16, bandwidth_gbps=None, usd_per_hour=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Hardware row 'x' has no bandwidth_gbps (memory bandwidth in GB/s), which the roofline estimate needs. Add it, e.g. bandwidth_gbps=100.
+    """
+
+    name: str
+    memory_gb: float
+    bandwidth_gbps: float
+    usd_per_hour: float
+    tflops: float | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Hardware name must be a non-empty string; got {self.name!r}.")
+        for key, example in (("bandwidth_gbps", 100), ("memory_gb", 16), ("usd_per_hour", 1.0)):
+            value = getattr(self, key)
+            what = {"bandwidth_gbps": "memory bandwidth in GB/s", "memory_gb": "memory in GB",
+                    "usd_per_hour": "price per hour in US dollars"}[key]
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                needs = {"bandwidth_gbps": "the roofline estimate", "memory_gb": "the fits-on table",
+                         "usd_per_hour": "the cost per token"}[key]
+                raise ValueError(
+                    f"Hardware row {self.name!r} has no {key} ({what}), which {needs} needs. "
+                    f"Add it, e.g. {key}={example}."
+                )
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"Hardware row {self.name!r}: {key} must be a number ({what}); got {value!r}.")
+            positive = key != "usd_per_hour"
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ValueError(
+                    f"Hardware row {self.name!r}: {key} must be a finite number {'> 0' if positive else '>= 0'} "
+                    f"({what}); got {value!r}."
+                )
+            object.__setattr__(self, key, float(value))
+        if self.tflops is not None:
+            if not isinstance(self.tflops, (int, float)) or not self.tflops > 0:
+                raise ValueError(f"Hardware row {self.name!r}: tflops must be None or > 0; got {self.tflops!r}.")
+            object.__setattr__(self, "tflops", float(self.tflops))
+
+
+def measure_memory_bandwidth(n_bytes: int = 1 << 27, repeats: int = 3) -> float:
+    """This machine's memory bandwidth in GB/s: the best of ``repeats`` copies of a ``n_bytes`` array.
+
+    A copy reads and writes each byte, so ``2 * n_bytes / seconds`` is counted.
+
+    Examples
+    --------
+    >>> measure_memory_bandwidth(1 << 22, repeats=1) > 0
+    True
+    """
+    src = np.ones(n_bytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = math.inf
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best / 1e9
+
+
+def _this_cpu() -> Hardware:
+    import os
+
+    try:
+        import psutil
+
+        mem = psutil.virtual_memory().total / 1e9
+    except Exception:  # psutil missing: read the page count
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    cores = os.cpu_count() or 1
+    return Hardware(
+        f"this CPU ({cores} cores)", memory_gb=round(mem, 1), bandwidth_gbps=round(measure_memory_bandwidth(), 1),
+        usd_per_hour=round(0.05 * cores, 3),
+        note="memory and bandwidth measured here (numpy copy); price: ~$0.05 per vCPU-hour on-demand cloud",
+    )
+
+
+DEFAULT_HARDWARE: tuple[Hardware, ...] = (
+    Hardware("consumer GPU (RTX 4090)", memory_gb=24, bandwidth_gbps=1008, usd_per_hour=0.40, tflops=165,
+             note="NVIDIA list figures; price: typical community-cloud rental"),
+    Hardware("data-centre GPU (H100 SXM)", memory_gb=80, bandwidth_gbps=3350, usd_per_hour=2.50, tflops=989,
+             note="NVIDIA list figures; price: typical on-demand cloud rate"),
+    Hardware("phone (LPDDR5X)", memory_gb=12, bandwidth_gbps=77, usd_per_hour=0.0, tflops=None,
+             note="flagship phone, LPDDR5X-9600 on a 64-bit bus; owned device, so no hourly price"),
+)
+"""The default rows after "this CPU" (which :func:`hardware_table` measures)."""
+
+_FIELDS = ("name", "memory_gb", "bandwidth_gbps", "usd_per_hour", "tflops", "note")
+
+
+def _row(obj: Any) -> Hardware:
+    if isinstance(obj, Hardware):
+        return obj
+    if isinstance(obj, Mapping):
+        unknown = [k for k in obj if k not in _FIELDS]
+        if unknown:
+            raise ValueError(
+                f"Unknown hardware field {unknown[0]!r}.{did_you_mean(unknown[0], _FIELDS)} "
+                f"Fields: {', '.join(_FIELDS)}."
+            )
+        if "name" not in obj:
+            raise ValueError(f"A hardware row needs a name; got {dict(obj)!r}.")
+        data = {k: obj.get(k) for k in ("name", "memory_gb", "bandwidth_gbps", "usd_per_hour")}
+        extra = {k: obj[k] for k in ("tflops", "note") if k in obj and obj[k] is not None}
+        return Hardware(**data, **extra)
+    raise TypeError(f"A hardware row must be a Hardware or a dict of {', '.join(_FIELDS)}; got {type(obj).__name__}.")
+
+
+def hardware_table(rows: Any = None, *, include_this_cpu: bool = True) -> xr.Dataset:
+    """The editable hardware table as a Dataset with dim ``hardware``.
+
+    Parameters
+    ----------
+    rows
+        None (the defaults), or a list of :class:`Hardware` / dicts, a pandas
+        DataFrame with columns ``name, memory_gb, bandwidth_gbps, usd_per_hour``
+        (``tflops``, ``note`` optional), or a Dataset from this function (edited).
+    include_this_cpu
+        Put a measured row for this machine first (when ``rows`` is None).
+
+    Examples
+    --------
+    >>> hw = hardware_table([{"name": "my box", "memory_gb": 64, "bandwidth_gbps": 90, "usd_per_hour": 0.2}])
+    >>> float(hw.bandwidth_gbps.sel(hardware="my box"))
+    90.0
+    >>> hardware_table([{"name": "phone", "memory_gb": 8, "usd_per_hour": 0}])
+    Traceback (most recent call last):
+    ...
+    ValueError: Hardware row 'phone' has no bandwidth_gbps (memory bandwidth in GB/s), which the roofline estimate needs. Add it, e.g. bandwidth_gbps=100.
+    """
+    if isinstance(rows, xr.Dataset):
+        rows = [
+            {"name": str(n), **{k: (None if k == "tflops" and np.isnan(float(rows[k].sel(hardware=n))) else
+                                    (str(rows[k].sel(hardware=n).item()) if k == "note" else float(rows[k].sel(hardware=n))))
+                                for k in _FIELDS[1:] if k in rows}}
+            for n in rows.hardware.values
+        ]
+    elif rows is not None and type(rows).__name__ == "DataFrame":
+        frame = rows.reset_index() if "name" not in rows.columns else rows
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+                for rec in frame.to_dict("records")]
+    if rows is None:
+        table = ([_this_cpu()] if include_this_cpu else []) + list(DEFAULT_HARDWARE)
+    else:
+        if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or not rows:
+            raise TypeError("rows must be a non-empty list of Hardware rows or dicts, a DataFrame or a hardware Dataset.")
+        table = [_row(r) for r in rows]
+    names = [h.name for h in table]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Hardware names must be unique; got {names}.")
+    return xr.Dataset(
+        {
+            "memory_gb": ("hardware", [h.memory_gb for h in table], {"long_name": "memory", "units": "GB"}),
+            "bandwidth_gbps": ("hardware", [h.bandwidth_gbps for h in table], {"long_name": "memory bandwidth", "units": "GB/s"}),
+            "usd_per_hour": ("hardware", [h.usd_per_hour for h in table], {"long_name": "price", "units": "USD/hour"}),
+            "tflops": ("hardware", [np.nan if h.tflops is None else h.tflops for h in table],
+                       {"long_name": "peak dense 16-bit compute", "units": "TFLOP/s"}),
+            "note": ("hardware", np.array([h.note for h in table], dtype=object), {"long_name": "source of the figures"}),
+        },
+        coords={"hardware": np.array(names, dtype=object)},
+    )
+
+
+def _as_table(hardware: Any) -> xr.Dataset:
+    if isinstance(hardware, xr.Dataset) and "bandwidth_gbps" in hardware:
+        bad = [str(n) for n, v in zip(hardware.hardware.values, hardware.bandwidth_gbps.values, strict=True)
+               if not (np.isfinite(v) and v > 0)]
+        if bad:
+            raise ValueError(
+                f"Hardware row {bad[0]!r} has no bandwidth_gbps (memory bandwidth in GB/s), which the roofline "
+                "estimate needs. Add it, e.g. bandwidth_gbps=100."
+            )
+        return hardware
+    if isinstance(hardware, xr.Dataset):
+        raise ValueError("The hardware table has no bandwidth_gbps column (memory bandwidth in GB/s). Build it with hardware_table().")
+    return hardware_table(hardware)
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def _positive(value: Any, name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be finite and > 0; got {value!r}.")
+    return arr
+
+
+def roofline(bytes_per_token: Any, hardware: Any = None, *, n_params: Any = None) -> xr.Dataset:
+    """Batch-1 decode tokens/s on each hardware row from memory bandwidth (and compute, if known).
+
+    ``tokens/s = min(bandwidth / bytes_per_token, peak FLOP/s / (2 * n_params))``:
+    at batch 1 every weight is read once per generated token, so the weight
+    bytes (KV cache aside) set the memory roof.
+
+    Parameters
+    ----------
+    bytes_per_token
+        Bytes read per token (the model's weight bytes), a number or an
+        ``xr.DataArray`` over ``config``.
+    hardware
+        A hardware table (:func:`hardware_table`), rows for it, or None (defaults).
+    n_params
+        Parameters (for the compute roof); None: memory roof only.
+
+    Returns
+    -------
+    xr.Dataset
+        ``tokens_per_s`` and ``bound`` (``"memory"`` or ``"compute"``) over
+        ``hardware`` (and ``config``).
+
+    Examples
+    --------
+    >>> hw = hardware_table([{"name": "a", "memory_gb": 8, "bandwidth_gbps": 100, "usd_per_hour": 1}])
+    >>> float(roofline(50e9, hw).tokens_per_s.sel(hardware="a"))
+    2.0
+    """
+    hw = _as_table(hardware)
+    bpt = bytes_per_token if isinstance(bytes_per_token, xr.DataArray) else xr.DataArray(_positive(bytes_per_token, "bytes_per_token"))
+    _positive(bpt.values, "bytes_per_token")
+    memory = hw.bandwidth_gbps * 1e9 / bpt
+    if n_params is not None:
+        n = n_params if isinstance(n_params, xr.DataArray) else xr.DataArray(_positive(n_params, "n_params"))
+        compute = (hw.tflops * 1e12 / (2 * n)).fillna(np.inf)
+        tps = np.minimum(memory, compute)
+        bound = xr.where(compute < memory, "compute", "memory")
+    else:
+        tps = memory
+        bound = xr.full_like(memory, 0, dtype=int).astype(str).copy(data=np.full(memory.shape, "memory", dtype=object))
+    return xr.Dataset(
+        {
+            "tokens_per_s": tps.assign_attrs(long_name="batch-1 decode estimate (roofline)", units="tokens/s"),
+            "bound": bound.astype(object).assign_attrs(long_name="what limits the estimate"),
+        }
+    )
+
+
+def usd_per_1m_tokens(tokens_per_s: Any, usd_per_hour: Any) -> Any:
+    """Dollars per million tokens at ``tokens_per_s`` on a device costing ``usd_per_hour``.
+
+    Examples
+    --------
+    >>> round(usd_per_1m_tokens(100.0, 3.6), 2)
+    10.0
+    """
+    tps = tokens_per_s
+    if np.any(np.asarray(tps) <= 0):
+        raise ValueError(f"tokens_per_s must be > 0; got {tokens_per_s!r}.")
+    return usd_per_hour / (tps * 3600.0) * 1e6
+
+
+def usd_per_1k_queries(queries_per_s: Any, usd_per_hour: Any) -> Any:
+    """Dollars per thousand queries at ``queries_per_s`` on a device costing ``usd_per_hour``.
+
+    Examples
+    --------
+    >>> round(usd_per_1k_queries(10.0, 3.6), 3)
+    0.1
+    """
+    if np.any(np.asarray(queries_per_s) <= 0):
+        raise ValueError(f"queries_per_s must be > 0; got {queries_per_s!r}.")
+    return usd_per_hour / (queries_per_s * 3600.0) * 1e3
+
+
+def fits_on(model_bytes: Any, hardware: Any = None, *, headroom: float = 0.2) -> xr.DataArray:
+    """Whether a model of ``model_bytes`` fits each device's memory with ``headroom`` to spare.
+
+    ``headroom`` is the share of the model's size reserved on top for
+    activations, KV cache and the runtime (0.2 = 20%).
+
+    Examples
+    --------
+    >>> hw = hardware_table([{"name": "a", "memory_gb": 8, "bandwidth_gbps": 100, "usd_per_hour": 1}])
+    >>> bool(fits_on(6e9, hw).sel(hardware="a")), bool(fits_on(7e9, hw).sel(hardware="a"))
+    (True, False)
+    """
+    hw = _as_table(hardware)
+    if not isinstance(headroom, (int, float)) or headroom < 0:
+        raise ValueError(f"headroom must be a number >= 0 (share of the model size kept free); got {headroom!r}.")
+    mb = model_bytes if isinstance(model_bytes, xr.DataArray) else xr.DataArray(_positive(model_bytes, "model_bytes"))
+    return (mb * (1 + headroom) <= hw.memory_gb * 1e9).assign_attrs(
+        long_name=f"fits in memory with {headroom:.0%} headroom", units="bool"
+    )
+
+
+def cost_table(
+    model_bytes: Any, hardware: Any = None, *, n_params: Any = None, headroom: float = 0.2
+) -> xr.Dataset:
+    """Roofline tokens/s, dollars per million tokens and the fits-on flag, over ``hardware`` (and ``config``).
+
+    Examples
+    --------
+    >>> t = cost_table(35e9, hardware_table(include_this_cpu=False))
+    >>> bool(t.fits.sel(hardware="data-centre GPU (H100 SXM)")), bool(t.fits.sel(hardware="phone (LPDDR5X)"))
+    (True, False)
+    """
+    hw = _as_table(hardware)
+    roof = roofline(model_bytes, hw, n_params=n_params)
+    with np.errstate(divide="ignore"):
+        usd = hw.usd_per_hour / (roof.tokens_per_s * 3600.0) * 1e6
+    return xr.Dataset(
+        {
+            "tokens_per_s": roof.tokens_per_s,
+            "bound": roof.bound,
+            "usd_per_1m_tokens": usd.assign_attrs(long_name="cost per million tokens (roofline)", units="USD"),
+            "fits": fits_on(model_bytes, hw, headroom=headroom),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- real kernels
+
+
+def kernel_class(kernel: str) -> str:
+    """``"real kernel"`` or ``"simulated"`` for a kernel description (``"full precision"`` for torch float).
+
+    Examples
+    --------
+    >>> kernel_class("real kernel: bitsandbytes Linear4bit (nf4)"), kernel_class("simulated (fake-quant)")
+    ('real kernel', 'simulated')
+    """
+    if kernel.startswith("real kernel"):
+        return "real kernel"
+    if kernel.startswith("full precision"):
+        return "full precision"
+    return "simulated"
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _numba_linear_class() -> type:
+    torch = _torch()
+    from torch import nn
+
+    class NumbaGemvLinear(nn.Module):
+        """A weight-only RTN Linear run by the packed INT4 / INT8 matrix-vector kernels of kernels_numba.
+
+        Each input row (one token) is one matrix-vector product on the packed
+        weight; the weight is never dequantized into a float matrix. No gradient.
+        """
+
+        def __init__(self, codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int, group_size: int,
+                     bias: Any) -> None:
+            super().__init__()
+            import kernels_numba as kn
+
+            self.bits, self.group_size = bits, group_size
+            self.out_features, self.in_features = codes.shape
+            self.scale = np.ascontiguousarray(scale, dtype=np.float32)  # [out, n_groups]
+            self.zero = np.ascontiguousarray(zero, dtype=np.uint8)
+            self.codes = kn.pack(codes, 4) if bits == 4 else np.ascontiguousarray(codes)  # [out, in/2] or [out, in]
+            self.bias = None if bias is None else bias.detach().float().numpy()
+            name = "INT4 GEMV (packed, 2 codes/byte)" if bits == 4 else "INT8 GEMV"
+            self.kernel = f"real kernel: kernels_numba {name}"
+
+        def forward(self, x: Any) -> Any:  # [..., in] -> [..., out]
+            import kernels_numba as kn
+
+            rows = x.detach().float().reshape(-1, self.in_features).numpy()  # [tokens, in]
+            out = np.empty((rows.shape[0], self.out_features), np.float32)
+            for i, row in enumerate(rows):
+                if self.bits == 4:
+                    out[i] = kn.gemv_int4(self.codes, self.scale, self.zero, row, self.group_size)
+                else:
+                    out[i] = kn.gemv_int8(self.codes, self.scale, self.zero, row)
+            if self.bias is not None:
+                out += self.bias
+            return torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    return NumbaGemvLinear
+
+
+def _numba_layer(module: Any, cfg: Any) -> Any | None:
+    """A Numba GEMV replacement for weight-only RTN (INT4 asymmetric with even groups, or INT8 per row)."""
+    from qviz.models import layer_type, weight_matrix
+    from qviz.quant.config import RTN
+
+    if not isinstance(cfg, RTN) or cfg.act_bits is not None or layer_type(module) != "linear":
+        return None
+    import kernels_numba as kn
+
+    w = weight_matrix(module).float().cpu().numpy()  # [out, in]
+    if cfg.bits == 4 and not cfg.symmetric and isinstance(cfg.group_size, int) and cfg.group_size % 2 == 0:
+        gs = cfg.group_size
+    elif cfg.bits == 8 and cfg.group_size is None:
+        gs = None
+    else:
+        return None
+    codes, qp, _ = kn.quantize_with_stats(w, bits=cfg.bits, group_size=gs, symmetric=cfg.symmetric,
+                                          clip_search=cfg.clip_search)
+    scale = qp.scale.reshape(w.shape[0], -1)
+    zero = qp.zero.reshape(w.shape[0], -1)
+    if gs is None:
+        scale, zero = scale[:, 0], zero[:, 0]
+    return _numba_linear_class()(codes, scale, zero, cfg.bits, gs or w.shape[1], getattr(module, "bias", None))
+
+
+def kernel_model(model: Any, cfg: Any) -> Any | None:
+    """The full-precision ``model`` with each weight-only RTN Linear run by a Numba GEMV kernel, or None.
+
+    Only configs a kernel exists for are swapped: ``RTN(bits=4, group_size=even, symmetric=False)``
+    (packed INT4 GEMV) and ``RTN(bits=8, group_size=None)`` (INT8 GEMV); other
+    layers (convolutions) stay as they are. The outputs equal the fake-quant
+    model's up to float32 summation order. For timing only: no gradients.
+
+    Examples
+    --------
+    >>> import torch, qviz
+    >>> from torch import nn
+    >>> km = kernel_model(nn.Sequential(nn.Linear(64, 8)), qviz.RTN(bits=4, group_size=32))
+    >>> km.module[0].kernel
+    'real kernel: kernels_numba INT4 GEMV (packed, 2 codes/byte)'
+    """
+    from qviz.evaluate.accuracy import _as_model
+    from qviz.models import quantizable_layers
+    from qviz.robustness import _swap
+
+    qm = _as_model(model)
+    swaps = {}
+    for name, module in quantizable_layers(qm).items():
+        new = _numba_layer(module, cfg)
+        if new is not None:
+            swaps[name] = new
+    if not swaps:
+        return None
+    out = qm.with_module(_swap(qm.module, swaps), name=f"{qm.name} [{cfg.label}, numba kernels]")
+    out.kernel_layers = {n: m.kernel for n, m in swaps.items()}
+    return out
+
+
+def model_kernel(model: Any) -> str:
+    """One line saying what runs the quantized layers of ``model`` (from its record or swapped kernels).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> model_kernel(nn.Linear(2, 2))
+    'full precision (torch float32)'
+    """
+    kernels = list(getattr(model, "kernel_layers", {}).values())
+    record = getattr(model, "quantization", None)
+    if not kernels and record is not None:
+        kernels = [r.kernel for r in record.layers.values()]
+    if not kernels:
+        return "full precision (torch float32)"
+    distinct = sorted(set(kernels))
+    real = [k for k in kernels if k.startswith("real kernel")]
+    if real and len(real) < len(kernels):
+        return f"real kernel for {len(real)}/{len(kernels)} layers: " + "; ".join(distinct)
+    return "; ".join(distinct)
+
+
+def _timeit(fn: Any, repeats: int, min_time: float = 0.0) -> list[float]:
+    fn()  # warm-up (JIT, caches)
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 10 * repeats:
+            break
+    return times
+
+
+def measure_latency(
+    model: Any, inputs: Any, *, batch_size: int = 32, repeats: int = 5, item: str | None = None
+) -> dict[str, Any]:
+    """Batch-1 latency and batched throughput of ``model`` on this machine, with what ran.
+
+    Parameters
+    ----------
+    model
+        A :class:`~qviz.QvizModel` (quantized or not, or from :func:`kernel_model`).
+    inputs
+        Raw inputs (texts or a tensor); the first one is the batch-1 input, the
+        first ``batch_size`` the throughput batch.
+    batch_size, repeats
+        Throughput batch and the number of timed runs (the median is reported).
+    item
+        What one input is called in the units (default by model kind).
+
+    Returns
+    -------
+    dict
+        ``latency_ms`` (median, batch 1), ``throughput`` (items/s at ``batch_size``),
+        ``tokens_per_item`` (text: real tokens in the batch-1 input), ``kernel``
+        (what ran), ``kernel_class`` (``real kernel`` / ``simulated`` / ``full precision``), ``item``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> r = measure_latency(nn.Linear(8, 8), torch.randn(4, 8), batch_size=4, repeats=2)
+    >>> sorted(r)
+    ['item', 'kernel', 'kernel_class', 'latency_ms', 'throughput', 'tokens_per_item']
+    """
+    from qviz.evaluate.accuracy import _as_model
+
+    qm = _as_model(model)
+    if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"batch_size and repeats must be positive ints; got {batch_size!r}, {repeats!r}.")
+    one = qm.prepare(inputs[:1])
+    many = qm.prepare(inputs[:batch_size])
+    n_many = len(inputs[:batch_size])
+    mask = qm.token_mask(one)
+    tokens = int(mask.sum()) if mask is not None else 1
+    lat = statistics.median(_timeit(lambda: qm.run(one), repeats, min_time=0.2))
+    thr = statistics.median(_timeit(lambda: qm.run(many), max(1, repeats // 2)))
+    kernel = model_kernel(qm)
+    default_item = {"text-encoder": "sentence", "decoder": "sequence", "image-classifier": "image"}.get(qm.kind, "input")
+    return {
+        "latency_ms": 1e3 * lat,
+        "throughput": n_many / thr,
+        "tokens_per_item": tokens,
+        "kernel": kernel,
+        "kernel_class": kernel_class(kernel),
+        "item": item or default_item,
+    }
+
+
+def gemv_benchmark(
+    shapes: Sequence[tuple[int, int]] = ((384, 1536), (1536, 384), (4096, 4096), (11008, 4096)),
+    *,
+    kernels: Sequence[str] | None = None,
+    repeats: int = 20,
+    group_size: int = 128,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Time one matrix-vector product ``W @ x`` (one token at batch 1) per kernel and weight shape.
+
+    Kernels: ``"torch fp32"`` (``F.linear``, batch 1), ``"numba int4"``
+    (packed INT4 GEMV, group ``group_size``), ``"numba int8"`` (INT8 GEMV),
+    ``"torch int8 dynamic"`` (``quantize_dynamic``, fbgemm), ``"bnb int8"``
+    (``Linear8bitLt``), ``"bnb nf4"`` (``Linear4bit``). Every one but the first
+    is a real low-bit kernel.
+
+    Returns
+    -------
+    xr.Dataset
+        ``time_us`` (median) and ``speedup`` (torch fp32 time / kernel time)
+        over ``shape`` (``"out x in"``) and ``kernel``; ``weight_bytes`` read per product.
+
+    Examples
+    --------
+    >>> ds = gemv_benchmark([(64, 128)], kernels=["torch fp32", "numba int4"], repeats=2)
+    >>> ds.time_us.dims
+    ('shape', 'kernel')
+    """
+    torch = _torch()
+    from torch import nn
+
+    known = ("torch fp32", "numba int4", "numba int8", "torch int8 dynamic", "bnb int8", "bnb nf4")
+    kernels = list(known if kernels is None else kernels)
+    for k in kernels:
+        if k not in known:
+            raise ValueError(f"Unknown kernel {k!r}.{did_you_mean(k, known)} Known: {', '.join(known)}.")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int; got {repeats!r}.")
+    import kernels_numba as kn
+
+    gen = torch.Generator().manual_seed(seed)
+    times = np.full((len(shapes), len(kernels)), np.nan)
+    wbytes = np.full((len(shapes), len(kernels)), np.nan)
+    for i, (out_f, in_f) in enumerate(shapes):
+        w = torch.randn(out_f, in_f, generator=gen) / math.sqrt(in_f)  # [out, in]
+        x = torch.randn(1, in_f, generator=gen)  # [1, in]
+        xn = x[0].numpy()
+        for j, k in enumerate(kernels):
+            fn, nbytes = _gemv_case(k, w, x, xn, group_size, kn, nn, torch)
+            if fn is None:
+                continue
+            with torch.no_grad():
+                times[i, j] = 1e6 * statistics.median(_timeit(fn, repeats, min_time=0.05))
+            wbytes[i, j] = nbytes
+    base = times[:, [kernels.index("torch fp32")]] if "torch fp32" in kernels else np.full((len(shapes), 1), np.nan)
+    return xr.Dataset(
+        {
+            "time_us": (("shape", "kernel"), times, {"long_name": "time per matrix-vector product (median)", "units": "µs"}),
+            "speedup": (("shape", "kernel"), base / times, {"long_name": "speed-up over torch fp32 at batch 1", "units": "x"}),
+            "weight_bytes": (("shape", "kernel"), wbytes, {"long_name": "weight bytes read per product", "units": "B"}),
+        },
+        coords={"shape": [f"{o} x {n}" for o, n in shapes], "kernel": kernels},
+        attrs={"torch_threads": int(torch.get_num_threads()), "group_size": group_size},
+    )
+
+
+def _gemv_case(k: str, w: Any, x: Any, xn: np.ndarray, group_size: int, kn: Any, nn: Any, torch: Any) -> tuple[Any, int]:
+    import warnings
+
+    out_f, in_f = w.shape
+    if k == "torch fp32":
+        return (lambda: torch.nn.functional.linear(x, w)), w.numel() * 4
+    if k == "numba int4":
+        if in_f % group_size or group_size % 2:
+            return None, 0
+        codes, qp, _ = kn.quantize_with_stats(w.numpy(), bits=4, group_size=group_size)
+        packed = kn.pack(codes, 4)
+        scale, zero = np.ascontiguousarray(qp.scale, np.float32), np.ascontiguousarray(qp.zero)
+        return (lambda: kn.gemv_int4(packed, scale, zero, xn, group_size)), packed.nbytes + scale.size * 3
+    if k == "numba int8":
+        codes, qp, _ = kn.quantize_with_stats(w.numpy(), bits=8, group_size=None)
+        scale, zero = np.ascontiguousarray(qp.scale, np.float32), np.ascontiguousarray(qp.zero)
+        return (lambda: kn.gemv_int8(codes, scale, zero, xn)), codes.nbytes + scale.size * 3
+    if k == "torch int8 dynamic":
+        lin = nn.Linear(in_f, out_f, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)
+        return (lambda: q(x)), out_f * in_f + 8
+    if k in ("bnb int8", "bnb nf4"):
+        from qviz.quant.config import BnbInt8, BnbNF4
+        from qviz.quant.registry import method_for
+
+        lin = nn.Linear(in_f, out_f, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        cfg = BnbInt8(threshold=0.0) if k == "bnb int8" else BnbNF4()
+        lq = method_for(cfg).quantize_layer("gemv", lin, cfg, None, None)
+        return (lambda: lq.module(x)), lq.nbytes
+    raise AssertionError(k)  # unreachable: names were checked
+
+
+def asdict_hardware(h: Hardware) -> dict[str, Any]:
+    """A hardware row as a plain dict (for editing and passing back to :func:`hardware_table`)."""
+    return asdict(h)
