@@ -98,7 +98,7 @@ def smoothing_ranges(act_absmax: torch.Tensor, W: torch.Tensor, alpha: float) ->
     Examples
     --------
     >>> ds = smoothing_ranges(torch.tensor([8.0, 1.0]), torch.ones(3, 2), 0.5)
-    >>> ds.act_absmax.sel(stage="after").values.round(4).tolist()
+    >>> [round(float(v), 4) for v in ds.act_absmax.sel(stage="after")]
     [2.8284, 1.0]
     """
     if not isinstance(W, torch.Tensor) or W.dim() != 2 or W.shape[1] != act_absmax.shape[0]:
