@@ -12,6 +12,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 I32 = np.int32
+U64 = np.uint64
 EXP_MASK = np.int32(0x7F800000)  # exponent bits all set <=> NaN or Inf
 ABS_MASK = np.int32(0x7FFFFFFF)
 
@@ -46,17 +47,29 @@ def order_key(b):
     return I32(b ^ I32(I32(b >> I32(31)) & ABS_MASK))
 
 
+# Hot loops index 2-D arrays as ``x[r, c0 + j]`` with unsigned ``j`` (from ``span``): unsigned
+# indices skip Numba's negative-index wraparound, so LLVM sees contiguous loads and vectorises,
+# and no slice (a new view with an atomic reference-count update, contended between threads)
+# is made per group.
+
+
 @njit(cache=True)
-def lohi_finite(xs):
-    """``(min(x_min, 0), max(x_max, 0), all finite)`` over a 1-D float32 array.
+def span(c0, n):
+    """``range(c0, c0 + n)`` over unsigned 64-bit integers."""
+    return range(U64(c0), U64(c0) + U64(n))
+
+
+@njit(cache=True)
+def lohi_finite(x, r, c0, n):
+    """``(min(x_min, 0), max(x_max, 0), all finite)`` over ``x[r, c0:c0+n]`` (float32).
 
     lo/hi are meaningless when a value is NaN/Inf; callers check the flag first.
     """
     lo = I32(0)
     hi = I32(0)
     ex = I32(0)
-    for j in range(xs.shape[0]):
-        b = f32_bits(xs[j])
+    for j in span(c0, n):
+        b = f32_bits(x[r, j])
         t = order_key(b)
         ex = I32(max(ex, I32(b & EXP_MASK)))
         lo = I32(min(lo, t))
@@ -65,18 +78,18 @@ def lohi_finite(xs):
 
 
 @njit(cache=True)
-def all_finite(xs):
-    """True if the 1-D float32 array has no NaN/Inf."""
+def all_finite(x, r, c0, n):
+    """True if ``x[r, c0:c0+n]`` (float32) has no NaN/Inf."""
     ex = I32(0)
-    for j in range(xs.shape[0]):
-        ex = I32(max(ex, I32(f32_bits(xs[j]) & EXP_MASK)))
+    for j in span(c0, n):
+        ex = I32(max(ex, I32(f32_bits(x[r, j]) & EXP_MASK)))
     return ex != EXP_MASK
 
 
 @njit(cache=True)
-def absmax_finite(xs):
-    """``(max |x|, all finite)`` over a 1-D float32 array."""
+def absmax_finite(x, r, c0, n):
+    """``(max |x|, all finite)`` over ``x[r, c0:c0+n]`` (float32)."""
     m = I32(0)
-    for j in range(xs.shape[0]):
-        m = I32(max(m, I32(f32_bits(xs[j]) & ABS_MASK)))
+    for j in span(c0, n):
+        m = I32(max(m, I32(f32_bits(x[r, j]) & ABS_MASK)))
     return bits_f32(m), m < EXP_MASK

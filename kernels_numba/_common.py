@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from ._bits import ABS_MASK, I32, f32_bits
+from ._bits import ABS_MASK, I32, U64, f32_bits, span
 
 F16_MAX = 65504.0
 F16_MIN_SUBNORMAL = 2.0**-24  # smallest positive float16
@@ -103,18 +103,21 @@ def store_scale(scale, f16):
 
 
 @njit(cache=True, fastmath={"reassoc"})
-def err_sums(xs, ys):
-    """``(sum (ys-xs)**2, sum xs**2, max |ys-xs| as float32 bits)`` over two 1-D float32 slices.
+def err_sums(x, r, c0, y, yr, yc0, n):
+    """Error sums of ``y[yr, yc0:yc0+n]`` (x_hat) against ``x[r, c0:c0+n]``, both float32.
 
-    The sums are float64; "reassoc" only reorders them so that they vectorise. x_hat is read
-    from memory, computed beforehand by strict (flag-free) code.
+    Returns ``(sum (y-x)**2, sum x**2, max |y-x| as float32 bits)``. The sums are float64;
+    "reassoc" only reorders them so that they vectorise. x_hat is read from memory, computed
+    beforehand by strict (flag-free) code.
     """
     sse = 0.0
     sig = 0.0
     mx = I32(0)
-    for j in range(xs.shape[0]):
-        v = xs[j]
-        xh = ys[j]
+    cu = U64(c0)
+    yu = U64(yc0)
+    for k in span(0, n):
+        v = x[r, cu + k]
+        xh = y[yr, yu + k]
         v64 = np.float64(v)
         d = np.float64(xh) - v64
         sse += d * d

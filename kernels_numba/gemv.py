@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._bits import I32
+from ._bits import I32, U64, span
 from ._checks import check_array, check_int, raise_nonfinite
 
 __all__ = ["gemv_int4", "gemv_int8"]
@@ -26,24 +26,31 @@ _FASTMATH = {"reassoc", "contract"}
 _ROWS_PER_TASK = 16
 
 
+# Loops index with unsigned offsets (kernels_numba._bits.span) rather than slicing: no
+# negative-index wraparound (so loads vectorise) and no per-chunk views (whose reference
+# counts would be updated atomically, contended between threads).
+
+
 @njit(cache=True, fastmath=_FASTMATH)
-def _dot_nibbles(ps, xe, xo):
-    # ps [half] uint8, two codes per byte (low nibble = even column); xe, xo [half] float32
+def _dot_nibbles(packed, r, o, xe, xo, n):
+    # sum over bytes k < n of packed[r, o+k]: low nibble * xe[o+k] + high nibble * xo[o+k]
     acc = np.float32(0.0)
-    for j in range(ps.shape[0]):
-        b = I32(ps[j])
-        acc += np.float32(I32(b & I32(15))) * xe[j] + np.float32(I32(b >> I32(4))) * xo[j]
+    ou = U64(o)
+    for k in span(0, n):
+        b = I32(packed[r, ou + k])
+        acc += np.float32(I32(b & I32(15))) * xe[ou + k] + np.float32(I32(b >> I32(4))) * xo[ou + k]
     return acc
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dot_nibbles_32(ps, xe, xo):
+def _dot_nibbles_32(packed, r, o, xe, xo):
     # as _dot_nibbles for exactly 32 bytes (64 weights): a constant trip count that LLVM
     # unrolls into straight vector code with a single horizontal reduction
     acc = np.float32(0.0)
-    for j in range(32):
-        b = I32(ps[j])
-        acc += np.float32(I32(b & I32(15))) * xe[j] + np.float32(I32(b >> I32(4))) * xo[j]
+    ou = U64(o)
+    for k in range(U64(32)):
+        b = I32(packed[r, ou + k])
+        acc += np.float32(I32(b & I32(15))) * xe[ou + k] + np.float32(I32(b >> I32(4))) * xo[ou + k]
     return acc
 
 
@@ -51,22 +58,16 @@ def _dot_nibbles_32(ps, xe, xo):
 def _rows4_fast(packed, scale, zero, xe, xo, xsum, half, r, y):
     # y[r:r+4] for half % 32 == 0: four rows share each load of x, and their independent
     # accumulation chains overlap in the out-of-order core
-    p0 = packed[r]  # [cols // 2]
-    p1 = packed[r + 1]
-    p2 = packed[r + 2]
-    p3 = packed[r + 3]
     chunks = half // 32
     a0 = a1 = a2 = a3 = np.float32(0.0)
     for g in range(scale.shape[1]):
         d0 = d1 = d2 = d3 = np.float32(0.0)
         for c in range(chunks):
             o = (g * chunks + c) * 32
-            e = xe[o:o + 32]
-            od = xo[o:o + 32]
-            d0 += _dot_nibbles_32(p0[o:o + 32], e, od)
-            d1 += _dot_nibbles_32(p1[o:o + 32], e, od)
-            d2 += _dot_nibbles_32(p2[o:o + 32], e, od)
-            d3 += _dot_nibbles_32(p3[o:o + 32], e, od)
+            d0 += _dot_nibbles_32(packed, r, o, xe, xo)
+            d1 += _dot_nibbles_32(packed, r + 1, o, xe, xo)
+            d2 += _dot_nibbles_32(packed, r + 2, o, xe, xo)
+            d3 += _dot_nibbles_32(packed, r + 3, o, xe, xo)
         xs = xsum[g]
         a0 += scale[r, g] * (d0 - np.float32(zero[r, g]) * xs)
         a1 += scale[r + 1, g] * (d1 - np.float32(zero[r + 1, g]) * xs)
@@ -81,11 +82,9 @@ def _rows4_fast(packed, scale, zero, xe, xo, xsum, half, r, y):
 @njit(cache=True, fastmath=_FASTMATH)
 def _row_generic(packed, scale, zero, xe, xo, xsum, half, r, y):
     # y[r] for any even group size
-    pr = packed[r]  # [cols // 2]
     acc = np.float32(0.0)
     for g in range(scale.shape[1]):
-        c0 = g * half
-        d = _dot_nibbles(pr[c0:c0 + half], xe[c0:c0 + half], xo[c0:c0 + half])
+        d = _dot_nibbles(packed, r, g * half, xe, xo, half)
         acc += scale[r, g] * (d - np.float32(zero[r, g]) * xsum[g])
     y[r] = acc
 
@@ -111,11 +110,11 @@ def _gemv_int4_kernel(packed, scale, zero, xe, xo, xsum, group_size, y):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dot_u8(cs, xs):
-    # cs [n] uint8; xs [n] float32
+def _dot_u8(codes, r, x):
+    # sum_j codes[r, j] * x[j]
     acc = np.float32(0.0)
-    for j in range(cs.shape[0]):
-        acc += np.float32(I32(cs[j])) * xs[j]
+    for j in span(0, x.shape[0]):
+        acc += np.float32(I32(codes[r, j])) * x[j]
     return acc
 
 
@@ -128,7 +127,7 @@ def _gemv_int8_kernel(codes, scale, zero, x, xsum, y):
         r0 = t * _ROWS_PER_TASK
         r1 = min(r0 + _ROWS_PER_TASK, rows)
         for r in range(r0, r1):
-            d = _dot_u8(codes[r], x)
+            d = _dot_u8(codes, r, x)
             y[r] = scale[r] * (d - np.float32(zero[r]) * xsum)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._bits import I32, absmax_finite, bits_f32
+from ._bits import I32, U64, absmax_finite, bits_f32, span
 from ._checks import check_array, check_int, raise_nonfinite
 from ._common import ErrorStats, err_sums, error_stats
 
@@ -104,96 +104,93 @@ def _bucket(v, mid):
 
 
 @njit(cache=True)
-def _encode_block(xs, cs, a, divide, mid, order, remap):
-    """Codes of one block: bucket clamp(x * a or x / a, -1, 1) against the midpoints."""
-    # xs [b] float32; cs [b] uint8; mid [15] float32; order [16] uint8
+def _encode_block(x, c0, n, codes, cr, cc0, a, divide, mid, order, remap):
+    """Codes of the block x[0, c0:c0+n] into codes[cr, cc0:cc0+n]: bucket clamp(x*a or x/a)."""
+    # x [1, n_total] float32; codes [*, *] uint8; mid [15] float32; order [16] uint8
     one = np.float32(1.0)
+    xu = U64(c0)
+    cu = U64(cc0)
     # two plain loops (no branch inside) so that LLVM vectorises the 15 compares
     if divide:
-        for j in range(xs.shape[0]):
-            cs[j] = np.uint8(_bucket(min(max(xs[j] / a, -one), one), mid))
+        for k in span(0, n):
+            codes[cr, cu + k] = np.uint8(_bucket(min(max(x[0, xu + k] / a, -one), one), mid))
     else:
-        for j in range(xs.shape[0]):
-            cs[j] = np.uint8(_bucket(min(max(xs[j] * a, -one), one), mid))
+        for k in span(0, n):
+            codes[cr, cu + k] = np.uint8(_bucket(min(max(x[0, xu + k] * a, -one), one), mid))
     if remap:  # FP4 stores codes by bit pattern, not by value order
-        for j in range(cs.shape[0]):
-            cs[j] = order[cs[j]]
+        for k in span(0, n):
+            codes[cr, cu + k] = order[codes[cr, cu + k]]
+
+
+@njit(cache=True)
+def _decode_block(codes, cr, cc0, n, a, code, out, c0):
+    """out[0, c0:c0+n] = code[codes[cr, cc0:cc0+n]] * a in strict float32 (as bitsandbytes)."""
+    cu = U64(cc0)
+    ou = U64(c0)
+    for k in span(0, n):
+        out[0, ou + k] = code[codes[cr, cu + k]] * a  # codes were checked to be < 16
 
 
 @njit(cache=True, parallel=True)
 def _quant4_kernel(x, blocksize, mid, order, remap, codes, absmax, bad):
-    # x [n] float32; codes [n] uint8; absmax [n_blocks] float32; bad [n_blocks] uint8
-    n = x.shape[0]
+    # x [1, n] float32; codes [1, n] uint8; absmax [n_blocks] float32; bad [n_blocks] uint8
+    n = x.shape[1]
     n_blocks = absmax.shape[0]
     for b in prange(n_blocks):
         c0 = b * blocksize
-        c1 = min(c0 + blocksize, n)
-        xs = x[c0:c1]
-        am, finite = absmax_finite(xs)
+        m = min(blocksize, n - c0)
+        am, finite = absmax_finite(x, 0, c0, m)
         if not finite:
             bad[b] = 1
             absmax[b] = 0
             continue
-        short = c1 - c0 < blocksize
         clamped = max(am, _TINY)
-        absmax[b] = clamped if short else am
-        if short:  # bitsandbytes divides in the short last block
-            _encode_block(xs, codes[c0:c1], clamped, True, mid, order, remap)
+        if m < blocksize:  # bitsandbytes divides in the short last block, and keeps the clamp
+            absmax[b] = clamped
+            _encode_block(x, c0, m, codes, 0, c0, clamped, True, mid, order, remap)
         else:
-            _encode_block(xs, codes[c0:c1], np.float32(1.0) / clamped, False, mid, order, remap)
+            absmax[b] = am
+            _encode_block(x, c0, m, codes, 0, c0, np.float32(1.0) / clamped, False, mid, order,
+                          remap)
 
 
 @njit(cache=True, parallel=True)
 def _dequant4_kernel(codes, absmax, blocksize, code, out):
-    # codes [n] uint8; absmax [n_blocks] float32; code [16] float32; out [n] float32
-    n = codes.shape[0]
+    # codes [1, n] uint8; absmax [n_blocks] float32; code [16] float32; out [1, n] float32
+    n = codes.shape[1]
     for b in prange(absmax.shape[0]):
         c0 = b * blocksize
-        c1 = min(c0 + blocksize, n)
-        a = absmax[b]
-        cs = codes[c0:c1]
-        ys = out[c0:c1]
-        for j in range(cs.shape[0]):
-            ys[j] = code[cs[j]] * a  # codes were checked to be < 16 by the wrapper
+        _decode_block(codes, 0, c0, min(blocksize, n - c0), absmax[b], code, out, c0)
 
 
 @njit(cache=True, parallel=True)
 def _fake4_kernel(x, blocksize, code, mid, order, remap, out, sse, signal, maxerr, bad):
-    # x, out [n] float32; sse, signal, maxerr [n_blocks] float64; bad [n_blocks] uint8
-    n = x.shape[0]
+    # x, out [1, n] float32; sse, signal, maxerr [n_blocks] float64; bad [n_blocks] uint8
+    n = x.shape[1]
     n_blocks = sse.shape[0]
     n_tasks = (n_blocks + _BLOCKS_PER_TASK - 1) // _BLOCKS_PER_TASK
     for t in prange(n_tasks):
-        cs = np.empty(blocksize, np.uint8)  # [blocksize] scratch codes, one per task
+        cs = np.empty((1, blocksize), np.uint8)  # [1, blocksize] scratch codes, one per task
         for b in range(t * _BLOCKS_PER_TASK, min((t + 1) * _BLOCKS_PER_TASK, n_blocks)):
             c0 = b * blocksize
-            c1 = min(c0 + blocksize, n)
-            xs = x[c0:c1]
-            am, finite = absmax_finite(xs)
+            m = min(blocksize, n - c0)
+            am, finite = absmax_finite(x, 0, c0, m)
             if not finite:
                 bad[b] = 1
                 continue
-            short = c1 - c0 < blocksize
             clamped = max(am, _TINY)
-            cb = cs[:c1 - c0]
-            if short:
-                _encode_block(xs, cb, clamped, True, mid, order, remap)
+            if m < blocksize:
+                a = clamped
+                _encode_block(x, c0, m, cs, 0, 0, clamped, True, mid, order, remap)
             else:
-                _encode_block(xs, cb, np.float32(1.0) / clamped, False, mid, order, remap)
-            a = clamped if short else am
-            ys = out[c0:c1]
-            _decode_block(cb, a, code, ys)
-            e, sg, mx = err_sums(xs, ys)
+                a = am
+                _encode_block(x, c0, m, cs, 0, 0, np.float32(1.0) / clamped, False, mid, order,
+                              remap)
+            _decode_block(cs, 0, 0, m, a, code, out, c0)
+            e, sg, mx = err_sums(x, 0, c0, out, 0, c0, m)
             sse[b] = e
             signal[b] = sg
             maxerr[b] = bits_f32(mx)
-
-
-@njit(cache=True)
-def _decode_block(cs, a, code, ys):
-    # ys [b] = code[cs] * a in strict float32 (no fast-math: values must match bitsandbytes)
-    for j in range(cs.shape[0]):
-        ys[j] = code[cs[j]] * a
 
 
 @njit(cache=True, parallel=True)
@@ -273,7 +270,8 @@ def quantize_4bit(x, blocksize=64, quant_type="nf4") -> tuple[np.ndarray, np.nda
     codes = np.empty(flat.shape[0], np.uint8)  # [n]
     absmax = np.empty(_n_blocks(flat.shape[0], blocksize), np.float32)  # [n_blocks]
     bad = np.zeros(absmax.shape[0], np.uint8)
-    _quant4_kernel(flat, blocksize, mid, order, quant_type != "nf4", codes, absmax, bad)
+    _quant4_kernel(flat.reshape(1, -1), blocksize, mid, order, quant_type != "nf4",
+                   codes.reshape(1, -1), absmax, bad)
     if bad.any():
         raise_nonfinite(x, "x")
     return codes.reshape(x.shape), absmax
@@ -326,7 +324,7 @@ def dequantize_4bit(codes, absmax, blocksize=64, quant_type="nf4", out=None) -> 
             f"out must be a writeable C-contiguous float32 array of shape {codes.shape}; "
             f"allocate it with np.empty({codes.shape}, np.float32)."
         )
-    _dequant4_kernel(codes.reshape(-1), absmax, blocksize, code, out.reshape(-1))
+    _dequant4_kernel(codes.reshape(1, -1), absmax, blocksize, code, out.reshape(1, -1))
     return out
 
 
@@ -375,8 +373,8 @@ def fake_quantize_4bit(x, blocksize=64, quant_type="nf4", out=None) -> tuple[np.
     signal = np.zeros(nb)
     maxerr = np.zeros(nb)
     bad = np.zeros(nb, np.uint8)
-    _fake4_kernel(x.reshape(-1), blocksize, code, mid, order, quant_type != "nf4", out.reshape(-1),
-                  sse, signal, maxerr, bad)
+    _fake4_kernel(x.reshape(1, -1), blocksize, code, mid, order, quant_type != "nf4",
+                  out.reshape(1, -1), sse, signal, maxerr, bad)
     if bad.any():
         raise_nonfinite(x, "x")
     return out, error_stats(sse, signal, maxerr, x.size)

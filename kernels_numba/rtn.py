@@ -41,7 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._checks import PER_TENSOR, check_array, check_bits, raise_nonfinite, resolve_group_size
-from ._bits import I32, all_finite, bits_f32, lohi_finite
+from ._bits import I32, U64, all_finite, bits_f32, lohi_finite, span
 from ._common import F16_MAX, ErrorStats, err_sums, error_stats, store_scale
 
 __all__ = [
@@ -73,8 +73,9 @@ _FASTMATH = {"reassoc"}
 
 
 # ----------------------------------------------------------------------------- JIT helpers
-# Helpers take 1-D slices starting at index 0 so that LLVM sees non-negative indices and
-# vectorises (a loop over range(c0, c1) keeps Numba's negative-index wraparound check).
+# Helpers address a group as (array, row, first column, length) and loop over unsigned
+# indices (see kernels_numba._bits.span): contiguous, vectorised loads, and no per-group
+# slices (each slice is a new view whose reference count is updated atomically).
 
 
 @njit(cache=True)
@@ -101,55 +102,60 @@ def _params(lo, hi, ratio, bits, symmetric, f16):
 
 
 @njit(cache=True)
-def _xhat_slice(xs, ys, scale, zero, qmin, qmax):
-    """ys = (clamp(rint(xs * (1/scale)) + zero, qmin, qmax) - zero) * scale, strict float32."""
+def _xhat_into(x, r, c0, y, yr, yc0, n, scale, zero, qmin, qmax):
+    """y[yr, yc0:yc0+n] = (clamp(rint(x * (1/scale)) + zero, qmin, qmax) - zero) * scale.
+
+    x is x[r, c0:c0+n]; strict float32 (no fast-math flags).
+    """
     s32 = np.float32(scale)
     inv = np.float32(1.0) / s32
     z32 = np.float32(zero)
     lo32 = np.float32(qmin)
     hi32 = np.float32(qmax)
-    for j in range(xs.shape[0]):
-        q = min(max(np.rint(xs[j] * inv) + z32, lo32), hi32)
-        ys[j] = (q - z32) * s32
+    cu = U64(c0)
+    yu = U64(yc0)
+    for k in span(0, n):
+        q = min(max(np.rint(x[r, cu + k] * inv) + z32, lo32), hi32)
+        y[yr, yu + k] = (q - z32) * s32
 
 
 @njit(cache=True)
-def _codes_slice(xs, cs, scale, zero, qmin, qmax):
-    """cs = clamp(rint(xs * (1/scale)) + zero, qmin, qmax) as uint8, strict float32."""
+def _codes_into(x, r, c0, n, codes, scale, zero, qmin, qmax):
+    """codes[r, c0:c0+n] = clamp(rint(x * (1/scale)) + zero, qmin, qmax) as uint8, strict."""
     inv = np.float32(1.0) / np.float32(scale)
     z32 = np.float32(zero)
     lo32 = np.float32(qmin)
     hi32 = np.float32(qmax)
-    for j in range(xs.shape[0]):
-        cs[j] = np.uint8(min(max(np.rint(xs[j] * inv) + z32, lo32), hi32))
+    for j in span(c0, n):
+        codes[r, j] = np.uint8(min(max(np.rint(x[r, j] * inv) + z32, lo32), hi32))
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _sse_only(xs, ys):
-    """sum (ys - xs)^2 in float64 over 1-D slices."""
+def _sse_only(x, r, c0, y, n):
+    """sum (y[0, :n] - x[r, c0:c0+n])**2 in float64."""
     sse = 0.0
-    for j in range(xs.shape[0]):
-        d = np.float64(ys[j]) - np.float64(xs[j])
+    cu = U64(c0)
+    for k in span(0, n):
+        d = np.float64(y[0, k]) - np.float64(x[r, cu + k])
         sse += d * d
     return sse
 
 
 @njit(cache=True)
-def _best_params(xs, buf, lo, hi, ratios, bits, symmetric, f16):
-    """Scale and zero for one group, searching the clip ratios when there is more than one.
+def _best_params(x, r, c0, n, buf, lo, hi, ratios, bits, symmetric, f16):
+    """Scale and zero for the group x[r, c0:c0+n], searching the clip ratios if several.
 
-    buf is float32 scratch at least as long as xs.
+    buf is float32 scratch of shape [1, >= n].
     """
     qmin, qmax = _qrange(bits, symmetric)
     scale, zero = _params(lo, hi, ratios[0], bits, symmetric, f16)
     if ratios.shape[0] > 1:
-        ys = buf[:xs.shape[0]]
-        _xhat_slice(xs, ys, scale, zero, qmin, qmax)
-        best = _sse_only(xs, ys)
+        _xhat_into(x, r, c0, buf, 0, 0, n, scale, zero, qmin, qmax)
+        best = _sse_only(x, r, c0, buf, n)
         for k in range(1, ratios.shape[0]):
             s_k, z_k = _params(lo, hi, ratios[k], bits, symmetric, f16)
-            _xhat_slice(xs, ys, s_k, z_k, qmin, qmax)
-            e_k = _sse_only(xs, ys)
+            _xhat_into(x, r, c0, buf, 0, 0, n, s_k, z_k, qmin, qmax)
+            e_k = _sse_only(x, r, c0, buf, n)
             if e_k < best:
                 best = e_k
                 scale = s_k
@@ -158,17 +164,14 @@ def _best_params(xs, buf, lo, hi, ratios, bits, symmetric, f16):
 
 
 @njit(cache=True)
-def _apply_group(xs, codes_row, xhat_row, buf, c0, scale, zero, qmin, qmax, mode):
-    """Write codes or x_hat of one group (per mode) and return its error sums."""
-    n = xs.shape[0]
+def _apply_group(x, r, c0, n, codes, xhat, buf, scale, zero, qmin, qmax, mode):
+    """Write codes or x_hat of the group x[r, c0:c0+n] (per mode); return its error sums."""
     if mode == _WRITE_XHAT:
-        ys = xhat_row[c0:c0 + n]
-    else:
-        ys = buf[:n]
-    _xhat_slice(xs, ys, scale, zero, qmin, qmax)
-    if mode == _WRITE_CODES:
-        _codes_slice(xs, codes_row[c0:c0 + n], scale, zero, qmin, qmax)
-    return err_sums(xs, ys)
+        _xhat_into(x, r, c0, xhat, r, c0, n, scale, zero, qmin, qmax)
+        return err_sums(x, r, c0, xhat, r, c0, n)
+    _xhat_into(x, r, c0, buf, 0, 0, n, scale, zero, qmin, qmax)
+    _codes_into(x, r, c0, n, codes, scale, zero, qmin, qmax)
+    return err_sums(x, r, c0, buf, 0, 0, n)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -185,27 +188,24 @@ def _fused_kernel(x, group_size, bits, symmetric, f16, ratios, mode, codes, xhat
     n_groups = cols // group_size
     qmin, qmax = _qrange(bits, symmetric)
     for r in prange(rows):
-        buf = np.empty(group_size, np.float32)  # [group_size] scratch x_hat
-        codes_row = codes[r] if mode == _WRITE_CODES else codes[0:0, 0]
-        xhat_row = xhat[r] if mode == _WRITE_XHAT else xhat[0:0, 0]
+        buf = np.empty((1, group_size), np.float32)  # [1, group_size] scratch x_hat
         row_sse = 0.0
         row_sig = 0.0
         row_mx = I32(0)
         for g in range(n_groups):
             c0 = g * group_size
-            xs = x[r, c0:c0 + group_size]  # [group_size]
-            lo, hi, finite = lohi_finite(xs)
+            lo, hi, finite = lohi_finite(x, r, c0, group_size)
             if not finite:
                 bad[r] = 1
                 scale[r, g] = 1.0
                 zero[r, g] = 0
                 continue
-            s, z = _best_params(xs, buf, lo, hi, ratios, bits, symmetric, f16)
+            s, z = _best_params(x, r, c0, group_size, buf, lo, hi, ratios, bits, symmetric, f16)
             scale[r, g] = s
             zero[r, g] = np.uint8(z)
             if mode == _WRITE_NOTHING:
                 continue
-            e, sg, m = _apply_group(xs, codes_row, xhat_row, buf, c0, s, z, qmin, qmax, mode)
+            e, sg, m = _apply_group(x, r, c0, group_size, codes, xhat, buf, s, z, qmin, qmax, mode)
             row_sse += e
             row_sig += sg
             row_mx = I32(max(row_mx, m))
@@ -222,20 +222,18 @@ def _apply_kernel(x, group_size, scale, zero, qmin, qmax, mode, codes, xhat,
     rows, cols = x.shape
     n_groups = cols // group_size
     for r in prange(rows):
-        buf = np.empty(group_size, np.float32)  # [group_size] scratch x_hat
-        codes_row = codes[r] if mode == _WRITE_CODES else codes[0:0, 0]
-        xhat_row = xhat[r] if mode == _WRITE_XHAT else xhat[0:0, 0]
+        buf = np.empty((1, group_size), np.float32)  # [1, group_size] scratch x_hat
         row_sse = 0.0
         row_sig = 0.0
         row_mx = I32(0)
         for g in range(n_groups):
             c0 = g * group_size
-            xs = x[r, c0:c0 + group_size]  # [group_size]
-            if not all_finite(xs):
+            if not all_finite(x, r, c0, group_size):
                 bad[r] = 1
                 continue
-            e, sg, m = _apply_group(xs, codes_row, xhat_row, buf, c0, np.float64(scale[r, g]),
-                                    np.float64(zero[r, g]), qmin, qmax, mode)
+            e, sg, m = _apply_group(x, r, c0, group_size, codes, xhat, buf,
+                                    np.float64(scale[r, g]), np.float64(zero[r, g]),
+                                    qmin, qmax, mode)
             row_sse += e
             row_sig += sg
             row_mx = I32(max(row_mx, m))
@@ -247,9 +245,9 @@ def _apply_kernel(x, group_size, scale, zero, qmin, qmax, mode, codes, xhat,
 @njit(cache=True, parallel=True)
 def _row_lohi_kernel(x, lo, hi, bad):
     # x [rows, cols] float32 -> lo, hi [rows] float32 (0 included), bad [rows] uint8
-    rows = x.shape[0]
+    rows, cols = x.shape
     for r in prange(rows):
-        a, b, finite = lohi_finite(x[r])
+        a, b, finite = lohi_finite(x, r, 0, cols)
         lo[r] = a
         hi[r] = b
         bad[r] = 0 if finite else 1
@@ -258,14 +256,14 @@ def _row_lohi_kernel(x, lo, hi, bad):
 @njit(cache=True, parallel=True)
 def _tensor_clip_sse_kernel(x, lo, hi, ratios, bits, symmetric, f16, out):
     # x [rows, cols] float32; out [rows, n_ratios] float64: per-row SSE of each clip ratio
-    rows = x.shape[0]
+    rows, cols = x.shape
     qmin, qmax = _qrange(bits, symmetric)
     for r in prange(rows):
-        buf = np.empty(x.shape[1], np.float32)  # [cols] scratch x_hat
+        buf = np.empty((1, cols), np.float32)  # [1, cols] scratch x_hat
         for k in range(ratios.shape[0]):
             s, z = _params(lo, hi, ratios[k], bits, symmetric, f16)
-            _xhat_slice(x[r], buf, s, z, qmin, qmax)
-            out[r, k] = _sse_only(x[r], buf)
+            _xhat_into(x, r, 0, buf, 0, 0, cols, s, z, qmin, qmax)
+            out[r, k] = _sse_only(x, r, 0, buf, cols)
 
 
 @njit(cache=True, parallel=True)
@@ -277,10 +275,8 @@ def _dequant_kernel(codes, group_size, scale, zero, out):
         for g in range(n_groups):
             s = scale[r, g]
             z = np.float32(zero[r, g])
-            cs = codes[r, g * group_size:(g + 1) * group_size]
-            ys = out[r, g * group_size:(g + 1) * group_size]
-            for j in range(cs.shape[0]):
-                ys[j] = (np.float32(cs[j]) - z) * s
+            for j in span(g * group_size, group_size):
+                out[r, j] = (np.float32(codes[r, j]) - z) * s
 
 
 # ----------------------------------------------------------------------------- public API

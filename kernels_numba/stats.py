@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from ._bits import U64
 from ._checks import check_array, check_int
 
 __all__ = [
@@ -172,6 +173,8 @@ def _merge_one(na, ma, m2a, m3a, m4a, nb, mb, m2b, m3b, m4b):
 @njit(cache=True, parallel=True)
 def _update_kernel(x, count, mn, mx, amax, mean, m2, m3, m4, hist, nonfinite, lo, hi):
     # x [tokens, channels] float32; state arrays [channels]; hist [channels, n_bins]
+    # x is read as x[t, c0 + k] with unsigned offsets: no per-token slice (an atomic
+    # reference-count update each) and no negative-index wraparound
     tokens, channels = x.shape
     n_bins = hist.shape[1]
     scale = n_bins / (hi - lo)
@@ -186,10 +189,10 @@ def _update_kernel(x, count, mn, mx, amax, mean, m2, m3, m4, hist, nonfinite, lo
         bmax = np.full(w, -np.inf)
         bbad = np.zeros(w, np.int64)
         # pass 1: count, sum, min, max, histogram, non-finite
+        cu = U64(c0)
         for t in range(tokens):
-            row = x[t, c0:c1]
             for k in range(w):
-                v = np.float64(row[k])
+                v = np.float64(x[t, cu + U64(k)])
                 if not math.isfinite(v):
                     bbad[k] += 1
                     continue
@@ -218,9 +221,8 @@ def _update_kernel(x, count, mn, mx, amax, mean, m2, m3, m4, hist, nonfinite, lo
         b3 = np.zeros(w)
         b4 = np.zeros(w)
         for t in range(tokens):
-            row = x[t, c0:c1]
             for k in range(w):
-                v = np.float64(row[k])
+                v = np.float64(x[t, cu + U64(k)])
                 if not math.isfinite(v):
                     continue
                 d = v - bmean[k]
