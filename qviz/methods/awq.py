@@ -343,9 +343,8 @@ class AWQMethod(Method):
         folded = state["folded"].get(name)
         if folded is not None:
             res = _apply(W, torch.ones(cols), folded["clip"], cfg.bits, cfg.group_size, cfg.symmetric)
-            s = folded["s"]
             replacement = replacement_for(module, res.weight_scaled_hat)
-            weight_hat = res.weight_scaled_hat / s
+            weight_hat = res.weight_scaled_hat  # the layer's basis: its weight and inputs are already scaled
             info = {"awq_alpha": folded["alpha"], "awq_folded": 1.0, "awq_rel_err": folded["rel_err"],
                     "awq_rtn_rel_err": folded["rtn_rel_err"]}
         else:

@@ -189,7 +189,6 @@ def _smoothed_layer(name: str, module: nn.Module, cfg: SmoothQuant, entry: dict)
         nbytes = weight_nbytes(out, cols, cfg.w_bits, None, True) + 2 * cols  # + float16 input scale
     # what maps an input of the ORIGINAL model to this module's input (folded: the norm did it upstream)
     new.kernel = kernel_label(cfg, entry["folded"])
-    new.qviz_input_basis = (1.0 / s.double()).float() if entry["folded"] else None
     a = entry.get("act_absmax")
     info = {
         "smooth_alpha": float(cfg.alpha),
@@ -200,7 +199,9 @@ def _smoothed_layer(name: str, module: nn.Module, cfg: SmoothQuant, entry: dict)
     if a is not None:
         info["act_ratio_before"] = float(a.max() / a.median().clamp_min(1e-12))
         info["act_ratio_after"] = float((a / s).max() / (a / s).median().clamp_min(1e-12))
-    return LayerQuant(module=new, weight_hat=w_q / s, nbytes=nbytes, kernel=new.kernel, info=info)
+    # weight_hat in the basis of the layer as handed in: folded, its weight and inputs are already scaled
+    weight_hat = w_q if entry["folded"] else w_q / s
+    return LayerQuant(module=new, weight_hat=weight_hat, nbytes=nbytes, kernel=new.kernel, info=info)
 
 
 @register(SmoothQuant)
@@ -256,15 +257,13 @@ class SmoothQuantMethod(Method):
         return _smoothed_layer(name, module, cfg, entry)
 
     def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
-        """The replacement's output (bias removed) on ``x``, an input of the ORIGINAL model ``[rows, in]``.
+        """The replacement's output (bias removed) on ``x``, the layer's input in the prepared model ``[rows, in]``.
 
-        For a folded layer the norm upstream divided by ``s``; here that is done on ``x`` first.
+        Activation fake-quant included. For a folded layer ``x`` is already divided by ``s`` (the
+        norm upstream did it); for an explicit one the module divides.
         """
         from qviz.quant.rtn import output_without_bias
 
-        basis = getattr(lq.module, "qviz_input_basis", None)
-        if basis is not None:
-            x = x * basis.to(x.dtype)
         return output_without_bias(lq.module, x)
 
     def finalize(self, model: Any, cfg: SmoothQuant, calib: Any, state: Any) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def test_w8a8_per_tensor_beats_naive_on_outlier_activations():
     assert sq.quantization.layers["out"].nbytes == 4 * 16 + 4 * 2 + 16 * 2
 
 
-def test_layer_output_takes_inputs_of_the_original_model():
+def test_layer_output_and_weight_hat_are_in_the_prepared_layers_basis():
     torch.manual_seed(0)
     net = PreNorm()
     x = torch.randn(128, 32)
@@ -140,9 +140,15 @@ def test_layer_output_takes_inputs_of_the_original_model():
         copy = clone_model(model)
         method = SmoothQuantMethod()
         state = method.prepare(copy, cfg, x, {n: copy.module.get_submodule(n) for n in ("a", "b", "out")})
-    h = net.norm(x).detach()  # input of "a" in the ORIGINAL model
+    h = copy.module.norm(x).detach()  # input of "a" in the prepared copy (1/s folded into the norm)
     lq = method.quantize_layer("a", copy.module.a, cfg, None, state)
     assert torch.allclose(method.layer_output(lq, h), h @ lq.weight_hat.T, rtol=1e-4, atol=1e-5)
+    h0 = net.norm(x).detach()  # ... which is the original input divided by s
+    assert torch.allclose(h, h0 / state["layers"]["a"]["s"], rtol=1e-4, atol=1e-6)
+    lq_out = method.quantize_layer("out", copy.module.out, cfg, None, state)  # explicit: original basis
+    g = torch.relu(net.a(h0)) + net.b(h0)
+    assert torch.allclose(method.layer_output(lq_out, g.detach()), g.detach() @ lq_out.weight_hat.T, rtol=1e-4,
+                          atol=1e-5)
 
 
 def test_fold_require_names_layers_without_a_foldable_predecessor():
