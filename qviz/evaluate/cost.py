@@ -472,9 +472,10 @@ def _numba_layer(module: Any, cfg: Any) -> Any | None:
     import kernels_numba as kn
 
     w = weight_matrix(module).float().cpu().numpy()  # [out, in]
-    if cfg.bits == 4 and not cfg.symmetric and isinstance(cfg.group_size, int) and cfg.group_size % 2 == 0:
-        gs = cfg.group_size
-    elif cfg.bits == 8 and cfg.group_size is None:
+    group = cfg.group_size
+    if cfg.bits == 4 and not cfg.symmetric and (group is None or isinstance(group, int)) and (group or w.shape[1]) % 2 == 0:
+        gs = group  # None: one group per row, run as a group of the whole row
+    elif cfg.bits == 8 and group is None:
         gs = None
     else:
         return None
@@ -482,18 +483,22 @@ def _numba_layer(module: Any, cfg: Any) -> Any | None:
                                           clip_search=cfg.clip_search)
     scale = qp.scale.reshape(w.shape[0], -1)
     zero = qp.zero.reshape(w.shape[0], -1)
-    if gs is None:
-        scale, zero = scale[:, 0], zero[:, 0]
+    if cfg.bits == 8:
+        scale, zero = scale[:, 0], zero[:, 0]  # [out]: one per row
     return _numba_linear_class()(codes, scale, zero, cfg.bits, gs or w.shape[1], getattr(module, "bias", None))
 
 
-def kernel_model(model: Any, cfg: Any) -> Any | None:
-    """The full-precision ``model`` with each weight-only RTN Linear run by a Numba GEMV kernel, or None.
+def kernel_model(model: Any, cfg: Any, quantized: Any = None) -> Any | None:
+    """``model`` with each weight-only RTN Linear run by a Numba GEMV kernel, or None when none applies.
 
-    Only configs a kernel exists for are swapped: ``RTN(bits=4, group_size=even, symmetric=False)``
-    (packed INT4 GEMV) and ``RTN(bits=8, group_size=None)`` (INT8 GEMV); other
-    layers (convolutions) stay as they are. The outputs equal the fake-quant
-    model's up to float32 summation order. For timing only: no gradients.
+    Kernels exist for ``RTN(bits=4, symmetric=False)`` with an even group size
+    or one group per row (packed INT4 GEMV) and ``RTN(bits=8, group_size=None)``
+    (INT8 GEMV). The kernels are built from ``model``'s (full-precision)
+    weights and swapped into ``quantized`` (the fake-quant model from
+    :func:`qviz.quantize`) when given, so the layers without a kernel
+    (convolutions) keep their fake-quant form; otherwise into a view of
+    ``model``. Outputs equal the fake-quant model's up to float32 summation
+    order. For timing only: no gradients. Neither model is changed.
 
     Examples
     --------
@@ -508,15 +513,21 @@ def kernel_model(model: Any, cfg: Any) -> Any | None:
     from qviz.robustness import _swap
 
     qm = _as_model(model)
+    base = qm if quantized is None else _as_model(quantized)
+    record = getattr(base, "quantization", None)
+    names = list(record.layers) if record is not None else list(quantizable_layers(qm))
+    originals = dict(qm.module.named_modules())
     swaps = {}
-    for name, module in quantizable_layers(qm).items():
-        new = _numba_layer(module, cfg)
+    for name in names:
+        new = _numba_layer(originals[name], cfg) if name in originals else None
         if new is not None:
             swaps[name] = new
     if not swaps:
         return None
-    out = qm.with_module(_swap(qm.module, swaps), name=f"{qm.name} [{cfg.label}, numba kernels]")
-    out.kernel_layers = {n: m.kernel for n, m in swaps.items()}
+    out = base.with_module(_swap(base.module, swaps), name=f"{base.name} [numba kernels]")
+    kernels = {n: r.kernel for n, r in record.layers.items()} if record is not None else {}
+    kernels.update({n: m.kernel for n, m in swaps.items()})
+    out.kernel_layers = kernels
     return out
 
 
