@@ -312,8 +312,6 @@ class LayerLab:
 
         Raises ``ValueError`` with a readable message for a config that does not fit the layer.
         """
-        from qviz.quant.api import as_rows
-
         method = method_for(cfg)
         self._check(name)
         out_f, in_f = self.shape(name)
@@ -323,6 +321,38 @@ class LayerLab:
                 f"{type(cfg).__name__} does not quantize {layer_type(self.modules[name])} layers such as {name}; "
                 f"it handles {', '.join(method.layer_types)}. Pick another layer or method."
             )
+        if self.tensor_path(cfg):
+            # data-free formats: quantize the weight alone (no replacement module is built here;
+            # output_error builds it when it is needed)
+            from qviz.quant.api import quantize_tensor
+
+            qt = quantize_tensor(torch.from_numpy(self.weight(name)), cfg)
+            w_hat_t, nbytes, kernel, lq = qt.dequantize(), int(qt.nbytes), "", None
+        else:
+            lq = self._layer_quant(name, cfg)
+            w_hat_t, nbytes, kernel = lq.weight_hat, int(lq.nbytes), lq.kernel
+        w_hat = w_hat_t.detach().float().cpu().numpy().reshape(out_f, in_f)  # [out, in]
+        self.before(name)
+        lo, hi, _ = self._ranges[name]
+        h = error_and_histogram(self.weight(name), w_hat, lo, hi, self.n_bins)
+        return LayerResult(
+            layer=name, config=cfg.label, weight_mse=h.mse, weight_sqnr_db=h.sqnr_db, max_abs_err=h.max_abs_err,
+            bits_per_weight=8.0 * nbytes / (out_f * in_f), nbytes=nbytes, kernel=kernel, hist=h, lq=lq,
+            method=method,
+        )
+
+    @staticmethod
+    def tensor_path(cfg: QuantConfig) -> bool:
+        """True when ``cfg``'s method quantizes a lone tensor (no calibration data, no model change)."""
+        method = method_for(cfg)
+        return (not method.needs_inputs and getattr(method, "quantize_tensor", None) is not None
+                and type(method).prepare is Method.prepare)
+
+    def _layer_quant(self, name: str, cfg: QuantConfig) -> LayerQuant:
+        """Run the method's ``quantize_layer`` on the layer (of the prepared copy where the method needs one)."""
+        from qviz.quant.api import as_rows
+
+        method = method_for(cfg)
         work, prepared_inputs, state = self._context(cfg)
         module = work.module.get_submodule(name)
         rows = None
@@ -330,24 +360,18 @@ class LayerLab:
             x = prepared_inputs[name] if prepared_inputs is not None else self.inputs(name)
             rows = as_rows(module, x)  # [rows, in]
         with torch.no_grad():
-            lq = method.quantize_layer(name, module, cfg, rows, state)
-        w_hat = lq.weight_hat.detach().float().cpu().numpy().reshape(out_f, in_f)  # [out, in]
-        self.before(name)
-        lo, hi, _ = self._ranges[name]
-        h = error_and_histogram(self.weight(name), w_hat, lo, hi, self.n_bins)
-        return LayerResult(
-            layer=name, config=cfg.label, weight_mse=h.mse, weight_sqnr_db=h.sqnr_db, max_abs_err=h.max_abs_err,
-            bits_per_weight=lq.bits_per_weight, nbytes=int(lq.nbytes), kernel=lq.kernel, hist=h, lq=lq,
-            method=method,
-        )
+            return method.quantize_layer(name, module, cfg, rows, state)
 
     def output_error(self, res: LayerResult, cfg: QuantConfig) -> float:
         """``||X W^T - Q(X) W_hat^T||^2 / ||X W^T||^2`` on the layer's calibration inputs; stored in ``res``."""
         from qviz.quant.error import quantized_output
 
-        if res.lq is None or res.method is None:
-            raise ValueError("This result has no quantized layer to run; make it with LayerLab.quantize.")
+        if res.method is None:
+            raise ValueError("This result has no quantization method; make it with LayerLab.quantize.")
         name = res.layer
+        if res.lq is None:
+            res.lq = self._layer_quant(name, cfg)
+            res.kernel = res.lq.kernel
         ref = self._reference(name)
         work, prepared_inputs, _ = self._context(cfg)
         x = prepared_inputs[name] if prepared_inputs is not None else self.inputs(name)

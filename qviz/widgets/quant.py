@@ -242,7 +242,7 @@ class QuantExplorer(Explorer):
                 f"<b>{html.escape(layer)}</b> ({out_f}×{in_f}) · <b>{html.escape(cfg.label)}</b>: "
                 f"weight SQNR <b>{res.weight_sqnr_db:.2f} dB</b>, MSE {res.weight_mse:.3e}, "
                 f"max |error| {res.max_abs_err:.3g}, {res.bits_per_weight:.3f} bits/weight stored, "
-                f"output rel. error {out_err} · {html.escape(res.kernel)}"
+                f"output rel. error {out_err} · {html.escape(res.kernel or 'kernel: measuring…')}"
             )
 
     # ------------------------------------------------------------------ the background work
