@@ -1,0 +1,42 @@
+"""bitsandbytes methods: real modules, their outputs and the stored bytes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import qviz
+from qviz.quant.bnb import unpack_4bit
+
+
+def test_unpack_4bit_layout():
+    packed = torch.tensor([[0xAB], [0xC0]], dtype=torch.uint8)
+    assert unpack_4bit(packed, (1, 3)).tolist() == [[10, 11, 12]]
+
+
+def test_int8_module_is_real_and_keeps_bias():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 16))
+    q = qviz.quantize(net, qviz.BnbInt8(threshold=6.0), progress=False)
+    layer = q.module[0]
+    import bitsandbytes as bnb
+
+    assert isinstance(layer, bnb.nn.Linear8bitLt) and layer.weight.dtype == torch.int8
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        y = q.module(x)
+    assert y.dtype == torch.float32 and layer.bias.dtype == torch.float32
+    torch.testing.assert_close(y, net(x), atol=0.02, rtol=0.05)
+
+
+def test_4bit_module_output_equals_dequantized_weight():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.Conv1d(1, 1, 3))
+    for cfg in (qviz.BnbNF4(), qviz.BnbFP4(blocksize=128, double_quant=True)):
+        q = qviz.quantize(net, cfg, progress=False)
+        assert "only linear" in q.quantization.skipped["1"]
+        x = torch.randn(3, 64)
+        w_hat = qviz.fake_quantize(net[0].weight, cfg)
+        with torch.no_grad():
+            torch.testing.assert_close(q.module[0](x), x @ w_hat.T + net[0].bias, rtol=1e-5, atol=1e-5)
+        assert q.quantization.layers["0"].nbytes == qviz.quantize_tensor(net[0].weight, cfg).nbytes
