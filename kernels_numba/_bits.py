@@ -1,4 +1,4 @@
-"""Bit-level views of float32 scalars inside JIT code.
+"""Bit-level views of float32 scalars, and the group scans built on them, for JIT code.
 
 Integer compares on the bit patterns give NaN-proof, vectorisable min/max and
 finiteness tests (LLVM does not vectorise float min/max reductions for Numba).

@@ -4,8 +4,8 @@
 Per group the kernel accumulates ``sum_j code_j * x_j`` in float32 and applies
 ``scale * (acc - zero * sum_j x_j)`` (the group sums of ``x`` are shared by all
 rows), so the inner loop is a load, a mask, an int-to-float conversion and an
-FMA per weight; rows go four at a time to share the loads of ``x``. INT4 reads 8x fewer weight bytes than float32, which is what a
-memory-bound GEMV is paid in.
+FMA per weight; rows go four at a time to share the loads of ``x``. INT4 reads 8x
+fewer weight bytes than float32, which is what a memory-bound GEMV is paid in.
 
 Summation order differs from a dense matmul: results agree with
 ``dequantize(...) @ x`` to float32 rounding, not bit for bit.
@@ -29,8 +29,7 @@ _ROWS_PER_TASK = 16
 # Loops index with unsigned offsets (kernels_numba._bits.span) rather than slicing: no
 # negative-index wraparound (so loads vectorise) and no per-chunk views (whose reference
 # counts would be updated atomically, contended between threads).
-
-
+#
 # With b = 16*hi + lo (hi, lo the nibbles of a byte), hi*xo + lo*xe = b*xb + lo*xa where
 # xb = xo/16 (exact) and xa = xe - xo/16: one mask per byte, no shift.
 
