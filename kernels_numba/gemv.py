@@ -4,8 +4,8 @@
 Per group the kernel accumulates ``sum_j code_j * x_j`` in float32 and applies
 ``scale * (acc - zero * sum_j x_j)`` (the group sums of ``x`` are shared by all
 rows), so the inner loop is a load, a mask, an int-to-float conversion and an
-FMA per weight; rows go four at a time to share the loads of ``x``. INT4 reads 8x
-fewer weight bytes than float32, which is what a memory-bound GEMV is paid in.
+FMA per weight. INT4 reads 8x fewer weight bytes than float32, which is what a
+memory-bound GEMV is paid in.
 
 Summation order differs from a dense matmul: results agree with
 ``dequantize(...) @ x`` to float32 rounding, not bit for bit.
@@ -46,69 +46,64 @@ def _dot_bytes(packed, r, o, xa, xb, n):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
+def _term(packed, r, i, xa, xb):
+    # (low nibble of packed[r, i]) * xa[i] + packed[r, i] * xb[i]
+    b = I32(packed[r, i])
+    return np.float32(I32(b & I32(15))) * xa[i] + np.float32(b) * xb[i]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
 def _dot_bytes_32(packed, r, o, xa, xb):
     # _dot_bytes for exactly 32 bytes (64 weights): a constant trip count that LLVM unrolls
-    # into straight vector code with a single horizontal reduction
-    acc = np.float32(0.0)
+    # into straight vector code; two accumulators halve the dependent FMA chain
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
     ou = U64(o)
-    for k in range(U64(32)):
-        b = I32(packed[r, ou + k])
-        acc += np.float32(I32(b & I32(15))) * xa[ou + k] + np.float32(b) * xb[ou + k]
-    return acc
+    for k in range(U64(16)):
+        a0 += _term(packed, r, ou + k, xa, xb)
+        a1 += _term(packed, r, ou + k + U64(16), xa, xb)
+    return a0 + a1
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _dot_bytes_64(packed, r, o, xa, xb):
-    # _dot_bytes for exactly 64 bytes (128 weights, one group of 128)
-    acc = np.float32(0.0)
+    # as _dot_bytes_32 for exactly 64 bytes (128 weights, one group of 128)
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
     ou = U64(o)
-    for k in range(U64(64)):
-        b = I32(packed[r, ou + k])
-        acc += np.float32(I32(b & I32(15))) * xa[ou + k] + np.float32(b) * xb[ou + k]
+    for k in range(U64(32)):
+        a0 += _term(packed, r, ou + k, xa, xb)
+        a1 += _term(packed, r, ou + k + U64(32), xa, xb)
+    return a0 + a1
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _row_fast(packed, scale, zero, xa, xb, xsum, half, r):
+    # y[r] for half % 32 == 0 (unrolled 64- or 32-byte bodies)
+    wide = half % 64 == 0
+    width = 64 if wide else 32
+    chunks = half // width
+    acc = np.float32(0.0)
+    for g in range(scale.shape[1]):
+        d = np.float32(0.0)
+        for c in range(chunks):
+            o = (g * chunks + c) * width
+            if wide:
+                d += _dot_bytes_64(packed, r, o, xa, xb)
+            else:
+                d += _dot_bytes_32(packed, r, o, xa, xb)
+        acc += scale[r, g] * (d - np.float32(zero[r, g]) * xsum[g])
     return acc
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _rows4_fast(packed, scale, zero, xa, xb, xsum, half, r, y):
-    # y[r:r+4] for half % 32 == 0: four rows share each load of x, and their independent
-    # accumulation chains overlap in the out-of-order core
-    wide = half % 64 == 0
-    width = 64 if wide else 32
-    chunks = half // width
-    a0 = a1 = a2 = a3 = np.float32(0.0)
-    for g in range(scale.shape[1]):
-        d0 = d1 = d2 = d3 = np.float32(0.0)
-        for c in range(chunks):
-            o = (g * chunks + c) * width
-            if wide:
-                d0 += _dot_bytes_64(packed, r, o, xa, xb)
-                d1 += _dot_bytes_64(packed, r + 1, o, xa, xb)
-                d2 += _dot_bytes_64(packed, r + 2, o, xa, xb)
-                d3 += _dot_bytes_64(packed, r + 3, o, xa, xb)
-            else:
-                d0 += _dot_bytes_32(packed, r, o, xa, xb)
-                d1 += _dot_bytes_32(packed, r + 1, o, xa, xb)
-                d2 += _dot_bytes_32(packed, r + 2, o, xa, xb)
-                d3 += _dot_bytes_32(packed, r + 3, o, xa, xb)
-        xs = xsum[g]
-        a0 += scale[r, g] * (d0 - np.float32(zero[r, g]) * xs)
-        a1 += scale[r + 1, g] * (d1 - np.float32(zero[r + 1, g]) * xs)
-        a2 += scale[r + 2, g] * (d2 - np.float32(zero[r + 2, g]) * xs)
-        a3 += scale[r + 3, g] * (d3 - np.float32(zero[r + 3, g]) * xs)
-    y[r] = a0
-    y[r + 1] = a1
-    y[r + 2] = a2
-    y[r + 3] = a3
-
-
-@njit(cache=True, fastmath=_FASTMATH)
-def _row_generic(packed, scale, zero, xa, xb, xsum, half, r, y):
+def _row_generic(packed, scale, zero, xa, xb, xsum, half, r):
     # y[r] for any even group size
     acc = np.float32(0.0)
     for g in range(scale.shape[1]):
         d = _dot_bytes(packed, r, g * half, xa, xb, half)
         acc += scale[r, g] * (d - np.float32(zero[r, g]) * xsum[g])
-    y[r] = acc
+    return acc
 
 
 @njit(cache=True, parallel=True)
@@ -121,15 +116,11 @@ def _gemv_int4_kernel(packed, scale, zero, xa, xb, xsum, group_size, y):
     fast = half % 32 == 0
     n_tasks = (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
     for t in prange(n_tasks):
-        r = t * _ROWS_PER_TASK
-        r1 = min(r + _ROWS_PER_TASK, rows)
-        if fast:
-            while r + 4 <= r1:
-                _rows4_fast(packed, scale, zero, xa, xb, xsum, half, r, y)
-                r += 4
-        while r < r1:
-            _row_generic(packed, scale, zero, xa, xb, xsum, half, r, y)
-            r += 1
+        for r in range(t * _ROWS_PER_TASK, min((t + 1) * _ROWS_PER_TASK, rows)):
+            if fast:
+                y[r] = _row_fast(packed, scale, zero, xa, xb, xsum, half, r)
+            else:
+                y[r] = _row_generic(packed, scale, zero, xa, xb, xsum, half, r)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
