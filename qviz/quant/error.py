@@ -197,7 +197,7 @@ def layer_error(
                 continue
             method, work, layer_inputs, state = setups[j]
             module = work.module.get_submodule(name)
-            x = layer_inputs[name]  # raw layer input: [rows, in] or [images, channels, ...]
+            x = layer_inputs[name].to(module.weight.device)  # raw layer input: [rows, in] or [images, channels, ...]
             rows = as_rows(module, x) if method.needs_inputs else None  # [rows, in]
             with torch.no_grad():
                 if id(work) not in ref_cache:
