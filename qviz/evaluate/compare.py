@@ -415,9 +415,9 @@ def compare(
     --------
     >>> import qviz
     >>> m = qviz.load("tiny-llama")
-    >>> cmp = qviz.compare(m, [qviz.RTN(bits=4, group_size=32)], metrics=["accuracy", "size"], progress=False)
+    >>> cmp = qviz.compare(m, [qviz.RTN(bits=4, group_size=16)], metrics=["accuracy", "size"], progress=False)
     >>> list(cmp.config.values)
-    ['fp32', 'RTN w4 g32 asym']
+    ['fp32', 'RTN w4 g16 asym']
     >>> qviz.compare(m, [qviz.RTN()], metrics=["speed"])
     Traceback (most recent call last):
     ...
