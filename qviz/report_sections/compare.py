@@ -1,0 +1,110 @@
+"""The comparison section of ``qviz report``: accuracy, size, cost and robustness per config.
+
+``ctx`` keys read (all optional): ``compare_configs`` (configs to compare;
+default RTN 8/4/3/2-bit, LLM.int8 and NF4), ``compare_metrics`` (subset of
+:data:`qviz.evaluate.compare.METRICS`), ``compare_n_attack`` (inputs
+attacked per config), ``hardware`` (rows for the hardware table), ``progress``.
+Datasets written into ``ctx["datasets"]``: ``comparison`` (the ``cmp``
+Dataset), ``size_projection`` (the 70B table) and ``gemv`` (per-token kernel timings).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+
+def default_configs(model: Any) -> list[Any]:
+    """RTN 8-bit per channel, RTN 4/3/2-bit (groups of 128 where every Linear row divides by 128, else per channel), LLM.int8, NF4."""
+    import qviz
+    from qviz.models import layer_type, quantizable_layers, weight_matrix
+
+    widths = [int(weight_matrix(m).shape[1]) for m in quantizable_layers(model).values() if layer_type(m) != "embedding"]
+    group = 128 if widths and all(w % 128 == 0 for w in widths) else None
+    return [
+        qviz.RTN(bits=8, group_size=None),
+        qviz.RTN(bits=4, group_size=group),
+        qviz.RTN(bits=3, group_size=group),
+        qviz.RTN(bits=2, group_size=group),
+        qviz.BnbInt8(threshold=6.0),
+        qviz.BnbNF4(blocksize=64),
+    ]
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="qv"><tr>{head}</tr>{body}</table>'
+
+
+def projection_html(table: Any) -> str:
+    """The 70B size table as HTML: size, bits per weight, overhead in GB and in words."""
+    rows = [
+        [html.escape(str(c)), f"{float(table.size_gb.sel(config=c)):.2f}", f"{float(table.bits_per_weight.sel(config=c)):.4g}",
+         f"{float(table.overhead_gb.sel(config=c)):.2f}", html.escape(str(table.overhead.sel(config=c).item()))]
+        for c in table.config.values
+    ]
+    return _table(rows, ["format", "size [GB]", "bits/weight", "overhead [GB]", "overhead is"])
+
+
+def gemv_html(ds: Any) -> str:
+    """Per-token (batch-1 matrix-vector) timings per kernel and shape, with the speed-up over torch fp32."""
+    rows = []
+    for s in ds.shape.values:
+        row = [html.escape(str(s))]
+        for k in ds.kernel.values:
+            t, sp = float(ds.time_us.sel(shape=s, kernel=k)), float(ds.speedup.sel(shape=s, kernel=k))
+            row.append("—" if not np.isfinite(t) else f"{t:.0f} µs ({sp:.2f}x)")
+        rows.append(row)
+    return _table(rows, ["weight [out x in]", *[str(k) for k in ds.kernel.values]])
+
+
+def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Compare configs on the model's held-out task; the dashboard, attack curves, size and kernel tables.
+
+    Examples
+    --------
+    >>> import qviz
+    >>> m = qviz.load("digits-cnn")                                                     # doctest: +SKIP
+    >>> items = section(m, qviz.calibration_data(m, n=64), {"datasets": {}})            # doctest: +SKIP
+    """
+    import qviz
+    from qviz import plot
+    from qviz.evaluate.cost import gemv_benchmark
+    from qviz.evaluate.size import projection_table
+    from qviz.models import layer_type, quantizable_layers, weight_matrix
+
+    datasets = ctx.setdefault("datasets", {})
+    configs = list(ctx.get("compare_configs") or default_configs(model))
+    cmp = qviz.compare(
+        model, configs, calib=calib, metrics=ctx.get("compare_metrics"), hardware=ctx.get("hardware"),
+        n_attack=ctx.get("compare_n_attack"), progress=bool(ctx.get("progress", False)),
+    )
+    datasets["comparison"] = cmp
+    proj = projection_table(70e9)
+    datasets["size_projection"] = proj
+    shapes = sorted({tuple(int(d) for d in weight_matrix(m).shape) for m in quantizable_layers(model).values()
+                     if layer_type(m) == "linear"})[:3]
+    gemv = gemv_benchmark([*shapes, (4096, 4096)], kernels=["torch fp32", "numba int4", "numba int8", "torch int8 dynamic"],
+                          repeats=10, threads=1)
+    datasets["gemv"] = gemv
+    intro = (
+        f"<p>{cmp.sizes['config']} configs of <b>{html.escape(str(cmp.attrs.get('model')))}</b> on the "
+        f"<b>{html.escape(str(cmp.attrs.get('task')))}</b> task ({html.escape(str(cmp.attrs.get('task_description', '')))}). "
+        "Sizes count every stored byte; timings are measured on this machine by the kernel named in each row "
+        "(<i>real kernel</i>: bitsandbytes or the Numba packed GEMV; <i>simulated</i>: fake-quant float arithmetic, "
+        "which is no faster than full precision). Attacks: white-box through straight-through gradients of the "
+        "quantized model, and transfer from full precision.</p>"
+    )
+    items: list[tuple[str, Any]] = [("Comparison", intro), ("Dashboard", plot.dashboard(cmp))]
+    if "latency_ms" in cmp:
+        items.append(("Throughput, measured", plot.cost_bars(cmp, "throughput")))
+    if "attack_success_rate" in cmp:
+        items.append(("Attack success vs ε", plot.attack_curves(cmp)))
+    if "error_amplification" in cmp:
+        items.append(("Error amplification per layer", plot.amplification(cmp)))
+    items.append(("Size of a 70B-weight model per format", projection_html(proj)))
+    items.append(("One token at batch 1: matrix-vector time per kernel", gemv_html(gemv)))
+    return items
