@@ -3,9 +3,9 @@
 * :class:`BnbInt8Method` stores each weight row as int8 with a float32
   absmax (``int8_vectorwise_quant``, as ``Linear8bitLt`` does) and swaps in a
   ``Linear8bitLt`` that runs the LLM.int8 matmul: activations quantized per
-  token to int8, except the input columns whose magnitude exceeds
-  ``threshold``, which run in float16 against the dequantized weight columns
-  (the outlier decomposition). bitsandbytes >= 0.45 keeps no separate float16
+  token to int8 (through float16), except the input columns whose magnitude
+  exceeds ``threshold``, which run in the input's precision against the
+  dequantized weight columns (the outlier decomposition). bitsandbytes >= 0.45 keeps no separate float16
   copy of the outlier weight columns, so the stored bytes are the int8 codes
   plus 4 bytes per row; the outlier columns found on the calibration inputs
   are reported per layer (``info["outlier_columns"]``).

@@ -191,7 +191,7 @@ def layer_error(
         else:
             setups.append((method, qm, inputs, None))
     for i, name in enumerate(order):
-        ref_cache: dict[int, tuple] = {}  # id(model) -> (w, sum w^2, Y, sum Y^2) for this layer
+        ref_cache: dict[Any, Any] = {}  # id(model) -> (w, sum w^2, Y, sum Y^2); 'gram' -> X^T X
         for j, c in enumerate(configs):
             if name not in plans[c.label].assign:
                 continue
@@ -207,7 +207,12 @@ def layer_error(
                 w, w_signal, y, energy = ref_cache[id(work)]
                 lq = method.quantize_layer(name, module, c, rows, state)
                 sse, signal, mx, delta = _weight_stats(lq, w, w_signal)
-                if is_weight_only(method, c):  # Y_hat - Y = X (W_hat - W)^T: one product, no cancellation
+                if is_weight_only(method, c) and x.dim() == 2 and x.shape[0] > x.shape[1]:
+                    # ||X D^T||^2 = sum((D G) * D) with G = X^T X [in, in], shared by every weight-only config
+                    if ("gram", id(work)) not in ref_cache:
+                        ref_cache["gram", id(work)] = x.T @ x  # [in, in]
+                    noise = float(torch.sum((delta @ ref_cache["gram", id(work)]) * delta, dtype=torch.float64))
+                elif is_weight_only(method, c):  # Y_hat - Y = X (W_hat - W)^T: one product, no cancellation
                     noise = _sq(weight_only_output(module, x, delta))
                 else:  # the real replacement layer (activation quantization, LLM.int8 decomposition)
                     noise = _sq(quantized_output(method, lq, module, x) - y)

@@ -10,9 +10,9 @@
   uint8 zero points; batch-1 inputs run the packed INT4/INT8 matrix-vector
   kernel of :mod:`kernels_numba` where it exists, larger batches dequantize
   into a float matrix for the call.
-* :class:`Bnb8bitLinear`: bitsandbytes' ``Linear8bitLt`` run the LLM.int8 way
-  (float16 activations, int8 matmul, outlier columns above the threshold in
-  float16), with the bias kept in the input dtype.
+* :class:`Bnb8bitLinear`: bitsandbytes' ``Linear8bitLt`` (LLM.int8: activations
+  quantized per token to int8 through float16, int8 matmul, input columns above
+  the threshold kept in the input's precision), without its per-call cast warning.
 
 Examples
 --------
@@ -26,6 +26,7 @@ torch.Size([3, 2])
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -369,6 +370,10 @@ def bnb_int8_linear(weight_hat_source: torch.Tensor, bias: torch.Tensor | None, 
 _BNB8_CLASS: type | None = None
 
 
+def _drop_cast_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
 def _bnb8bit_class() -> type:
     global _BNB8_CLASS
     if _BNB8_CLASS is not None:
@@ -376,23 +381,22 @@ def _bnb8bit_class() -> type:
     import bitsandbytes as bnb
 
     class Bnb8bitLinear(bnb.nn.Linear8bitLt):
-        """bitsandbytes ``Linear8bitLt`` run as LLM.int8: float16 activations, int8 matmul, float16 outliers.
+        """bitsandbytes ``Linear8bitLt`` (LLM.int8: int8 matmul, outlier input columns above the threshold
+        kept in the input's precision against the dequantized weight columns).
 
-        The input is cast to float16 (as LLM.int8 runs) and the output back to
-        the input dtype; the bias is added in the input dtype and never cast in place.
+        Only difference from the parent: its once-per-call warning that float32
+        inputs are cast to float16 for the int8 quantization is not logged.
         """
 
         kernel = "real kernel: bitsandbytes Linear8bitLt (LLM.int8)"
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-            self.state.is_training = self.training
-            if self.weight.CB is not None:
-                self.init_8bit_state()
-            out = bnb.matmul(x.to(torch.float16), self.weight, bias=None, state=self.state)
-            if not self.state.has_fp16_weights and self.state.CB is not None:
-                self.weight.data = self.state.CB
-            out = out.to(x.dtype)
-            return out if self.bias is None else out + self.bias.to(x.dtype)
+            logger = logging.getLogger("bitsandbytes.autograd._functions")
+            logger.addFilter(_drop_cast_warning)
+            try:
+                return super().forward(x)
+            finally:
+                logger.removeFilter(_drop_cast_warning)
 
     Bnb8bitLinear.__module__ = __name__
     Bnb8bitLinear.__qualname__ = "Bnb8bitLinear"

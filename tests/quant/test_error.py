@@ -137,3 +137,18 @@ def test_minilm_all_configs(minilm, minilm_calib):
                           layers="encoder.layer.0.*")
     assert (rel.sel(config="RTN w8 ch sym a8/token") > w8.output_rel_err).all()
     np.testing.assert_allclose(err.bits_per_weight.sel(config="RTN w4 g128 asym"), 4 + 3 * 8 / 128)
+
+
+def test_gram_path_equals_direct_product():
+    """With more calibration rows than inputs the weight-only error goes through X^T X; same number."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(24, 40))
+    x = torch.randn(500, 24) + 3.0  # a large common mean: the quadratic form must not cancel badly
+    cfgs = [qviz.RTN(bits=8, group_size=None), qviz.RTN(bits=2, group_size=8), qviz.BnbNF4()]
+    err = qviz.layer_error(net, cfgs, calib=x)
+    with torch.no_grad():
+        ref = x.double() @ net[0].weight.double().T
+        for cfg in cfgs:
+            got = x.double() @ qviz.fake_quantize(net[0].weight, cfg).double().T
+            rel = float(((ref - got) ** 2).sum() / (ref**2).sum())
+            assert float(err.output_rel_err.sel(layer="0", config=cfg.label)) == pytest.approx(rel, rel=1e-4)
