@@ -5,8 +5,8 @@
 controls as traits and call qviz's pure functions; the browser side lives in
 the ESM modules of the repository's ``widgets/`` folder (shipped as
 ``qviz/_static``). Large heatmaps travel as binary buffers and are drawn on a
-canvas; the other figures are long-lived Plotly ``FigureWidget``\\ s updated in
-one ``batch_update``.
+canvas; the other figures are long-lived Plotly panes, each redrawn with one
+message by the Plotly renderer the notebook already has.
 
 Examples
 --------

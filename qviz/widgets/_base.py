@@ -21,7 +21,6 @@ import anywidget
 import ipywidgets as W
 import plotly.graph_objects as go
 import traitlets
-from plotly.basedatatypes import Undefined
 
 from qviz.widgets._assets import read_asset
 from qviz.widgets._static import fallback_html
@@ -196,53 +195,81 @@ class _JobThread(threading.Thread):
     """Marks threads started by :class:`BackgroundJob` (a superseded one reads as cancelled)."""
 
 
-def sync_figure(fw: go.FigureWidget, fig: go.Figure | dict) -> None:
-    """Make the long-lived ``fw`` show ``fig`` (a ``go.Figure`` or a figure dict) with one update message.
+_TEMPLATE: dict | None = None
 
-    When the traces line up (same count and types) the new trace and layout
-    properties go out as one ``plotly_update`` (restyle + relayout), without
-    plotly validating every value again; otherwise the traces are replaced.
+
+def _template() -> dict:
+    """plotly's default template as JSON (what a ``go.Figure`` would carry), computed once."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        import plotly.io as pio
+
+        _TEMPLATE = pio.templates[pio.templates.default].to_plotly_json()
+    return _TEMPLATE
+
+
+def figure_json(fig: go.Figure | dict) -> dict:
+    """A figure (``go.Figure`` or figure dict) as plain JSON data: numpy arrays to lists, NaN/Inf to null.
 
     Examples
     --------
-    >>> fw = go.FigureWidget(go.Figure(go.Bar(y=[1, 2])))
-    >>> sync_figure(fw, {"data": [{"type": "bar", "y": [3, 4]}], "layout": {"title": {"text": "new"}}})
-    >>> list(fw.data[0].y), fw.layout.title.text
-    ([3, 4], 'new')
+    >>> import numpy as np
+    >>> figure_json({"data": [{"type": "bar", "y": np.array([1.0, np.nan])}]})["data"][0]["y"]
+    [1.0, None]
     """
-    if isinstance(fig, dict):
-        specs = [dict(t) for t in fig.get("data", [])]
-        layout = dict(fig.get("layout", {}))
-    else:
-        specs = [t.to_plotly_json() for t in fig.data]
-        layout = fig.layout.to_plotly_json()
-    layout.pop("template", None)
-    types = [spec.get("type", "scatter") for spec in specs]
-    if len(fw.data) != len(specs) or any(t.type != ty for t, ty in zip(fw.data, types, strict=True)):
-        full = fig if isinstance(fig, go.Figure) else go.Figure(fig)
-        with fw.batch_update():
-            fw.data = ()
-            fw.add_traces(list(full.data))
-            fw.layout = full.layout
-        return
-    keys: dict[str, None] = {}
-    for old, spec in zip(fw._data, specs, strict=True):  # the widget's own trace dicts: no deep copy
-        keys.update(dict.fromkeys(spec))
-        keys.update(dict.fromkeys(old))
-    keys.pop("type", None)
-    keys.pop("uid", None)
-    # per trace: the new value, None to drop a property the trace had, Undefined where neither has it
-    restyle = {
-        k: [spec[k] if k in spec else (None if k in old else Undefined) for spec, old in zip(specs, fw._data, strict=True)]
-        for k in keys
-    }
-    old_layout = fw._layout
-    relayout = {
-        k: layout.get(k, [] if isinstance(old_layout.get(k), (list, tuple)) else None)
-        for k in {**dict.fromkeys(layout), **dict.fromkeys(old_layout)}
-        if k != "template"
-    }
-    fw.plotly_update(restyle_data=restyle, relayout_data=relayout, trace_indexes=list(range(len(specs))))
+    import json
+
+    from plotly.utils import PlotlyJSONEncoder
+
+    spec = fig.to_plotly_json() if isinstance(fig, go.Figure) else {"data": list(fig.get("data", [])),
+                                                                      "layout": dict(fig.get("layout", {}))}
+    out = json.loads(json.dumps(spec, cls=PlotlyJSONEncoder))
+    out.setdefault("layout", {}).setdefault("template", _template())
+    return out
+
+
+class PlotPane(W.Output):
+    """A long-lived Plotly figure in the notebook, redrawn by :meth:`show`.
+
+    The figure travels as Plotly's own output type
+    (``application/vnd.plotly.v1+json``) inside an ipywidgets ``Output``, and is
+    drawn by the Plotly renderer that JupyterLab, Notebook 7 and Voilà already
+    load, so one plotly.js serves every pane. (``go.FigureWidget`` would be the
+    natural choice, but with plotly 7.1 and anywidget 0.11 figure widgets shown
+    together render blank; tests/browser reproduces it.) Setting the
+    ``outputs`` trait is one message and works from any thread.
+
+    Examples
+    --------
+    >>> pane = PlotPane()
+    >>> pane.show({"data": [{"type": "bar", "y": [3, 4]}], "layout": {"title": {"text": "t"}}})
+    >>> pane.figure["data"][0]["y"], pane.title
+    ([3, 4], 't')
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.figure: dict = {"data": [], "layout": {}}
+
+    @property
+    def title(self) -> str:
+        t = self.figure.get("layout", {}).get("title", "")
+        return t.get("text", "") if isinstance(t, dict) else str(t)
+
+    def show(self, fig: go.Figure | dict) -> None:
+        """Replace the figure (one message to the browser)."""
+        data = figure_json(fig)
+        self.figure = data
+        bundle = {
+            "application/vnd.plotly.v1+json": {**data, "config": {"displaylogo": False, "responsive": True}},
+            "text/plain": f"<Figure: {self.title}>",
+        }
+        self.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+
+def sync_figure(pane: PlotPane, fig: go.Figure | dict) -> None:
+    """Show ``fig`` in ``pane`` (kept as the single place where explorers redraw a figure)."""
+    pane.show(fig)
 
 
 def message_html(err: BaseException | str) -> str:

@@ -1,8 +1,8 @@
 """Figures of the explorers as pure functions: numbers in, Plotly figure out.
 
 Each ``*_spec`` function returns a plain figure dict (``{"data": [...],
-"layout": {...}}``) that a long-lived ``FigureWidget`` takes in one update
-without re-validating it (:func:`qviz.widgets._base.sync_figure`); the
+"layout": {...}}``) that a long-lived plot pane shows in one message without
+plotly re-validating it (:class:`qviz.widgets._base.PlotPane`); the
 matching ``*_figure`` wraps it in a validated ``go.Figure`` for notebooks and
 reports.
 

@@ -231,6 +231,7 @@ class LayerLab:
         self._inputs: dict[str, torch.Tensor] | None = None
         self._ref: dict[str, torch.Tensor] = {}
         self._prepared: dict[str, tuple[QvizModel, dict[str, torch.Tensor], Any]] = {}
+        self._nbytes: dict[tuple[str, str], int] = {}  # (layer, config label) -> stored bytes
         self._lock = threading.RLock()
 
     # ----------------------------------------------------------------- cached inputs
@@ -324,10 +325,17 @@ class LayerLab:
         if self.tensor_path(cfg):
             # data-free formats: quantize the weight alone (no replacement module is built here;
             # output_error builds it when it is needed)
-            from qviz.quant.api import quantize_tensor
+            from qviz.quant.api import fake_quantize, quantize_tensor
 
-            qt = quantize_tensor(torch.from_numpy(self.weight(name)), cfg)
-            w_hat_t, nbytes, kernel, lq = qt.dequantize(), int(qt.nbytes), "", None
+            w = torch.from_numpy(self.weight(name))  # [out, in], shares the cached array
+            key = (name, cfg.label)
+            if key in self._nbytes:  # storage is known: one fused fake-quant pass is enough
+                w_hat_t, nbytes = fake_quantize(w, cfg), self._nbytes[key]
+            else:
+                qt = quantize_tensor(w, cfg)
+                w_hat_t, nbytes = qt.dequantize(), int(qt.nbytes)
+                self._nbytes[key] = nbytes
+            kernel, lq = "", None
         else:
             lq = self._layer_quant(name, cfg)
             w_hat_t, nbytes, kernel = lq.weight_hat, int(lq.nbytes), lq.kernel

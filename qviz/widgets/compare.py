@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from qviz.widgets._base import Explorer, sync_figure
+from qviz.widgets._base import Explorer, PlotPane, sync_figure
 from qviz.widgets._static import bars_html, table_html
 
 LOWER_IS_BETTER = {"size_bytes", "bits_per_weight", "latency_ms", "usd_per_1m", "attack_success_rate",
@@ -207,7 +207,7 @@ class CompareDashboard(Explorer):
         One per config.
     x_select, y_select, curve_select
         Metric choice for the Pareto axes and the curve variable.
-    pareto, robustness : plotly.graph_objects.FigureWidget
+    pareto, robustness : PlotPane
     table : ipywidgets.HTML
 
     Examples
@@ -243,8 +243,8 @@ class CompareDashboard(Explorer):
         self.curve_select = W.Dropdown(options=curves or ["(none)"], value=(
             "attack_success_rate" if "attack_success_rate" in curves else (curves[0] if curves else "(none)")),
             description="curve", style=style, disabled=not curves)
-        self.pareto = go.FigureWidget()
-        self.robustness = go.FigureWidget()
+        self.pareto = PlotPane()
+        self.robustness = PlotPane()
         self.table = W.HTML()
         super().__init__(
             [W.HBox([W.HTML("<b>configs</b>"), *self.checkboxes.values()], layout=W.Layout(flex_flow="row wrap")),

@@ -18,12 +18,11 @@ from typing import Any
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 import xarray as xr
 
 from qviz.outliers import _check_stats, outlier_summary
 from qviz.plot import channel_profile
-from qviz.widgets._base import Explorer, sync_figure
+from qviz.widgets._base import Explorer, PlotPane, sync_figure
 from qviz.widgets._canvas import HeatmapCanvas
 from qviz.widgets._static import heatmap_png, png_img, table_html
 
@@ -97,7 +96,7 @@ class OutlierExplorer(Explorer):
         The controls (ipywidgets).
     heatmap, tokens : HeatmapCanvas
         Layer × channel and token × channel maps, drawn on a canvas from binary buffers.
-    profile : plotly.graph_objects.FigureWidget
+    profile : PlotPane
         The selected layer's channel profile.
     table : ipywidgets.HTML
         The selected layer's top-k channels.
@@ -175,7 +174,7 @@ class OutlierExplorer(Explorer):
                                      hint="hover for values · click a row to select that layer")
         self.tokens = HeatmapCanvas(row_name="token", col_name="channel", value_name="|x|", colorscale="magma",
                                     row_px=5, max_height=420, hint="hover for values")
-        self.profile = go.FigureWidget()
+        self.profile = PlotPane()
         self.table = W.HTML()
         controls = W.HBox([self.layer_select, self.var_select, self.log_toggle])
         knobs = W.HBox([self.threshold_slider, self.top_k_slider])

@@ -24,10 +24,9 @@ import time
 from typing import Any
 
 import ipywidgets as W
-import plotly.graph_objects as go
 
 from qviz.quant.config import BnbFP4, BnbInt8, BnbNF4, QuantConfig
-from qviz.widgets._base import BackgroundJob, Explorer, sync_figure
+from qviz.widgets._base import BackgroundJob, Explorer, PlotPane, sync_figure
 from qviz.widgets._figures import error_bars_spec, histogram_spec, sqnr_bits_spec
 from qviz.widgets._lab import USES, LayerLab, LayerResult, available_methods, check_fits, make_config
 from qviz.widgets._static import bars_html, table_html
@@ -73,7 +72,7 @@ class QuantExplorer(Explorer):
     ----------
     layer_select, method_select, bits_box, group_box, symmetric_box, alpha_slider, threshold_box, metric_select
         The controls.
-    bars, hist, sqnr : plotly.graph_objects.FigureWidget
+    bars, hist, sqnr : PlotPane
         Per-layer error, weight histogram before/after, SQNR vs bits.
     job : BackgroundJob
         Progress bar and Cancel button of the background work.
@@ -141,9 +140,9 @@ class QuantExplorer(Explorer):
         self.metric_select = W.Dropdown(options=list(METRICS), value="weight SQNR", description="bars show",
                                         style=style, layout=W.Layout(width="240px"))
         self.summary = W.HTML()
-        self.bars = go.FigureWidget()
-        self.hist = go.FigureWidget()
-        self.sqnr = go.FigureWidget()
+        self.bars = PlotPane()
+        self.hist = PlotPane()
+        self.sqnr = PlotPane()
         self.job = BackgroundJob()
         self.current: LayerResult | None = None
         self.config: QuantConfig | None = None

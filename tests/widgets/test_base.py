@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import pytest
 
 from qviz.widgets._assets import read_asset, static_dir
-from qviz.widgets._base import BackgroundJob, Debouncer, sync_figure
+from qviz.widgets._base import BackgroundJob, Debouncer, PlotPane
 from qviz.widgets._static import bars_html, colourize, encode_png, fallback_html, heatmap_png
 
 
@@ -95,13 +95,16 @@ def test_background_job_shows_an_error_instead_of_dying_silently():
     assert "bits out of range" in job.status.value and job.progress.bar_style == "danger"
 
 
-def test_sync_figure_updates_in_place_and_replaces_on_new_structure():
-    fw = go.FigureWidget(go.Figure(go.Bar(y=[1, 2], marker_color=["red", "blue"])))
-    sync_figure(fw, {"data": [{"type": "bar", "y": [5, 6]}], "layout": {"title": {"text": "t"}}})
-    assert list(fw.data[0].y) == [5, 6]
-    assert "marker" not in fw._data[0]  # stale properties are removed, not merged
-    sync_figure(fw, go.Figure([go.Scatter(y=[1]), go.Scatter(y=[2])]))
-    assert [t.type for t in fw.data] == ["scatter", "scatter"]
+def test_plot_pane_sends_plotly_json_in_one_message(record):
+    pane = PlotPane()
+    with record(pane) as sent:
+        pane.show({"data": [{"type": "bar", "y": np.array([1.0, np.nan, 3.0])}]})
+    assert len(sent) == 1
+    out = pane.outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    assert out["data"][0]["y"] == [1.0, None, 3.0]  # NaN is not JSON: it becomes null
+    assert "template" in out["layout"] and out["config"]["displaylogo"] is False
+    pane.show(go.Figure(go.Scatter(y=[1]), layout={"title": {"text": "new"}}))
+    assert pane.title == "new" and len(pane.outputs) == 1
 
 
 def test_png_encoder_writes_a_valid_png():
@@ -120,10 +123,3 @@ def test_colourize_marks_nan_grey_and_outliers_red():
 def test_static_fallback_is_script_free_html():
     out = fallback_html("abc", "title", [bars_html(["a", "b"], [1.0, 3.0], highlight=1)])
     assert 'data-qviz-static="abc"' in out and "<script" not in out
-
-
-def test_sync_figure_with_mixed_trace_types_keeps_each_traces_own_properties():
-    fw = go.FigureWidget(go.Figure([go.Bar(y=[1, 2]), go.Scatter(y=[1, 2], line={"color": "red"})]))
-    sync_figure(fw, {"data": [{"type": "bar", "y": [3, 4]}, {"type": "scatter", "y": [5, 6], "line": {"width": 1}}]})
-    assert list(fw.data[0].y) == [3, 4] and "line" not in fw._data[0]
-    assert fw._data[1]["line"] == {"width": 1}

@@ -41,23 +41,23 @@ def test_dashboard_builds_with_size_and_accuracy(cmp):
     d = CompareDashboard(cmp, debounce=0)
     assert d.last_error is None
     assert (d.x_select.value, d.y_select.value) == ("size_bytes", "accuracy")
-    assert len(d.robustness.data) == 5 and d.table.value.count("<tr>") == 1 + 5
+    assert len(d.robustness.figure["data"]) == 5 and d.table.value.count("<tr>") == 1 + 5
 
 
 def test_config_checkboxes(cmp):
     d = CompareDashboard(cmp, debounce=0)
     d.checkboxes["RTN w2 g128 asym"].set_state({"value": False})
-    assert "RTN w2 g128 asym" not in list(d.pareto.data[1].text)
-    assert len(d.robustness.data) == 4 and d.table.value.count("<tr>") == 1 + 4
+    assert "RTN w2 g128 asym" not in list(d.pareto.figure["data"][1]["text"])
+    assert len(d.robustness.figure["data"]) == 4 and d.table.value.count("<tr>") == 1 + 4
 
 
 def test_metric_choice(cmp):
     d = CompareDashboard(cmp, debounce=0)
     d.y_select.set_state({"index": list(d.y_select.options).index("agreement")})
     d.x_select.set_state({"index": list(d.x_select.options).index("bits_per_weight")})
-    assert list(d.pareto.data[1].y) == pytest.approx(cmp.agreement.values.tolist())
-    assert list(d.pareto.data[1].x) == pytest.approx(cmp.bits_per_weight.values.tolist())
-    assert "agreement vs bits_per_weight" in d.pareto.layout.title.text
+    assert list(d.pareto.figure["data"][1]["y"]) == pytest.approx(cmp.agreement.values.tolist())
+    assert list(d.pareto.figure["data"][1]["x"]) == pytest.approx(cmp.bits_per_weight.values.tolist())
+    assert "agreement vs bits_per_weight" in d.pareto.title
     d.curve_select.set_state({"index": 0})
     assert d.curve_select.value == "attack_success_rate"
 
@@ -66,10 +66,10 @@ def test_unticking_every_config_shows_a_message_and_keeps_the_chart(cmp):
     d = CompareDashboard(cmp, debounce=0)
     for name in d.configs[:-1]:
         d.checkboxes[name].value = False
-    kept = list(d.pareto.data[1].text)
+    kept = list(d.pareto.figure["data"][1]["text"])
     d.checkboxes[d.configs[-1]].set_state({"value": False})
     assert "tick at least one config" in d.message.value
-    assert list(d.pareto.data[1].text) == kept
+    assert list(d.pareto.figure["data"][1]["text"]) == kept
 
 
 def test_static_picture_and_figure(cmp):

@@ -34,15 +34,15 @@ def test_threshold_slider_recomputes_outliers_without_the_model(explorer, outlie
     assert calls == []  # the model did not run again
     assert explorer.heatmap.threshold == 0.5 and explorer.tokens.threshold == 0.5
     assert after > before
-    colours = explorer.profile.data[0].marker.color
+    colours = explorer.profile.figure["data"][0]["marker"]["color"]
     assert "#d62728" in list(colours)
 
 
 def test_layer_dropdown_switches_profile_table_and_token_map(explorer):
-    old_title = explorer.profile.layout.title.text
+    old_title = explorer.profile.title
     explorer.layer_select.set_state({"index": 2})
     assert explorer.layer_select.value == "fc2"
-    assert "fc2" in explorer.profile.layout.title.text and explorer.profile.layout.title.text != old_title
+    assert "fc2" in explorer.profile.title and explorer.profile.title != old_title
     assert explorer.heatmap.selected_row == 2
     assert explorer.tokens.shape[1] == 128 and "fc2" in explorer.tokens.title
 
@@ -72,7 +72,7 @@ def test_top_k_slider_and_log_toggle(explorer):
 def test_a_broken_update_shows_a_message_and_keeps_the_figures(explorer, monkeypatch):
     import qviz.widgets.outliers as mod
 
-    title = explorer.profile.layout.title.text
+    title = explorer.profile.title
     matrix = explorer.heatmap.matrix().copy()
 
     def boom(*a, **k):
@@ -82,7 +82,7 @@ def test_a_broken_update_shows_a_message_and_keeps_the_figures(explorer, monkeyp
     explorer.threshold_slider.set_state({"value": 2.0})
     assert "threshold must be a positive number" in explorer.message.value
     assert "Traceback" not in explorer.message.value
-    assert explorer.profile.layout.title.text == title and np.array_equal(explorer.heatmap.matrix(), matrix, equal_nan=True)
+    assert explorer.profile.title == title and np.array_equal(explorer.heatmap.matrix(), matrix, equal_nan=True)
 
 
 def test_static_fallback_has_the_heatmap_picture_and_table(explorer):

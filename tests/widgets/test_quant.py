@@ -21,7 +21,7 @@ def explorer(outlier_net, outlier_batch):
 def test_builds_and_measures_the_selected_layer(explorer):
     assert explorer.last_error is None
     assert explorer.current.layer == "fc2" and explorer.current.config == "RTN w4 g32 asym"
-    assert explorer.hist.data[1].y is not None and sum(explorer.hist.data[1].y) == 96 * 128
+    assert explorer.hist.figure["data"][1]["y"] is not None and sum(explorer.hist.figure["data"][1]["y"]) == 96 * 128
     assert "fc2" in explorer.summary.value and "dB" in explorer.summary.value
 
 
@@ -32,7 +32,7 @@ def test_bits_control_moves_the_error(explorer):
     explorer.bits_box.set_state({"value": 2})
     sqnr2 = explorer.current.weight_sqnr_db
     assert sqnr2 < sqnr4 < sqnr8 and sqnr8 - sqnr4 > 18  # about 6 dB per bit
-    assert explorer.sqnr.data[2].y[0] == pytest.approx(sqnr2)
+    assert explorer.sqnr.figure["data"][2]["y"][0] == pytest.approx(sqnr2)
 
 
 def test_group_size_and_symmetric_controls(explorer):
@@ -46,8 +46,8 @@ def test_group_size_and_symmetric_controls(explorer):
 
 def test_layer_control_switches_the_histogram(explorer):
     explorer.layer_select.set_state({"index": explorer.layer_select.options.index("fc1")})
-    assert explorer.current.layer == "fc1" and sum(explorer.hist.data[0].y) == 128 * 64
-    assert "fc1" in explorer.hist.layout.title.text
+    assert explorer.current.layer == "fc1" and sum(explorer.hist.figure["data"][0]["y"]) == 128 * 64
+    assert "fc1" in explorer.hist.title
 
 
 @pytest.mark.parametrize(
@@ -74,9 +74,9 @@ def test_threshold_and_alpha_controls(explorer):
 
 def test_metric_control_changes_what_the_bars_show(explorer):
     explorer.metric_select.set_state({"index": list(explorer.metric_select.options).index("bits per weight")})
-    bars = [v for v in explorer.bars.data[0].y if v is not None]
+    bars = [v for v in explorer.bars.figure["data"][0]["y"] if v is not None]
     assert bars == [pytest.approx(explorer.current.bits_per_weight)]
-    assert "bits per weight" in explorer.bars.layout.title.text
+    assert "bits per weight" in explorer.bars.title
 
 
 @pytest.mark.parametrize(
@@ -92,11 +92,11 @@ def test_metric_control_changes_what_the_bars_show(explorer):
 def test_bad_input_shows_a_message_and_keeps_the_previous_figure(explorer, control, value, message):
     if control == "threshold_box":
         explorer.method_select.value = "Int8"
-    before = (explorer.current.config, list(explorer.hist.data[1].y), explorer.summary.value)
+    before = (explorer.current.config, list(explorer.hist.figure["data"][1]["y"]), explorer.summary.value)
     getattr(explorer, control).set_state({"value": value})
     assert message in explorer.last_error and html.escape(message) in explorer.message.value
     assert "Traceback" not in explorer.message.value
-    assert (explorer.current.config, list(explorer.hist.data[1].y), explorer.summary.value) == before
+    assert (explorer.current.config, list(explorer.hist.figure["data"][1]["y"]), explorer.summary.value) == before
     # a good value clears the message
     getattr(explorer, control).set_state({"value": {"group_box": "32", "bits_box": 4, "threshold_box": 6.0}[control]})
     assert explorer.message.value == "" and explorer.last_error is None
@@ -106,7 +106,7 @@ def test_background_fills_every_layer_and_the_sweep(outlier_net, outlier_batch):
     ex = QuantExplorer(outlier_net, outlier_batch, group_size=32, debounce=0)
     ex.flush()
     assert ex.job.error is None and ex.job.progress.value == ex.job.progress.max
-    assert all(v is not None for v in ex.bars.data[0].y)
+    assert all(v is not None for v in ex.bars.figure["data"][0]["y"])
     res = ex.results[("RTN w4 g32 asym", "fc1")]
     assert math.isfinite(res.output_rel_err) and res.lq is None  # replacement modules are not kept
     curve = ex.sweeps[next(iter(ex.sweeps))]
@@ -121,7 +121,7 @@ def test_a_control_change_cancels_the_stale_background_job(outlier_net, outlier_
     ex.bits_box.value = 3
     ex.flush()
     assert ex.current.config == "RTN w3 g32 asym"
-    assert ex.bars.layout.title.text.startswith("weight SQNR per layer · RTN w3 g32 asym (3/3")
+    assert ex.bars.title.startswith("weight SQNR per layer · RTN w3 g32 asym (3/3")
 
 
 def test_set_changes_several_controls_in_one_update(explorer):
@@ -188,3 +188,12 @@ def test_minilm_quant_explorer_big_layer(minilm, minilm_calib):
     assert ex.current.config == "RTN w3 g128 asym" and 10 < ex.current.weight_sqnr_db < 20
     ex.group_box.value = "100"
     assert "does not divide the 384 input columns" in ex.message.value
+
+
+def test_revisiting_a_config_gives_the_same_numbers(outlier_net, outlier_batch):
+    lab = LayerLab(outlier_net, outlier_batch)
+    cfg = qviz.RTN(bits=3, group_size=32)
+    first = lab.quantize("fc1", cfg)  # quantize_tensor: codes and storage
+    again = lab.quantize("fc1", cfg)  # storage known: the fused fake-quant pass
+    assert again.weight_sqnr_db == first.weight_sqnr_db and again.bits_per_weight == first.bits_per_weight
+    assert np.array_equal(again.hist.hist, first.hist.hist)
