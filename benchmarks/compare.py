@@ -121,7 +121,7 @@ def main() -> None:
         cmp = qviz.compare(model, cfgs, progress=False)
         t_cmp = time.perf_counter() - t0
         print(f"load {t_load:.1f} s; compare {t_cmp:.1f} s for {cmp.sizes['config']} configs "
-              f"(torch threads {cmp.attrs['torch_threads']})")
+              f"(torch threads {cmp.attrs['torch_threads']}, timings on {cmp.attrs['timing_threads']} thread(s))")
         t0 = time.perf_counter()
         fig = qviz.plot.dashboard(cmp)
         t_fig = time.perf_counter() - t0

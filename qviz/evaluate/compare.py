@@ -143,6 +143,7 @@ class _Context:
     hardware: xr.Dataset
     cost_inputs: Any
     n_tokens: int
+    threads: int | None = 1
     attack: dict[str, Any] = field(default_factory=dict)
 
 
@@ -295,7 +296,7 @@ def _evaluate_config(ctx: _Context, cfg: Any) -> xr.Dataset:
             km = cost_mod.kernel_model(model, cfg, quantized=q)
             if km is not None:
                 runner = km
-        c = cost_mod.measure_latency(runner, ctx.cost_inputs, batch_size=16, repeats=3)
+        c = cost_mod.measure_latency(runner, ctx.cost_inputs, batch_size=16, repeats=3, threads=ctx.threads)
         per_item_tokens = ctx.n_tokens
         cpu = [h for h in ctx.hardware.hardware.values if str(h).startswith("this CPU")]
         price = float(ctx.hardware.usd_per_hour.sel(hardware=cpu[0])) if cpu else math.nan
@@ -357,6 +358,7 @@ def compare(
     hardware: Any = None,
     n_attack: int | None = None,
     attack_steps: int = 5,
+    threads: int | None = 1,
     client: Any = None,
     progress: bool = True,
 ) -> xr.Dataset:
@@ -387,6 +389,10 @@ def compare(
         Inputs attacked per config (default 128 images or 24 sentences).
     attack_steps
         PGD steps.
+    threads
+        torch and Numba threads while timing (default 1: every kernel core for
+        core, and no waiting on a busy second core on a shared machine); None
+        keeps the current setting. The rest of the evaluation is not affected.
     client
         A ``dask.distributed.Client``: the configs run as dask tasks on its
         workers. None runs them here, one after another.
@@ -439,7 +445,8 @@ def compare(
     hw = cost_mod._as_table(hardware) if isinstance(hardware, xr.Dataset) else cost_mod.hardware_table(hardware)
     ref = t.reference(model)
     cost_inputs, n_tokens = _cost_inputs(model, ref)
-    ctx = _Context(model, t, ref, metrics, eps_arr, calib, hw, cost_inputs, n_tokens)
+    cost_mod._Threads(threads)  # validates
+    ctx = _Context(model, t, ref, metrics, eps_arr, calib, hw, cost_inputs, n_tokens, threads)
     if "robustness" in metrics:
         _prepare_attacks(ctx, n_attack, attack_steps, seed=0)
     jobs: list[Any] = [None, *cfgs]
@@ -472,6 +479,7 @@ def compare(
         "attack_steps": attack_steps,
         "amplification_eps": ctx.attack.get("amp_eps", float("nan")),
         "torch_threads": int(torch.get_num_threads()),
+        "timing_threads": "as set" if threads is None else int(threads),
         "title": f"qviz.compare on {model.name}",
     })
     return out

@@ -566,8 +566,33 @@ def _timeit(fn: Any, repeats: int, min_time: float = 0.0) -> list[float]:
     return times
 
 
+class _Threads:
+    """Set torch's and Numba's thread counts inside a ``with`` block and restore them after (None: leave as is)."""
+
+    def __init__(self, threads: int | None) -> None:
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"threads must be None or a positive int; got {threads!r}.")
+        self.threads = threads
+
+    def __enter__(self) -> None:
+        import numba
+
+        torch = _torch()
+        self.saved = (torch.get_num_threads(), numba.get_num_threads())
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+
+    def __exit__(self, *exc: Any) -> None:
+        import numba
+
+        _torch().set_num_threads(self.saved[0])
+        numba.set_num_threads(self.saved[1])
+
+
 def measure_latency(
-    model: Any, inputs: Any, *, batch_size: int = 32, repeats: int = 5, item: str | None = None
+    model: Any, inputs: Any, *, batch_size: int = 32, repeats: int = 5, item: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Batch-1 latency and batched throughput of ``model`` on this machine, with what ran.
 
@@ -582,6 +607,8 @@ def measure_latency(
         Throughput batch and the number of timed runs (the median is reported).
     item
         What one input is called in the units (default by model kind).
+    threads
+        torch and Numba threads while timing (restored after); None keeps the current setting.
 
     Returns
     -------
@@ -608,8 +635,9 @@ def measure_latency(
     n_many = len(inputs[:batch_size])
     mask = qm.token_mask(one)
     tokens = int(mask.sum()) if mask is not None else 1
-    lat = statistics.median(_timeit(lambda: qm.run(one), repeats, min_time=0.2))
-    thr = statistics.median(_timeit(lambda: qm.run(many), max(1, repeats // 2)))
+    with _Threads(threads):
+        lat = statistics.median(_timeit(lambda: qm.run(one), repeats, min_time=0.2))
+        thr = statistics.median(_timeit(lambda: qm.run(many), max(1, repeats // 2)))
     kernel = model_kernel(qm)
     default_item = {"text-encoder": "sentence", "decoder": "sequence", "image-classifier": "image"}.get(qm.kind, "input")
     return {
@@ -669,19 +697,9 @@ def gemv_benchmark(
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int; got {repeats!r}.")
     import kernels_numba as kn
-    import numba
 
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be None or a positive int; got {threads!r}.")
-    saved = (torch.get_num_threads(), numba.get_num_threads())
-    if threads is not None:
-        torch.set_num_threads(threads)
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
+    with _Threads(threads):
         return _gemv_run(shapes, kernels, repeats, group_size, seed, kn, nn, torch)
-    finally:
-        torch.set_num_threads(saved[0])
-        numba.set_num_threads(saved[1])
 
 
 def _gemv_run(shapes: Sequence[tuple[int, int]], kernels: list[str], repeats: int, group_size: int, seed: int,
