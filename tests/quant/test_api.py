@@ -328,11 +328,10 @@ def test_sequential_inputs_come_from_the_quantized_prefix():
 @pytest.mark.slow
 def test_minilm_quantize_untouched_and_close(minilm, minilm_calib):
     before = digest(minilm.module)
-    texts = minilm_calib[:8]
-    ref = minilm.outputs(texts)
-    for cfg, floor in ((qviz.BnbInt8(), 0.998), (qviz.RTN(bits=4, group_size=128), 0.95)):
-        q = qviz.quantize(minilm, cfg, progress=False)
-        cos = (q.outputs(texts) * ref).sum(-1).mean()
-        assert cos > floor
-        assert len(q.quantization.skipped) == 3  # the three embedding tables, with reasons
+    texts = minilm_calib[:4]
+    q = qviz.quantize(minilm, qviz.BnbInt8(), progress=False)
+    cos = (q.outputs(texts) * minilm.outputs(texts)).sum(-1).mean()
+    assert cos > 0.998
+    assert len(q.quantization.skipped) == 3  # the three embedding tables, with reasons
+    assert q.quantization.total_bytes < 0.7 * q.quantization.original_bytes
     assert digest(minilm.module) == before

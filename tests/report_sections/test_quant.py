@@ -12,7 +12,7 @@ from qviz.report_sections.quant import default_configs, section
 @pytest.mark.slow
 def test_section_on_digits(digits, digits_calib):
     ctx = {"datasets": {}}
-    items = section(digits, digits_calib[:32], ctx)
+    items = section(digits, digits_calib[:16], ctx)
     titles = [t for t, _ in items]
     assert titles[0] == "Summary" and "SQNR vs rate beside the limits" in titles
     assert isinstance(items[0][1], str) and "<table" in items[0][1]
