@@ -92,7 +92,7 @@ class GPTQResult(NamedTuple):
 
 
 def gptq_hessian(X: torch.Tensor, *, name: str = "the layer") -> torch.Tensor:
-    """``H = 2 X^T X / n`` (float64 ``[in, in]``) from ``n`` input rows ``X`` ``[n, in]``.
+    """``H = 2 X^T X / n`` (``[in, in]``, float32 product returned as float64) from ``n`` input rows ``X`` ``[n, in]``.
 
     Warns (does not fail) when ``n < in``: ``H`` is then rank-deficient and only the dampening
     in :func:`gptq_quantize_weight` keeps it invertible.
@@ -112,8 +112,8 @@ def gptq_hessian(X: torch.Tensor, *, name: str = "the layer") -> torch.Tensor:
             UserWarning,
             stacklevel=2,
         )
-    Xd = X.detach().double()
-    return (Xd.T @ Xd) * (2.0 / n)
+    Xf = X.detach().float()
+    return (Xf.T @ Xf).double() * (2.0 / n)  # float32 product (as the reference), float64 result
 
 
 def _check_hessian(H: Any, cols: int) -> torch.Tensor:
@@ -172,9 +172,9 @@ def hessian_loss(delta: torch.Tensor, H: torch.Tensor, damp: float | None = None
     >>> hessian_loss(torch.ones(1, 2), torch.eye(2))
     1.0
     """
-    Hd = _damped(H, damp) if damp is not None else H.double()
-    d = delta.double()
-    return float(((d @ Hd) * d).sum() / 2.0)
+    Hd = (_damped(H, damp) if damp is not None else H).float()
+    d = delta.float()
+    return float(((d @ Hd) * d).sum(dtype=torch.float64) / 2.0)
 
 
 def gptq_quantize_weight(
