@@ -152,3 +152,10 @@ def test_gram_path_equals_direct_product():
             got = x.double() @ qviz.fake_quantize(net[0].weight, cfg).double().T
             rel = float(((ref - got) ** 2).sum() / (ref**2).sum())
             assert float(err.output_rel_err.sel(layer="0", config=cfg.label)) == pytest.approx(rel, rel=1e-4)
+
+
+def test_errors_dataset_survives_netcdf(tmp_path):
+    net = Tiny()
+    err = qviz.layer_error(net, [qviz.RTN(bits=4, group_size=None), qviz.BnbNF4()], calib=torch.randn(4, 2, 4, 4))
+    path = qviz.save(err, tmp_path / "errors.nc")
+    assert qviz.open_dataset(path).identical(err)
