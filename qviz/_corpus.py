@@ -14,6 +14,7 @@ import importlib
 import inspect
 import re
 import warnings
+from collections.abc import Iterator
 
 # Modules with plenty of prose and no import-time side effects.
 _MODULES = (
@@ -34,8 +35,9 @@ _SENTENCE_END = re.compile(r"(?<=[a-z0-9\)][.!?])\s+(?=[A-Z])")
 _BAD = re.compile(r">>>|::|`|\{|\}|\\|==|\w\(\)|\b\w+_\w+\b|\$|%|\|")
 
 
-def _docstrings() -> list[str]:
-    docs: list[str] = []
+def _docstrings() -> list[tuple[str, str]]:
+    """``(module name, docstring)`` of every module, class, function and method, in a fixed order."""
+    docs: list[tuple[str, str]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for modname in _MODULES:
@@ -43,17 +45,27 @@ def _docstrings() -> list[str]:
                 module = importlib.import_module(modname)
             except Exception:  # a module missing from a trimmed Python is no error
                 continue
-            docs.append(inspect.getdoc(module) or "")
+            docs.append((modname, inspect.getdoc(module) or ""))
             for _, obj in sorted(vars(module).items()):
                 if getattr(obj, "__module__", None) != module.__name__:
                     continue
                 if inspect.isclass(obj) or inspect.isfunction(obj):
-                    docs.append(inspect.getdoc(obj) or "")
+                    docs.append((modname, inspect.getdoc(obj) or ""))
                 if inspect.isclass(obj):
                     for _, member in sorted(vars(obj).items()):
                         if inspect.isfunction(member):
-                            docs.append(inspect.getdoc(member) or "")
+                            docs.append((modname, inspect.getdoc(member) or ""))
     return docs
+
+
+def _prose_sentences(doc: str) -> Iterator[str]:
+    """The sentences of one docstring that read as English prose."""
+    for paragraph in re.split(r"\n\s*\n", doc):
+        text = " ".join(paragraph.split())
+        for sentence in _SENTENCE_END.split(text):
+            sentence = sentence.strip()
+            if _is_prose(sentence):
+                yield sentence
 
 
 def _is_prose(sentence: str) -> bool:
@@ -84,14 +96,7 @@ def sentences() -> tuple[str, ...]:
     >>> len(s) > 1000
     True
     """
-    found: set[str] = set()
-    for doc in _docstrings():
-        for paragraph in re.split(r"\n\s*\n", doc):
-            text = " ".join(paragraph.split())
-            for sentence in _SENTENCE_END.split(text):
-                sentence = sentence.strip()
-                if _is_prose(sentence):
-                    found.add(sentence)
+    found = {sentence for _, doc in _docstrings() for sentence in _prose_sentences(doc)}
     return tuple(sorted(found, key=_key))
 
 
@@ -117,25 +122,7 @@ def labelled_sentences() -> tuple[tuple[str, str], ...]:
     (True, True)
     """
     source: dict[str, str] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for modname in _MODULES:
-            try:
-                module = importlib.import_module(modname)
-            except Exception:  # a module missing from a trimmed Python is no error
-                continue
-            docs = [inspect.getdoc(module) or ""]
-            for _, obj in sorted(vars(module).items()):
-                if getattr(obj, "__module__", None) != module.__name__:
-                    continue
-                if inspect.isclass(obj) or inspect.isfunction(obj):
-                    docs.append(inspect.getdoc(obj) or "")
-                if inspect.isclass(obj):
-                    docs.extend(inspect.getdoc(m) or "" for _, m in sorted(vars(obj).items()) if inspect.isfunction(m))
-            for doc in docs:
-                for paragraph in re.split(r"\n\s*\n", doc):
-                    for sentence in _SENTENCE_END.split(" ".join(paragraph.split())):
-                        sentence = sentence.strip()
-                        if _is_prose(sentence):
-                            source.setdefault(sentence, modname)
+    for modname, doc in _docstrings():
+        for sentence in _prose_sentences(doc):
+            source.setdefault(sentence, modname)
     return tuple((s, source[s]) for s in sentences() if s in source)
