@@ -175,3 +175,15 @@ def test_shape_mismatch_and_bad_qparams():
         quantize(x, {"scale": 1})
     with pytest.raises(TypeError, match="uint8"):
         dequantize(np.ones((2, 4), np.int32), qp)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_take_the_torch_path_with_the_same_codes():
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    for gran in (PerChannel(), PerGroup(64), PerTensor()):
+        cpu = choose_qparams(x, gran, 4, clip_search=True)
+        gpu = choose_qparams(x.cuda(), gran, 4, clip_search=True)
+        assert gpu.scale.is_cuda
+        assert torch.equal(gpu.scale.cpu(), cpu.scale) and torch.equal(gpu.zero.cpu(), cpu.zero)
+        assert torch.equal(quantize(x.cuda(), gpu).cpu(), quantize(x, cpu))
