@@ -32,7 +32,7 @@ from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
 from qviz.quant.config import RTN, BnbFP4, BnbNF4, QuantConfig
 from qviz.quant.primitives import check_tensor, count_nonfinite, fake_quantize_with_stats
-from qviz.quant.registry import LayerQuant, Method, method_for
+from qviz.quant.registry import Method, method_for
 
 MAX_ROWS = 4096
 """Calibration rows (tokens, or pixel positions of a convolution) kept per layer."""

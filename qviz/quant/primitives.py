@@ -406,8 +406,6 @@ def fake_quantize_with_stats(
     if _use_torch(x, backend):
         qp = choose_qparams(x, granularity, bits, symmetric=symmetric, clip_search=clip_search, backend="torch")
         x_hat = _torch_dequant(_torch_codes(x, qp), qp)
-        import torch
-
         d = x_hat.double() - x.double()
         stats = Stats(float((d * d).sum()), float((x.double() ** 2).sum()), float(d.abs().max()), x.numel())
         return x_hat, stats
