@@ -257,8 +257,10 @@ class PlotPane(W.Output):
         return t.get("text", "") if isinstance(t, dict) else str(t)
 
     def show(self, fig: go.Figure | dict) -> None:
-        """Replace the figure (one message to the browser)."""
+        """Replace the figure (one message to the browser; none when the figure is unchanged)."""
         data = figure_json(fig)
+        if data == self.figure:
+            return  # nothing changed: no message, no redraw in the browser
         self.figure = data
         bundle = {
             "application/vnd.plotly.v1+json": {**data, "config": {"displaylogo": False, "responsive": True}},

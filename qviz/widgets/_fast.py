@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _err_hist_kernel(w, w_hat, lo, inv_width, hist, sse, signal, maxerr):  # pragma: no cover - jitted
     # w, w_hat: [n] float32; hist: [chunks, bins] int64; sse, signal, maxerr: [chunks] float64
     chunks, n_bins = hist.shape

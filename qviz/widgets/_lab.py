@@ -210,7 +210,7 @@ class LayerLab:
     """
 
     def __init__(self, model: Any, calib: Any, layers: LayerSpec = None, *, max_rows: int = MAX_ROWS,
-                 n_bins: int = 120) -> None:
+                 n_bins: int = 256) -> None:
         from qviz.quant.api import check_calib, plan
 
         self.model = model if isinstance(model, QvizModel) else load(model)

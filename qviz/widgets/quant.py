@@ -141,8 +141,8 @@ class QuantExplorer(Explorer):
                                         style=style, layout=W.Layout(width="240px"))
         self.summary = W.HTML()
         self.bars = PlotPane()
-        self.hist = PlotPane()
-        self.sqnr = PlotPane()
+        self.hist = PlotPane(layout=W.Layout(width="50%"))
+        self.sqnr = PlotPane(layout=W.Layout(width="50%"))
         self.job = BackgroundJob()
         self.current: LayerResult | None = None
         self.config: QuantConfig | None = None
@@ -161,7 +161,7 @@ class QuantExplorer(Explorer):
             [
                 W.HBox([self.layer_select, self.method_select, self.metric_select]),
                 W.HBox([self.bits_box, self.group_box, self.symmetric_box, self.alpha_slider, self.threshold_box]),
-                self.summary, self.job.box, self.bars, W.HBox([self.hist, self.sqnr]),
+                self.summary, self.job.box, self.bars, W.HBox([self.hist, self.sqnr], layout=W.Layout(width="100%")),
             ],
             note=f"{self.lab.model.name} · {len(names)} quantizable layers · first layer {out_f}×{in_f}",
             debounce=debounce,
@@ -313,7 +313,7 @@ class QuantExplorer(Explorer):
                     self.lab.output_error(r, cfg)
                 r.lq = None
                 self.results[(cfg.label, name)] = r
-                if time.perf_counter() - last_draw > 0.5:
+                if time.perf_counter() - last_draw > 1.0:
                     redraw()
                     last_draw = time.perf_counter()
             redraw()

@@ -123,3 +123,12 @@ def test_colourize_marks_nan_grey_and_outliers_red():
 def test_static_fallback_is_script_free_html():
     out = fallback_html("abc", "title", [bars_html(["a", "b"], [1.0, 3.0], highlight=1)])
     assert 'data-qviz-static="abc"' in out and "<script" not in out
+
+
+def test_plot_pane_sends_nothing_when_the_figure_is_unchanged(record):
+    pane = PlotPane()
+    spec = {"data": [{"type": "bar", "y": [1, 2]}], "layout": {"title": {"text": "same"}}}
+    pane.show(spec)
+    with record(pane) as sent:
+        pane.show(spec)
+    assert sent == []

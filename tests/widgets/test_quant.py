@@ -21,7 +21,9 @@ def explorer(outlier_net, outlier_batch):
 def test_builds_and_measures_the_selected_layer(explorer):
     assert explorer.last_error is None
     assert explorer.current.layer == "fc2" and explorer.current.config == "RTN w4 g32 asym"
-    assert explorer.hist.figure["data"][1]["y"] is not None and sum(explorer.hist.figure["data"][1]["y"]) == 96 * 128
+    assert sum(explorer.current.hist.hist) == 96 * 128
+    ys = [v for v in explorer.hist.figure["data"][1]["y"] if v is not None]
+    assert sum(ys) == 2 * 96 * 128  # each bin is a step: two points per bin
     assert "fc2" in explorer.summary.value and "dB" in explorer.summary.value
 
 
@@ -46,7 +48,8 @@ def test_group_size_and_symmetric_controls(explorer):
 
 def test_layer_control_switches_the_histogram(explorer):
     explorer.layer_select.set_state({"index": explorer.layer_select.options.index("fc1")})
-    assert explorer.current.layer == "fc1" and sum(explorer.hist.figure["data"][0]["y"]) == 128 * 64
+    assert explorer.current.layer == "fc1"
+    assert sum(v for v in explorer.hist.figure["data"][0]["y"] if v is not None) == 2 * 128 * 64
     assert "fc1" in explorer.hist.title
 
 
