@@ -509,6 +509,12 @@ def check_calib(calib: Any, who: str) -> None:
 # --------------------------------------------------------------------------- the driver
 
 
+def _device_of(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -617,7 +623,7 @@ def quantize(
         x = None
         if method.needs_inputs:
             raw = captured.pop(name) if name in captured else capture_inputs(out, calib, [name], max_rows)[name]
-            x = as_rows(module, raw)  # [rows, in]
+            x = as_rows(module, raw.to(_device_of(module)))  # [rows, in], on the layer's device
         lq = method.quantize_layer(name, module, c, x, states[c])
         new = lq.module
         if packed and hasattr(method, "pack"):

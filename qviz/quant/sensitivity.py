@@ -38,7 +38,7 @@ from torch import nn
 
 from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
-from qviz.quant.api import MAX_ROWS, _set_module, as_rows, capture_inputs, check_calib, plan, quantize
+from qviz.quant.api import MAX_ROWS, _device_of, _set_module, as_rows, capture_inputs, check_calib, plan, quantize
 from qviz.quant.config import QuantConfig
 from qviz.quant.error import _has_own, normalize_configs
 from qviz.quant.registry import method_for
@@ -185,7 +185,7 @@ def sensitivity(
                 nbytes[i, j], bpw[i, j] = rec.nbytes, rec.bits_per_weight
                 continue
             original = root.get_submodule(name)
-            rows = as_rows(original, inputs[name]) if method.needs_inputs else None
+            rows = as_rows(original, inputs[name].to(_device_of(original))) if method.needs_inputs else None
             with torch.no_grad():
                 lq = method.quantize_layer(name, original, c, rows, None)
             _set_module(root, name, lq.module)
