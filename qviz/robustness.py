@@ -848,13 +848,15 @@ def _word_tokens(model: QvizModel) -> torch.Tensor:
 # --------------------------------------------------------------------------- error amplification
 
 
-def _capture_outputs(model: QvizModel, inputs: Any, names: list[str], mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def _capture_outputs(
+    model: QvizModel, inputs: Any, names: list[str], mask: torch.Tensor | None, batch: int
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
 
     def grab(name: str, module: nn.Module, args: tuple, output: Any) -> None:
         t = output[0] if isinstance(output, (tuple, list)) else output
-        if not isinstance(t, torch.Tensor):
-            return
+        if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[0] != batch:
+            return  # not per example (e.g. position embeddings shared by the batch)
         t = t.detach().float()
         if mask is not None and t.dim() == 3 and t.shape[:2] == mask.shape:
             t = t * mask.unsqueeze(-1).to(t.dtype)  # [batch, tokens, channels], padding zeroed
@@ -895,7 +897,9 @@ def error_amplification(
     Parameters
     ----------
     model
-        Any model; layers as in :func:`qviz.hooks` (default: quantizable layers).
+        Any model; layers as in :func:`qviz.hooks` (default: the quantizable
+        layers other than embedding lookups). Layers whose output is not per
+        example (no batch dim) are left out.
     inputs, perturbed
         Prepared inputs: image tensors, or text inputs with ``inputs_embeds``.
     layers
@@ -933,12 +937,16 @@ def error_amplification(
 
     from qviz.models import is_quantizable
 
+    from qviz.models import layer_type
+
     if is_quantizable(qm.module) and layers is None:
         names = [""]  # a bare layer: hooks() hooks the layer itself
+    elif layers is None:  # weight layers the perturbation flows through (embedding lookups take no part)
+        names = [n for n, m in select_layers(qm, None, include_norms=False).items() if layer_type(m) != "embedding"]
     else:
-        names = list(select_layers(qm, layers, include_norms=layers is not None))
-    a0 = _capture_outputs(qm, inputs, names, mask)
-    a1 = _capture_outputs(qm, perturbed, names, mask)
+        names = list(select_layers(qm, layers))
+    a0 = _capture_outputs(qm, inputs, names, mask, x0.shape[0])
+    a1 = _capture_outputs(qm, perturbed, names, mask, x0.shape[0])
     used = [n for n in names if n in a0 and n in a1]
     keep = d_in_norm > 0
     amp, dn, an = [], [], []

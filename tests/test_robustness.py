@@ -289,3 +289,18 @@ def test_token_substitution_changes_only_real_tokens(minilm_task):
     assert (out["success"][1] >= out["success"][0]) or torch.isnan(out["success"][0])
     with pytest.raises(ValueError, match="max_tokens"):
         R.token_substitution(model, queries, index, targets, max_tokens=0)
+
+
+@pytest.mark.slow
+def test_error_amplification_minilm_embeddings(minilm_task):
+    model, queries, index, targets = minilm_task
+    out = R.embedding_pgd(model, queries[:4], index, targets[:4], eps=0.5, steps=1)
+    clean = out["clean"]
+    e0 = out["inputs"]["inputs_embeds"] - out["delta"]
+    ds = R.error_amplification(model, {"inputs_embeds": e0, "attention_mask": clean["attention_mask"]}, out["inputs"])
+    from qviz.models import layer_type, quantizable_layers
+
+    linear = [n for n, m in quantizable_layers(model).items() if layer_type(m) == "linear"]
+    assert list(ds.layer.values) == linear  # the Linear layers; embedding lookups take no part
+    assert not any("embeddings" in str(n) for n in ds.layer.values)
+    assert np.isfinite(ds.amplification.values).all() and (ds.amplification.values > 0).all()
