@@ -70,7 +70,26 @@ class LayerQuant:
 
 
 class Method:
-    """Base class of a registered quantization method. Subclasses override what they need."""
+    """Base class of a registered quantization method. Subclasses override what they need.
+
+    Besides the hooks below, a method may define these optional ones, which the
+    drivers look up by name (a method without them gets the stated default):
+
+    ``quantize_tensor(w, cfg) -> (codes, scale, zero, nbytes, dequantize)``
+        Data-free quantization of one weight ``[out, in]``, used by
+        :func:`qviz.quantize_tensor` and :func:`qviz.fake_quantize`. Without it
+        those functions refuse the config (it needs calibration data).
+    ``weight_only(cfg) -> bool``
+        True when the replacement applies only a quantized weight, so
+        :func:`qviz.layer_error` may compute the output error as ``X (Ŵ − W)ᵀ``.
+        Default: True unless ``layer_output`` is defined.
+    ``layer_output(lq, x) -> y``
+        The replacement layer's output without bias for inputs ``x`` in the
+        ORIGINAL input basis (activation quantization, outlier decomposition,
+        SmoothQuant's folded scales); used by :func:`qviz.layer_error`.
+    ``pack(module, cfg) -> nn.Module | None``
+        A packed-storage replacement (real low-bit GEMV) for ``quantize(..., packed=True)``.
+    """
 
     config_type: type[QuantConfig] = QuantConfig
     #: quantize_layer wants the layer's calibration inputs ``[tokens, in]``
