@@ -235,9 +235,11 @@ class PlotPane(W.Output):
     (``application/vnd.plotly.v1+json``) inside an ipywidgets ``Output``, and is
     drawn by the Plotly renderer that JupyterLab, Notebook 7 and Voilà already
     load, so one plotly.js serves every pane. (``go.FigureWidget`` would be the
-    natural choice, but with plotly 7.1 and anywidget 0.11 figure widgets shown
-    together render blank; tests/browser reproduces it.) Setting the
-    ``outputs`` trait is one message and works from any thread.
+    natural choice, but in plotly 7.1 each FigureWidget is an anywidget whose
+    5 MB module is loaded once per figure, and anywidget 0.11 gives a model 2 s
+    to load it: with several figures on a busy machine the late ones stay blank
+    for good, as the browser tier showed.) Setting the ``outputs`` trait is one
+    message and works from any thread.
 
     Examples
     --------
@@ -285,7 +287,7 @@ class Explorer(W.VBox):
 
     title = "qviz"
 
-    def __init__(self, children: list[W.Widget], note: str = "", debounce: float = 0.15) -> None:
+    def __init__(self, children: list[W.Widget], note: str = "", debounce: float = 0.05) -> None:
         self._static_id = uuid.uuid4().hex
         self.frame = ExplorerFrame(title=self.title, note=note, static_id=self._static_id)
         self.message = W.HTML("", layout=W.Layout(margin="2px 0"))

@@ -222,7 +222,7 @@ class CompareDashboard(Explorer):
 
     title = "qviz CompareDashboard"
 
-    def __init__(self, cmp: xr.Dataset, *, x: str | None = None, y: str | None = None, debounce: float = 0.15) -> None:
+    def __init__(self, cmp: xr.Dataset, *, x: str | None = None, y: str | None = None, debounce: float = 0.05) -> None:
         self.cmp = check_cmp(cmp)
         names = per_config_vars(cmp)
         dx, dy = default_axes(cmp)

@@ -125,7 +125,7 @@ class OutlierExplorer(Explorer):
         layers: Any = None,
         max_sample_tokens: int = 128,
         max_channels: int = 512,
-        debounce: float = 0.15,
+        debounce: float = 0.05,
         progress: bool = False,
     ) -> None:
         if not isinstance(max_channels, int) or isinstance(max_channels, bool) or max_channels < 1:
@@ -243,6 +243,10 @@ class OutlierExplorer(Explorer):
             raise ValueError(f"threshold must be a positive number (LLM.int8 uses 6.0); got {threshold!r}.")
         if layer not in self._names:
             raise ValueError(f"Unknown layer {layer!r}; pick one of the {len(self._names)} captured layers.")
+        # the canvases recolour from the threshold alone: send it first, the rest follows
+        with self.heatmap.hold_sync():
+            self.heatmap.threshold = threshold if var in ("absmax", "max", "min") else 0.0
+        self.tokens.threshold = threshold
         stats = outlier_summary(self._base_stats, threshold=threshold, top_k=top_k)
         values = stats[var].values
         values = np.abs(values) if log else values

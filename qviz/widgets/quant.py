@@ -111,7 +111,7 @@ class QuantExplorer(Explorer):
         alpha: float = 0.5,
         threshold: float = 6.0,
         max_rows: int = 256,
-        debounce: float = 0.15,
+        debounce: float = 0.05,
         background: bool = True,
     ) -> None:
         self.lab = LayerLab(model, batch, layers, max_rows=max_rows)
@@ -214,6 +214,7 @@ class QuantExplorer(Explorer):
         old = self.results.get(key)
         if old is not None and math.isfinite(old.output_rel_err):
             res.output_rel_err = old.output_rel_err
+            res.kernel = res.kernel or old.kernel
             res.lq = None
         self.results[key] = res
         self.current = res
@@ -221,20 +222,13 @@ class QuantExplorer(Explorer):
         self._draw(cfg, layer)
 
     def _draw(self, cfg: QuantConfig, layer: str) -> None:
-        """Bring the three figures and the summary line up to date with the cached numbers."""
+        """Bring the summary line and the three figures up to date with the cached numbers.
+
+        Order matters in the browser, which draws one figure after another: the
+        summary and the histogram (what a knob changes most) go first.
+        """
         res = self.results.get((cfg.label, layer))
-        metric = self.metric_select.value
-        var, units, log = METRICS[metric]
-        values = [getattr(self.results[(cfg.label, n)], var) if (cfg.label, n) in self.results else math.nan
-                  for n in self.lab.names]
-        sync_figure(self.bars, error_bars_spec(self.lab.names, values, metric, units, layer, cfg.label, log=log))
         if res is not None:
-            before = self.lab.before(layer)
-            sync_figure(self.hist, histogram_spec(before.edges, before.hist, res.hist.hist, layer, cfg.label))
-            curve = self.sweeps.get((_sweep_key(cfg), layer), [])
-            refs = self.refs.get(layer, {})
-            sync_figure(self.sqnr, sqnr_bits_spec(curve, refs, (res.bits_per_weight, res.weight_sqnr_db), layer,
-                                                  self.method_select.value, cfg.label))
             out_f, in_f = self.lab.shape(layer)
             out_err = "…" if not math.isfinite(res.output_rel_err) else f"{res.output_rel_err:.3e}"
             self.summary.value = (
@@ -243,6 +237,17 @@ class QuantExplorer(Explorer):
                 f"max |error| {res.max_abs_err:.3g}, {res.bits_per_weight:.3f} bits/weight stored, "
                 f"output rel. error {out_err} · {html.escape(res.kernel or 'kernel: measuring…')}"
             )
+            before = self.lab.before(layer)
+            sync_figure(self.hist, histogram_spec(before.edges, before.hist, res.hist.hist, layer, cfg.label))
+            curve = self.sweeps.get((_sweep_key(cfg), layer), [])
+            refs = self.refs.get(layer, {})
+            sync_figure(self.sqnr, sqnr_bits_spec(curve, refs, (res.bits_per_weight, res.weight_sqnr_db), layer,
+                                                  self.method_select.value, cfg.label))
+        metric = self.metric_select.value
+        var, units, log = METRICS[metric]
+        values = [getattr(self.results[(cfg.label, n)], var) if (cfg.label, n) in self.results else math.nan
+                  for n in self.lab.names]
+        sync_figure(self.bars, error_bars_spec(self.lab.names, values, metric, units, layer, cfg.label, log=log))
 
     # ------------------------------------------------------------------ the background work
     def _start_background(self, cfg: QuantConfig, layer: str, first: bool) -> None:

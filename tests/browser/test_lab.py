@@ -117,9 +117,13 @@ def test_quant_explorer_in_jupyterlab(page, jupyter, artifacts):
     assert len(root.locator(".js-plotly-plot").all()) == 3  # bars, histogram, SQNR vs bits all drawn
     root.screenshot(path=str(artifacts / "lab-quant-explorer-before.png"))
     hist_before = plot_title(root, 1)
-    timings = []
+    timings, all_three = [], []
     for bits in ("2", "5", "4"):
+        page.wait_for_timeout(1500)  # the background work of the previous change has settled
         timings.append(measure_plot_redraw(page, root, 1, f"RTN w{bits} ", lambda b=bits: set_text(root, "bits", b)))
+        # ... and until the per-layer bars (drawn last) show the new config too
+        all_three.append(measure_plot_redraw(page, root, 0, f"RTN w{bits} ", lambda: None) + timings[-1])
+    TIMINGS["lab_quant_bits_all_figures_ms"] = all_three
     hist_after = plot_title(root, 1)
     assert hist_after != hist_before and "RTN w4 " in hist_after
     # the histogram really holds data: its bars are drawn

@@ -59,7 +59,8 @@ def test_statistic_dropdown_sends_new_heatmap_data(explorer, record):
     assert explorer.heatmap.value_name == "std"
     assert not np.allclose(before, explorer.heatmap.matrix(), equal_nan=True)
     raw = explorer.heatmap.matrix().nbytes
-    assert sum(b for _, b in sent) == raw and sum(j + b for j, b in sent) <= 1.1 * raw
+    assert sum(b for _, b in sent) == raw  # the matrix travels once, as a binary buffer
+    assert sum(j for j, _ in sent) < 512  # plus a little JSON (shape, title, threshold); see the MiniLM test for 1.1x
 
 
 def test_top_k_slider_and_log_toggle(explorer):
