@@ -374,6 +374,7 @@ def capture(
     device = qmodel.device
     lo, hi = HIST_LOG10_RANGE
     acc: dict[str, Any] = {}  # made on first use, on the device the activations live on
+    role: dict[str, str] = {}  # "alone", "source" or "alias" of a shared input tensor
     samples: dict[str, list[torch.Tensor]] = {name: [] for name in sample_names}
     sampled_tokens = {name: 0 for name in sample_names}
     token_text: list[str] = []
@@ -386,20 +387,29 @@ def capture(
         x = output if ltype == "embedding" else (inputs[0] if inputs else None)
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             return
-        # q, k and v projections read one tensor: compute its statistics once per batch
+        # q, k and v projections read one tensor: compute its statistics once per batch.
+        # Which layers share is learnt in the first batch a layer runs in; a layer that
+        # shared nothing then folds its batches straight into its running state.
         key = (x.data_ptr(), tuple(x.shape), x.dtype)
         shared = state["seen"].get(key)
         if name not in acc:
             acc[name] = _accumulator(channels[name], n_bins, lo, hi, x.device)
-        if shared is not None and channels[shared[0]] == channels[name] and not (name in samples):
+        first_batch = name not in role
+        if shared is not None and channels[shared[0]] == channels[name] and name not in samples:
             acc[name].merge(shared[1])
+            role[name] = "alias"
+            role[shared[0]] = "source"
             return
         rows = _to_rows(x, chan_first[name], state["mask"])  # [rows, channels]
         if rows.shape[-1] != channels[name] or rows.shape[0] == 0:
             return  # a norm applied over another axis; nothing per-channel to say
-        batch_stats = acc[name].batch_stats(rows)
-        acc[name].merge(batch_stats)
-        state["seen"][key] = (name, batch_stats)
+        if first_batch or role[name] != "alone":
+            batch_stats = acc[name].batch_stats(rows)
+            acc[name].merge(batch_stats)
+            state["seen"][key] = (name, batch_stats)
+            role.setdefault(name, "alone")
+        else:
+            acc[name].update(rows)
         if name in samples and sampled_tokens[name] < max_sample_tokens:
             take = rows[: max_sample_tokens - sampled_tokens[name]].detach().float().cpu()
             samples[name].append(take)
