@@ -235,8 +235,10 @@ class ScaledFakeQuantLinear(FakeQuantLinear):
 
     ``y = act_q(x * input_scale) @ weight.T + bias``, where ``weight`` ``[out, in]`` is the
     dequantized weight in the scaled basis. This is the explicit form of SmoothQuant's and
-    AWQ's ``1/s`` where it cannot be folded into the preceding layer. Same call and output as
-    the ``nn.Linear`` / GPT-2 ``Conv1D`` it replaces.
+    AWQ's ``1/s`` where it cannot be folded into the preceding layer (``input_scale`` None: no
+    scaling). With ``act_scale`` set, activations are quantized with that fixed (static,
+    calibrated) per-tensor scale instead of one computed per call. Same call and output as the
+    ``nn.Linear`` / GPT-2 ``Conv1D`` it replaces.
 
     Examples
     --------
@@ -249,21 +251,43 @@ class ScaledFakeQuantLinear(FakeQuantLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, act_bits: int | None = None,
                  act_scheme: str = "per-token", device: Any = None, dtype: Any = None) -> None:
         super().__init__(in_features, out_features, bias, act_bits, act_scheme, device=device, dtype=dtype)
-        self.register_buffer("input_scale", torch.ones(in_features, device=device, dtype=dtype))  # [in]
+        self.register_buffer("input_scale", None)  # [in] or None
+        self.register_buffer("act_scale", None)  # [] static activation scale or None (dynamic)
 
     @classmethod
     def from_float(cls, module: nn.Module, weight_hat: torch.Tensor, act_bits: int | None = None,  # type: ignore[override]
-                   act_scheme: str = "per-token", *, input_scale: torch.Tensor) -> ScaledFakeQuantLinear:
+                   act_scheme: str = "per-token", *, input_scale: torch.Tensor | None = None,
+                   act_scale: float | None = None) -> ScaledFakeQuantLinear:
         """Replace ``module`` by a Linear applying ``weight_hat`` ``[out, in]`` to ``x * input_scale``."""
         new = super().from_float(module, weight_hat, act_bits, act_scheme)
-        new.input_scale = input_scale.detach().to(new.weight.dtype).clone()
+        if input_scale is not None:
+            new.input_scale = input_scale.detach().to(new.weight.dtype).clone()
+        if act_scale is not None:
+            if act_bits is None or act_scheme != "per-tensor":
+                raise ValueError("A static activation scale needs act_bits and act_scheme='per-tensor'.")
+            new.act_scale = torch.tensor(float(act_scale), dtype=new.weight.dtype)
         return new
 
+    def _quant_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        if self.act_scale is None or self.act_bits is None:
+            return super()._quant_input(x, channel_dim)
+        qmax = float((1 << (self.act_bits - 1)) - 1)
+        scale = self.act_scale.to(x.dtype)
+        q = torch.clamp(torch.round(x / scale), -qmax, qmax) * scale  # values beyond the calibrated range clip
+        return x + (q - x).detach()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-        return super().forward(x * self.input_scale.to(x.dtype))
+        if self.input_scale is not None:
+            x = x * self.input_scale.to(x.dtype)
+        return super().forward(x)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", input_scale=explicit"
+        text = super().extra_repr()
+        if self.input_scale is not None:
+            text += ", input_scale=explicit"
+        if self.act_scale is not None:
+            text += f", static act scale {float(self.act_scale):.4g}"
+        return text
 
 
 def layer_bias(module: nn.Module) -> torch.Tensor | None:
@@ -279,19 +303,22 @@ def replacement_for(
     input_scale: torch.Tensor | None = None,
     act_bits: int | None = None,
     act_scheme: str = "per-token",
+    act_scale: float | None = None,
 ) -> nn.Module:
     """The fake-quant module that replaces ``module`` with weight ``weight_hat`` ``[out, in]``.
 
-    With ``input_scale`` ``[in]`` (Linear layers only) the input is multiplied by it first.
+    With ``input_scale`` ``[in]`` (Linear layers only) the input is multiplied by it first; with
+    ``act_scale`` the activations use that static per-tensor scale.
     """
-    if input_scale is None:
+    if input_scale is None and act_scale is None:
         return fake_quant_module(module, weight_hat, act_bits, act_scheme)
     if layer_type(module) != "linear":
         raise TypeError(
-            f"An explicit input scale needs a Linear layer; got {type(module).__name__}. "
-            "Select only Linear layers with layers=... ."
+            f"An explicit input scale or a static activation scale needs a Linear layer; got "
+            f"{type(module).__name__}. Select only Linear layers with layers=... ."
         )
-    return ScaledFakeQuantLinear.from_float(module, weight_hat, act_bits, act_scheme, input_scale=input_scale)
+    return ScaledFakeQuantLinear.from_float(module, weight_hat, act_bits, act_scheme, input_scale=input_scale,
+                                            act_scale=act_scale)
 
 
 def layer_weight(module: nn.Module, name: str = "layer") -> torch.Tensor:

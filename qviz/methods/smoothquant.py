@@ -164,14 +164,16 @@ def _apply_smoothing_(model: Any, cfg: SmoothQuant, absmax: dict, groups: list, 
                 fold_scale_(modules[g.predecessor], [modules[n] for n in g.layers], s)
         reason = g.reason if cfg.fold != "never" or not g.foldable else "fold='never' asked for an explicit scale"
         for n in g.layers:
-            state[n] = {"s": s, "folded": fold, "reason": reason, "group": list(g.layers)}
+            state[n] = {"s": s, "folded": fold, "reason": reason, "group": list(g.layers),
+                        "act_absmax": absmax[g.layers[0]]}
     return state
 
 
 def kernel_label(cfg: SmoothQuant, folded: bool) -> str:
     """What runs in a SmoothQuant layer, in words."""
     a = cfg.a_bits if cfg.a_bits is not None else 16
-    return f"simulated W{cfg.w_bits}A{a} (fake-quant)" + ("" if folded else ", explicit input scale")
+    static = ", static activation scale" if cfg.act_static else ""
+    return f"simulated W{cfg.w_bits}A{a} (fake-quant){static}" + ("" if folded else ", explicit input scale")
 
 
 def _smoothed_layer(name: str, module: nn.Module, cfg: SmoothQuant, entry: dict) -> LayerQuant:
@@ -180,16 +182,20 @@ def _smoothed_layer(name: str, module: nn.Module, cfg: SmoothQuant, entry: dict)
     Ws = W if entry["folded"] else W * s
     w_q = rtn_quantize(Ws, cfg.w_bits, None, True)[0]  # per-output-channel symmetric
     out, cols = W.shape
+    a = entry.get("act_absmax")  # [in] max |X_j| over the calibration tokens (before smoothing)
+    act_scale = None
+    if cfg.act_static and cfg.a_bits is not None:  # one calibrated scale: max |X_j / s_j| / qmax
+        if a is None:
+            raise ValueError(f"A static activation scale for {name} needs its calibration maxima; none were measured.")
+        act_scale = float((a / s).max()) / ((1 << (cfg.a_bits - 1)) - 1) or 1.0
+    nbytes = weight_nbytes(out, cols, cfg.w_bits, None, True) + (0 if act_scale is None else 4)
     if entry["folded"]:
-        new = replacement_for(module, w_q, act_bits=cfg.a_bits, act_scheme=cfg.act_scheme)
-        nbytes = weight_nbytes(out, cols, cfg.w_bits, None, True)
+        new = replacement_for(module, w_q, act_bits=cfg.a_bits, act_scheme=cfg.act_scheme, act_scale=act_scale)
     else:
         new = replacement_for(module, w_q, input_scale=(1.0 / s.double()).float(), act_bits=cfg.a_bits,
-                              act_scheme=cfg.act_scheme)
-        nbytes = weight_nbytes(out, cols, cfg.w_bits, None, True) + 2 * cols  # + float16 input scale
-    # what maps an input of the ORIGINAL model to this module's input (folded: the norm did it upstream)
+                              act_scheme=cfg.act_scheme, act_scale=act_scale)
+        nbytes += 2 * cols  # the float16 input scale
     new.kernel = kernel_label(cfg, entry["folded"])
-    a = entry.get("act_absmax")
     info = {
         "smooth_alpha": float(cfg.alpha),
         "smooth_folded": 1.0 if entry["folded"] else 0.0,
@@ -232,8 +238,6 @@ class SmoothQuantMethod(Method):
             return {"layers": {}}
         absmax, groups = _smoothing_plan(model, calib, names)
         state = _apply_smoothing_(model, cfg, absmax, groups)
-        for n in state:
-            state[n]["act_absmax"] = absmax[state[n]["group"][0]]
         explicit = [n for n, e in state.items() if not e["folded"]]
         if explicit and cfg.fold == "auto":
             reasons = sorted({state[n]["reason"] for n in explicit})
@@ -313,7 +317,9 @@ def smoothquant_alpha_sweep(
     w_bits: int = 8,
     a_bits: int = 8,
     act_scheme: str = "per-tensor",
+    act_static: bool = False,
     layers: Any = None,
+    batch_size: int = 16,
 ) -> xr.Dataset:
     """End-to-end quality of SmoothQuant W{w_bits}A{a_bits} over a grid of ``alpha``, and of naive W8A8.
 
@@ -328,8 +334,11 @@ def smoothquant_alpha_sweep(
     calib : calibration inputs
     alphas : sequence of float in [0, 1]
     eval_data : held-out inputs, or ``(inputs, labels)``; default ``qviz.eval_data(model, n=256)``
-    w_bits, a_bits, act_scheme : the W8A8 quantizer
+    w_bits, a_bits, act_scheme, act_static : the W8A8 quantizer (``act_static``: calibrated per-tensor
+        activation scales instead of dynamic ones, for both SmoothQuant and the naive baseline)
     layers : which Linear layers (None: all)
+    batch_size : held-out inputs per forward. Dynamic per-tensor activation scales see the whole
+        batch, padding tokens included; ``batch_size=1`` measures one input at a time.
 
     Returns
     -------
@@ -355,7 +364,7 @@ def smoothquant_alpha_sweep(
     alphas = [check_alpha(a) for a in alphas]
     if not alphas:
         raise ValueError("alphas is empty; pass e.g. [0.3, 0.5, 0.7].")
-    cfg = SmoothQuant(alpha=0.5, w_bits=w_bits, a_bits=a_bits, act_scheme=act_scheme)
+    cfg = SmoothQuant(alpha=0.5, w_bits=w_bits, a_bits=a_bits, act_scheme=act_scheme, act_static=act_static)
     if eval_data is None:
         eval_data = default_eval(model, n=256)
     data, labels = eval_data if isinstance(eval_data, tuple) else (eval_data, None)
@@ -363,14 +372,15 @@ def smoothquant_alpha_sweep(
     if not names:
         raise ValueError("No Linear layer is selected; SmoothQuant smooths Linear layers.")
     absmax, groups = _smoothing_plan(model, calib, names)
-    reference = model.outputs(data)
+    reference = model.outputs(data, batch_size)
     rows: list[dict[str, float]] = []
     for a in alphas:
-        rows.append(end_to_end_quality(reference, _smoothquant_copy(model, cfg, absmax, groups, a).outputs(data), labels))
-    naive_cfg = SmoothQuant(alpha=0.5, w_bits=w_bits, a_bits=a_bits, act_scheme=act_scheme, fold="never")
-    ones = {n: torch.full_like(v, 1.0) for n, v in absmax.items()}
-    naive = _naive_copy(model, naive_cfg, ones, groups)
-    base = end_to_end_quality(reference, naive.outputs(data), labels)
+        q = _smoothquant_copy(model, cfg, absmax, groups, a)
+        rows.append(end_to_end_quality(reference, q.outputs(data, batch_size), labels))
+    naive_cfg = SmoothQuant(alpha=0.5, w_bits=w_bits, a_bits=a_bits, act_scheme=act_scheme, fold="never",
+                            act_static=act_static)
+    naive = _naive_copy(model, naive_cfg, absmax, groups)
+    base = end_to_end_quality(reference, naive.outputs(data, batch_size), labels)
     ds = xr.Dataset(
         {
             "cosine": ("alpha", [r["cosine"] for r in rows],
@@ -378,7 +388,8 @@ def smoothquant_alpha_sweep(
             "naive_cosine": ((), base["cosine"], {"long_name": "naive W8A8 (no smoothing) cosine", "units": "1"}),
         },
         coords={"alpha": np.asarray(alphas, np.float64)},
-        attrs={"w_bits": w_bits, "a_bits": a_bits, "act_scheme": act_scheme, "n_layers": len(names),
+        attrs={"w_bits": w_bits, "a_bits": a_bits, "act_scheme": act_scheme, "act_static": int(act_static),
+               "n_layers": len(names), "batch_size": int(batch_size),
                "n_folded": sum(len(g.layers) for g in groups if g.foldable)},
     )
     if labels is not None:
@@ -387,15 +398,16 @@ def smoothquant_alpha_sweep(
     return ds
 
 
-def _naive_copy(model: Any, cfg: SmoothQuant, ones: dict, groups: list) -> Any:
+def _naive_copy(model: Any, cfg: SmoothQuant, absmax: dict, groups: list) -> Any:
     """W8A8 with ``s = 1`` everywhere (no smoothing), the same quantizer otherwise."""
     from qviz.methods._model import clone_model
 
     out = clone_model(model)
     root = out.module
     for g in groups:
+        a = absmax[g.layers[0]]
         for n in g.layers:
-            entry = {"s": ones[g.layers[0]], "folded": False, "reason": "naive"}
+            entry = {"s": torch.ones_like(a), "folded": False, "reason": "naive", "act_absmax": a}
             lq = _smoothed_layer(n, root.get_submodule(n), cfg, entry)
             parent, _, child = n.rpartition(".")
             setattr(root.get_submodule(parent) if parent else root, child, lq.module)

@@ -254,6 +254,7 @@ class SmoothQuant(QuantConfig):
     a_bits: int = 8
     act_scheme: str = "per-tensor"
     fold: str = "auto"
+    act_static: bool = False
     method: ClassVar[str] = "smoothquant"
 
     def __post_init__(self) -> None:
@@ -266,10 +267,17 @@ class SmoothQuant(QuantConfig):
                 "preceding norm where that is exact and keeps an explicit input scale elsewhere (with a warning); "
                 "'require' raises for layers without a foldable predecessor; 'never' always uses explicit scales."
             )
+        if not isinstance(self.act_static, bool) or (self.act_static and self.act_scheme != "per-tensor"):
+            raise ValueError(
+                f"SmoothQuant act_static must be True or False, and True only with act_scheme='per-tensor' "
+                f"(one calibrated activation scale per layer); got act_static={self.act_static!r}, "
+                f"act_scheme={self.act_scheme!r}."
+            )
 
     @property
     def label(self) -> str:
         text = f"SmoothQuant a{self.alpha:g} w{self.w_bits}a{self.a_bits}/{self.act_scheme.split('-')[1]}"
+        text += " static" if self.act_static else ""
         return text if self.fold == "auto" else f"{text} fold={self.fold}"
 
     @property

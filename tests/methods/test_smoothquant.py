@@ -190,7 +190,7 @@ def test_alpha_sweep_dataset():
     net = PreNorm(outlier=60.0)
     model = qviz.load(net)
     calib, held = torch.randn(128, 32), torch.randn(64, 32)
-    ds = smoothquant_alpha_sweep(model, calib, [0.0, 0.5, 0.9], held)
+    ds = smoothquant_alpha_sweep(model, calib, [0.0, 0.5, 0.9], held, batch_size=1)
     assert list(ds.alpha.values) == [0.0, 0.5, 0.9]
     assert ds.cosine.attrs["units"] == "1" and ds.naive_cosine.dims == ()
     assert float(ds.cosine.sel(alpha=0.5)) > float(ds.naive_cosine)
@@ -209,3 +209,29 @@ def test_gpt2_blocks_fold_into_their_layernorms():
     ev, _ = qviz.eval_data(m, 8)
     cos = torch.nn.functional.cosine_similarity(q.outputs(ev), m.outputs(ev), dim=-1).mean()
     assert float(cos) > 0.99
+
+
+def test_static_activation_scale_is_calibrated_and_robust_to_outlier_rows():
+    torch.manual_seed(0)
+    net = PreNorm(outlier=60.0)
+    x = torch.randn(256, 32)
+    cfg = qviz.SmoothQuant(alpha=0.5, act_static=True)
+    assert cfg.label == "SmoothQuant a0.5 w8a8/tensor static"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qviz.quantize(net, cfg, calib=x, progress=False)
+    layer = q.module.a
+    h = q.module.norm(x).detach()  # the smoothed input of "a"
+    assert float(layer.act_scale) == pytest.approx(float(h.abs().max()) / 127, rel=1e-5)
+    assert "static" in q.quantization.layers["a"].kernel
+    # a batch with one wild row (a padding token, say): the dynamic per-tensor scale follows it and
+    # coarsens every other row; the static one is unmoved (the wild row clips)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dyn = qviz.quantize(net, qviz.SmoothQuant(alpha=0.5), calib=x, progress=False).module.a
+    wild = torch.cat([h[:8], 1000 * h[8:9]])
+    with torch.no_grad():
+        assert torch.equal(layer(wild)[:8], layer(h[:8]))
+        assert not torch.allclose(dyn(wild)[:8], dyn(h[:8]), atol=1e-3)
+    with pytest.raises(ValueError, match="act_static must be True or False, and True only with"):
+        qviz.SmoothQuant(act_static=True, act_scheme="per-token")
