@@ -23,12 +23,19 @@ RUN_TIMEOUT_MS = 240_000
 ANYWIDGET_SLOW_INIT = "[anywidget] Failed to initialize model."
 
 
+# Errors Notebook 7's own front end raises while starting with a private settings directory
+# (nothing of qviz runs in them); recorded, not failed on.
+HOST_APP_ERRORS = ("Cannot read properties of undefined (reading 'schema')",
+                   "Command 'filebrowser:open-path' not registered.")
+
+
 def page_errors(page) -> list[str]:
-    slow = [e for e in page.errors if e == ANYWIDGET_SLOW_INIT]
-    if slow:
-        TIMINGS.setdefault("anywidget_slow_init_warnings", 0)
-        TIMINGS["anywidget_slow_init_warnings"] += len(slow)
-    return [e for e in page.errors if e != ANYWIDGET_SLOW_INIT]
+    """The page's uncaught errors, less the known ones above (counted in browser-timings.json)."""
+    known = [e for e in page.errors if e == ANYWIDGET_SLOW_INIT or e in HOST_APP_ERRORS]
+    for e in known:
+        key = "anywidget_slow_init_warnings" if e == ANYWIDGET_SLOW_INIT else "host_app_errors"
+        TIMINGS[key] = TIMINGS.get(key, 0) + 1
+    return [e for e in page.errors if e not in known]
 REDRAW_TARGET_MS = 500.0
 TIMINGS: dict[str, object] = {}
 
@@ -174,6 +181,10 @@ def test_outlier_explorer_canvas_in_jupyterlab(page, jupyter, artifacts):
     assert re.search(r"layer .+ · channel \d+", heat.locator(".qviz-heatmap-readout").inner_text())
     root.screenshot(path=str(artifacts / "lab-outlier-explorer.png"))
     TIMINGS["lab_outlier_threshold_redraw_ms"] = timings
+    # keep the run: the saved-notebook and HTML-export tests reopen it
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_timeout(1500)
+    shutil.copy(Path(jupyter.root) / "01_outliers.ipynb", Path(jupyter.root) / "01_outliers_saved.ipynb")
     assert not page_errors(page), page.errors
     assert sorted(timings)[1] <= 4 * REDRAW_TARGET_MS, f"control-change-to-redraw {timings} ms"
 
@@ -200,14 +211,17 @@ def test_voila_renders_the_explorer(page, jupyter, artifacts):
 
 @pytest.fixture(scope="module")
 def executed_outliers(jupyter, tmp_path_factory):
-    """01_outliers executed headless (nbclient), as a user would save it."""
+    """01_outliers run and saved, as a user leaves it: saved from JupyterLab, else executed with nbclient."""
     import nbformat
     from nbclient import NotebookClient
 
-    src = Path(jupyter.root) / "01_outliers.ipynb"
-    nb = nbformat.read(src, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(jupyter.root)}}).execute()
     out = Path(jupyter.root) / "01_outliers_saved.ipynb"
+    if out.exists():  # saved from JupyterLab by test_outlier_explorer_canvas_in_jupyterlab
+        nb = nbformat.read(out, as_version=4)
+        if any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])):
+            return out
+    nb = nbformat.read(Path(jupyter.root) / "01_outliers.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(jupyter.root)}}).execute()
     nbformat.write(nb, out)
     return out
 

@@ -59,7 +59,8 @@ def test_background_job_reports_progress_and_can_be_cancelled():
 
     job.start(slow, total=100)
     assert started.wait(5)
-    job.cancel()
+    assert not job.cancel_button.disabled
+    job.cancel_button.click()  # what the Cancel button in the browser does
     job.wait()
     assert 0 < len(steps) < 100
     assert job.progress.bar_style == "warning" and job.status.value == "cancelled"
