@@ -14,7 +14,6 @@ helpers here compute the same numbers.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -216,15 +215,19 @@ def rtn_quantize(
 def weight_nbytes(out_features: int, in_features: int, bits: int, group_size: int | None, symmetric: bool) -> int:
     """Storage bytes of a packed ``bits``-bit weight: codes + float16 scales + uint8 zeros (asymmetric).
 
+    Codes are packed row by row as RTN's are (:func:`qviz.quant.modules.packed_nbytes`), so the
+    methods' bits per weight compare directly with RTN's.
+
     Examples
     --------
     >>> weight_nbytes(384, 384, 4, 128, symmetric=False)  # codes 73728 + 1152 scales * 2 + 1152 zeros
     77184
     """
+    from qviz.quant.modules import packed_nbytes
+
     gs = in_features if group_size is None else group_size
     n_groups = out_features * (in_features // gs)
-    codes = math.ceil(out_features * in_features * bits / 8)
-    return codes + 2 * n_groups + (0 if symmetric else n_groups)
+    return packed_nbytes(out_features, in_features, bits) + 2 * n_groups + (0 if symmetric else n_groups)
 
 
 # --------------------------------------------------------------------------- replacement modules

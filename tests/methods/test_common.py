@@ -36,7 +36,12 @@ def test_torch_params_and_rounding_equal_the_kernels(bits, group_size, symmetric
 
 def test_weight_nbytes():
     assert weight_nbytes(384, 1536, 4, 128, False) == 384 * 1536 // 2 + 384 * 12 * 3
-    assert weight_nbytes(10, 10, 3, None, True) == 38 + 10 * 2  # ceil(300 / 8) codes + one fp16 scale per row
+    assert weight_nbytes(10, 10, 3, None, True) == 10 * 4 + 10 * 2  # rows of ceil(30 / 8) bytes + fp16 scale per row
+    from qviz.quant.config import RTN
+    from qviz.quant.rtn import rtn_nbytes
+
+    for shape, cfg in [((384, 1536), RTN(bits=3, group_size=128)), ((10, 30), RTN(bits=3, group_size=None, symmetric=True))]:
+        assert weight_nbytes(*shape, cfg.bits, cfg.group_size, cfg.symmetric) == rtn_nbytes(shape, cfg)
 
 
 def test_scaled_linear_applies_its_input_scale_first():
