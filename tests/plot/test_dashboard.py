@@ -12,7 +12,7 @@ import importlib
 import qviz
 
 # qviz.plot.dashboard is the figure function; the module that defines it is reached by name.
-D = importlib.import_module("qviz.plot.dashboard")
+D = importlib.import_module("qviz.plot._dashboard")
 
 
 def _cmp(text: bool = False) -> xr.Dataset:

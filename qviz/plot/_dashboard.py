@@ -20,8 +20,6 @@ Examples
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import numpy as np
 import plotly.graph_objects as go
@@ -348,18 +346,3 @@ def dashboard(cmp: xr.Dataset) -> go.Figure:
     )
     return fig
 
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`dashboard`.
-
-    ``qviz.plot.dashboard`` names both this module and the figure function. The
-    package resolves the name to the function, but once anything has imported
-    the module by its dotted name the package attribute is the module; making
-    the module callable keeps ``qviz.plot.dashboard(cmp)`` working either way.
-    """
-
-    def __call__(self, cmp: xr.Dataset) -> go.Figure:
-        return dashboard(cmp)
-
-
-sys.modules[__name__].__class__ = _CallableModule
