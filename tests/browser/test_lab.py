@@ -227,11 +227,21 @@ def executed_outliers(jupyter, tmp_path_factory):
 
 
 def test_saved_notebook_shows_a_picture_without_running(page, jupyter, executed_outliers, artifacts):
+    """Reopened, nothing run: the static fallback shows, or (when JupyterLab saved the widget state with
+    the notebook) the restored widget draws its heatmap from that state; either way there is a picture."""
     page.goto(jupyter.page_url(f"/lab/tree/{executed_outliers.name}"))
-    img = page.locator(".qviz-static img").first
-    img.wait_for(state="visible", timeout=120_000)
-    assert img.evaluate("el => el.naturalWidth") > 100
-    img.scroll_into_view_if_needed()
+    page.wait_for_function("""() => {
+        const img = [...document.querySelectorAll('.qviz-static img')].find(i => i.offsetParent !== null);
+        const heat = [...document.querySelectorAll('.qviz-heatmap')].find(h => Number(h.dataset.qvizDraws) > 0);
+        return (img && img.naturalWidth > 100) || !!heat;
+    }""", timeout=120_000)
+    shown = page.evaluate("""() => ({
+        static: [...document.querySelectorAll('.qviz-static img')].filter(i => i.offsetParent !== null).length,
+        restored: [...document.querySelectorAll('.qviz-heatmap')].filter(h => Number(h.dataset.qvizDraws) > 0).length,
+    })""")
+    TIMINGS["saved_notebook_picture"] = shown
+    target = page.locator(".qviz-static img:visible" if shown["static"] else ".qviz-heatmap:visible").first
+    target.scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "lab-saved-notebook-no-run.png"))
 
 
