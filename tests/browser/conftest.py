@@ -45,6 +45,8 @@ def _missing() -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     reason = _missing()
+    if reason and os.environ.get("QVIZ_REQUIRE_BROWSER") == "1":
+        raise pytest.UsageError(f"QVIZ_REQUIRE_BROWSER=1 (CI) but the browser tier cannot run: {reason}")
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
