@@ -118,7 +118,7 @@ def main() -> None:
         cfgs = configs_for(model, methods=not args.no_methods)
         print(f"\n=== qviz.compare on {name}: fp32 + {len(cfgs)} configs ===")
         t0 = time.perf_counter()
-        cmp = qviz.compare(model, cfgs, progress=False)
+        cmp = qviz.compare(model, cfgs, progress=True)  # the bar goes to stderr
         t_cmp = time.perf_counter() - t0
         print(f"load {t_load:.1f} s; compare {t_cmp:.1f} s for {cmp.sizes['config']} configs "
               f"(torch threads {cmp.attrs['torch_threads']}, timings on {cmp.attrs['timing_threads']} thread(s))")

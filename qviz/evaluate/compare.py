@@ -155,57 +155,70 @@ def _default_calib(model: QvizModel, n: int | None) -> Any:
 
 
 def _prepare_attacks(ctx: _Context, n_attack: int | None, steps: int, seed: int) -> None:
+    """Pick the attacked inputs and craft the transfer attacks on full precision, once for every config.
+
+    Only ε > 0 is attacked: at ε = 0 the input is the clean one (success is measured on it as is).
+    """
     from qviz import robustness as R
 
-    model, eps = ctx.model, ctx.eps
+    model = ctx.model
+    active = ctx.eps[ctx.eps > 0]  # [n_active]
+    mid = float(active[len(active) // 2]) if len(active) else 0.0
     if model.kind == "image-classifier":
         n = n_attack or 128
         x, y = ctx.ref["x"][:n], ctx.ref["y"][:n]
-        rows_eps = torch.tensor(np.repeat(eps, len(x)))  # [n_eps * n]
-        xs, ys = x.repeat(len(eps), 1, 1, 1), y.repeat(len(eps))
-        fp_adv = R.pgd(model, xs, ys, rows_eps, steps=steps)  # crafted on full precision (transfer source)
-        mid = len(eps) // 2 if len(eps) > 1 else 0
+        rows_eps = torch.tensor(np.repeat(active, len(x)))  # [n_active * n]
+        xs, ys = x.repeat(len(active), 1, 1, 1), y.repeat(len(active))
+        fp_adv = R.pgd(model, xs, ys, rows_eps, steps=steps) if len(active) else xs  # transfer source
+        amp = _chunks(fp_adv, len(active))[len(active) // 2] if len(active) else x
         ctx.attack = {"x": x, "y": y, "xs": xs, "ys": ys, "rows_eps": rows_eps, "fp_adv": fp_adv,
-                      "amp_adv": fp_adv[mid * len(x) : (mid + 1) * len(x)], "amp_eps": float(eps[mid]), "steps": steps}
+                      "amp_adv": amp, "amp_eps": mid, "steps": steps}
     elif model.kind == "text-encoder":
         n = n_attack or 24
         queries = list(ctx.ref["queries"][:n])
         targets = ctx.ref["labels"][:n]
         index = ctx.ref["index"]
-        rows_eps = torch.tensor(np.repeat(eps, len(queries)))
-        fp = R.embedding_pgd(model, queries * len(eps), index, targets.repeat(len(eps)), rows_eps, steps=steps)
+        rows_eps = torch.tensor(np.repeat(active, len(queries)))
+        fp = R.embedding_pgd(model, queries * len(active), index, targets.repeat(len(active)), rows_eps, steps=steps) \
+            if len(active) else None
         hot = R.token_substitution(model, queries, index, targets, max_tokens=3)
-        mid = len(eps) // 2 if len(eps) > 1 else 0
-        sl = slice(mid * len(queries), (mid + 1) * len(queries))
-        ctx.attack = {"queries": queries, "targets": targets, "rows_eps": rows_eps, "fp_delta": fp["delta"],
-                      "hot_ids": hot["input_ids"], "amp_delta": fp["delta"][sl], "amp_eps": float(eps[mid]),
-                      "steps": steps}
+        delta = fp["delta"] if fp is not None else None
+        amp = _chunks(delta, len(active))[len(active) // 2] if delta is not None else None
+        ctx.attack = {"queries": queries, "targets": targets, "rows_eps": rows_eps, "fp_delta": delta,
+                      "hot_ids": hot["input_ids"], "amp_delta": amp, "amp_eps": mid, "steps": steps}
 
 
 # --------------------------------------------------------------------------- one config
 
 
-def _per_eps(values: torch.Tensor, n_eps: int) -> list[torch.Tensor]:
-    n = len(values) // n_eps
-    return [values[i * n : (i + 1) * n] for i in range(n_eps)]
+def _chunks(values: Any, n_chunks: int) -> list[Any]:
+    """``values`` [n_chunks * n, ...] split into ``n_chunks`` consecutive parts."""
+    n = len(values) // max(n_chunks, 1)
+    return [values[i * n : (i + 1) * n] for i in range(n_chunks)]
+
+
+def _per_eps(ctx: _Context, active_rates: list[float], zero_rate: float) -> list[float]:
+    """Rates over every ε of ``ctx.eps``: ``zero_rate`` at ε = 0, the crafted ones elsewhere (in order)."""
+    it = iter(active_rates)
+    return [zero_rate if e == 0 else next(it) for e in ctx.eps]
 
 
 def _image_robustness(ctx: _Context, q: QvizModel) -> dict[str, Any]:
     from qviz import robustness as R
 
     a = ctx.attack
-    n_eps = len(ctx.eps)
+    n_active = int((ctx.eps > 0).sum())
     x, y = a["x"], a["y"]
+    zero = R.success_rate(q, x, x, y)
     rates: dict[str, list[float]] = {}
-    white_fgsm = R.fgsm(q, a["xs"], a["ys"], a["rows_eps"], reference=ctx.model)
-    white_pgd = R.pgd(q, a["xs"], a["ys"], a["rows_eps"], steps=a["steps"], reference=ctx.model)
-    for name, adv in (
-        ("FGSM L∞ white-box (STE)", white_fgsm),
-        ("PGD L∞ white-box (STE)", white_pgd),
-        ("PGD L∞ transfer from fp32", a["fp_adv"]),
-    ):
-        rates[name] = [R.success_rate(q, x, chunk, y) for chunk in _per_eps(adv, n_eps)]
-    amp = R.error_amplification(q, x, a["amp_adv"])
+    crafted = {"FGSM L∞ white-box (STE)": None, "PGD L∞ white-box (STE)": None, "PGD L∞ transfer from fp32": a["fp_adv"]}
+    if n_active:
+        crafted["FGSM L∞ white-box (STE)"] = R.fgsm(q, a["xs"], a["ys"], a["rows_eps"], reference=ctx.model)
+        crafted["PGD L∞ white-box (STE)"] = R.pgd(q, a["xs"], a["ys"], a["rows_eps"], steps=a["steps"], reference=ctx.model)
+    for name, adv in crafted.items():
+        active = [R.success_rate(q, x, chunk, y) for chunk in _chunks(adv, n_active)] if n_active else []
+        rates[name] = _per_eps(ctx, active, zero)
+    amp = R.error_amplification(q, x, a["amp_adv"]) if n_active else None
     return {"attack": rates, "amplification": amp}
 
 
@@ -213,33 +226,42 @@ def _text_robustness(ctx: _Context, q: QvizModel, index: torch.Tensor) -> dict[s
     from qviz import robustness as R
 
     a = ctx.attack
-    n_eps = len(ctx.eps)
+    n_active = int((ctx.eps > 0).sum())
     queries, targets = a["queries"], a["targets"]
-    all_q, all_t = queries * n_eps, targets.repeat(n_eps)
-    white = R.embedding_pgd(q, all_q, index, all_t, a["rows_eps"], steps=a["steps"])
-    transfer = R.embedding_pgd(q, all_q, index, all_t, a["rows_eps"], delta=a["fp_delta"])
-    rates: dict[str, list[float]] = {}
-    for name, out in (("PGD L2 embedding white-box (STE)", white), ("PGD L2 embedding transfer from fp32", transfer)):
-        clean = {k: v for k, v in out["clean"].items()}
-        rates[name] = []
-        for i in range(n_eps):
-            sl = slice(i * len(queries), (i + 1) * len(queries))
-            rates[name].append(R.retrieval_success_rate(
-                q, {k: v[sl] for k, v in clean.items()}, {k: v[sl] for k, v in out["inputs"].items()}, index, targets
-            ))
-    hot = R.token_substitution(q, queries, index, targets, max_tokens=a["hot_ids"].shape[0])
     clean_inputs = q.prepare(queries)
+    zero = R.retrieval_success_rate(q, clean_inputs, clean_inputs, index, targets)
+    rates: dict[str, list[float]] = {}
+    names = ("PGD L2 embedding white-box (STE)", "PGD L2 embedding transfer from fp32")
+    if n_active:
+        all_q, all_t = queries * n_active, targets.repeat(n_active)
+        white = R.embedding_pgd(q, all_q, index, all_t, a["rows_eps"], steps=a["steps"])
+        transfer = R.embedding_pgd(q, all_q, index, all_t, a["rows_eps"], delta=a["fp_delta"])
+        for name, out in zip(names, (white, transfer), strict=True):
+            clean = _chunks_dict(out["clean"], n_active)
+            adv = _chunks_dict(out["inputs"], n_active)
+            active = [R.retrieval_success_rate(q, c, d, index, targets) for c, d in zip(clean, adv, strict=True)]
+            rates[name] = _per_eps(ctx, active, zero)
+    else:
+        rates = {name: _per_eps(ctx, [], zero) for name in names}
+    hot = R.token_substitution(q, queries, index, targets, max_tokens=a["hot_ids"].shape[0])
     transfer_hot = [
         R.retrieval_success_rate(q, clean_inputs, {**clean_inputs, "input_ids": ids}, index, targets)
         for ids in a["hot_ids"]
     ]
     tokens = {"HotFlip white-box (STE)": hot["success"].tolist(), "HotFlip transfer from fp32": transfer_hot}
-    e0 = R._embed_inputs(q, clean_inputs)
-    mask = clean_inputs["attention_mask"]
-    amp = R.error_amplification(
-        q, {"inputs_embeds": e0, "attention_mask": mask}, {"inputs_embeds": e0 + a["amp_delta"], "attention_mask": mask}
-    )
+    amp = None
+    if n_active:
+        e0 = R._embed_inputs(q, clean_inputs)
+        mask = clean_inputs["attention_mask"]
+        amp = R.error_amplification(
+            q, {"inputs_embeds": e0, "attention_mask": mask}, {"inputs_embeds": e0 + a["amp_delta"], "attention_mask": mask}
+        )
     return {"attack": rates, "tokens": tokens, "amplification": amp}
+
+
+def _chunks_dict(d: dict[str, torch.Tensor], n_chunks: int) -> list[dict[str, torch.Tensor]]:
+    parts = {k: _chunks(v, n_chunks) for k, v in d.items()}
+    return [{k: parts[k][i] for k in d} for i in range(n_chunks)]
 
 
 def _serialized(ctx: _Context, q: QvizModel, cfg: Any) -> float:
@@ -330,9 +352,10 @@ def _evaluate_config(ctx: _Context, cfg: Any) -> xr.Dataset:
             coords["token_attack"] = tnames
             coords["n_tokens"] = np.arange(1, len(rob["tokens"][tnames[0]]) + 1)
         amp = rob["amplification"]
-        data["error_amplification"] = (("config", "layer"), amp.amplification.values[None],
-                                       {"long_name": "‖Δactivation‖ / ‖Δinput‖ under the fp32-crafted perturbation", "units": "1"})
-        coords["layer"] = amp.layer.values
+        if amp is not None:
+            data["error_amplification"] = (("config", "layer"), amp.amplification.values[None],
+                                           {"long_name": "‖Δactivation‖ / ‖Δinput‖ under the fp32-crafted perturbation", "units": "1"})
+            coords["layer"] = amp.layer.values
     elif "robustness" in ctx.metrics:
         notes["robustness"] = f"no attack is defined for a {model.kind!r} model; robustness was skipped"
     data["eval_seconds"] = (("config",), [time.perf_counter() - t0], {"long_name": "time to quantize and evaluate this config", "units": "s"})
@@ -451,7 +474,12 @@ def compare(
         _prepare_attacks(ctx, n_attack, attack_steps, seed=0)
     jobs: list[Any] = [None, *cfgs]
     if client is None:
-        parts = [_evaluate_config(ctx, c) for c in _bar(jobs, progress)]
+        parts = []
+        bar = _bar(jobs, progress)
+        for c in bar:
+            if progress:
+                bar.set_postfix_str(BASELINE if c is None else c.label)
+            parts.append(_evaluate_config(ctx, c))
     else:
         parts = _run_on_dask(client, ctx, jobs, progress)
     out = xr.concat(parts, dim="config", join="outer", combine_attrs="drop", data_vars="all", coords="minimal")
