@@ -25,7 +25,6 @@ def test_calibration_data_text_and_images(minilm, digits):
     images = qviz.calibration_data(digits, n=16)
     assert images.shape == (16, 1, 8, 8) and 0 <= float(images.min()) and float(images.max()) <= 1
     x, y = qviz.eval_data(digits)
-    train, _ = qviz.data.digits_split("train") if hasattr(qviz, "data") else (None, None)
     assert len(x) == len(y) > 300
 
 
