@@ -33,7 +33,6 @@ array([[-1. ,  0. ,  0.6,  2. ]], dtype=float32)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -356,28 +355,9 @@ def _check_qparams(qparams: Any) -> None:
 # --------------------------------------------------------------------------- fused
 
 
-@dataclass(frozen=True)
-class Stats:
-    """Reconstruction error of one tensor: ``sse``, ``signal`` (sum x**2), ``max_abs_err``, ``n``."""
-
-    sse: float
-    signal: float
-    max_abs_err: float
-    n: int
-
-    @property
-    def mse(self) -> float:
-        """Mean squared error."""
-        return self.sse / self.n if self.n else 0.0
-
-    @property
-    def sqnr_db(self) -> float:
-        """``10 log10(signal / sse)`` in dB; +inf when the error is exactly zero."""
-        if self.sse == 0.0:
-            return math.inf
-        if self.signal == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.signal / self.sse)
+# The reconstruction error of one tensor (sse, signal, max_abs_err, n; .mse, .sqnr_db):
+# one definition, shared with the Numba kernels.
+from kernels_numba._common import ErrorStats as Stats  # noqa: E402
 
 
 def fake_quantize_with_stats(
