@@ -188,10 +188,16 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
     bnb_types = _bnb_types()
     if bnb_types and isinstance(module, bnb_types[0]):
         w = module.weight
-        cb, scb = getattr(w, "CB", None), getattr(w, "SCB", None)
-        if cb is None or scb is None:  # not quantized yet: fp16/32 weights
+        # After its first forward, Linear8bitLt moves the row scales from the weight to its state.
+        state = getattr(module, "state", None)
+        scb = getattr(w, "SCB", None)
+        if scb is None and state is not None:
+            scb = getattr(state, "SCB", None)
+        if w.dtype != torch.int8:  # not quantized yet: fp16/32 weights
             return w.detach().float()
-        return cb.float() * (scb.float().unsqueeze(1) / 127.0)  # [out, in]
+        if scb is None:
+            raise TypeError("This bitsandbytes Linear8bitLt has int8 weights but no row scales (SCB); cannot dequantize it.")
+        return w.detach().float() * (scb.float().unsqueeze(1) / 127.0)  # [out, in]
     if bnb_types and isinstance(module, bnb_types[1]):
         import bitsandbytes.functional as bf
 
@@ -368,6 +374,11 @@ def _grad_of(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, m
     (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
     if grad is None:
         raise _no_gradient_error(model, ste)
+    if not torch.isfinite(grad).all():
+        raise FloatingPointError(
+            f"The input gradient of {model.name!r} has {int((~torch.isfinite(grad)).sum())} NaN/Inf values, so the "
+            "attack step is undefined. Check the model's forward in float32 (an overflowing float16 layer?)."
+        )
     return grad.detach()
 
 

@@ -176,6 +176,9 @@ def test_straight_through_bitsandbytes_int8():
     q = q.to("cpu")
     assert (R.dequantized_weight(q) - lin.weight).abs().max() < 0.01
     x = torch.randn(4, 64)
+    with torch.no_grad():
+        q(x.half())  # the first forward moves the row scales into q.state
+    assert (R.dequantized_weight(q) - lin.weight).abs().max() < 0.01
     y = torch.zeros(4, dtype=torch.long)
     x_adv = R.pgd(nn.Sequential(q), x, y, eps=0.1, steps=2, clamp=None)
     assert (x_adv - x).abs().max() > 0
