@@ -203,8 +203,8 @@ class TopicTask(Task):
 
     name: str = "topic"
     kinds: tuple[str, ...] = ("text-encoder",)
-    n_eval: int = 256
-    support_per_class: int = 8
+    n_eval: int = 192
+    support_per_class: int = 6
     min_per_class: int = 30
     skip_calib: int = 256
     metric_attrs: dict[str, dict[str, str]] = field(
@@ -461,7 +461,7 @@ def digits_accuracy(model: Any, n: int | None = None) -> float:
     return float((t.predict(model, x) == y).double().mean())
 
 
-def topic_accuracy(model: Any, n_eval: int = 256) -> float:
+def topic_accuracy(model: Any, n_eval: int = 192) -> float:
     """Topic accuracy of a text encoder (see :class:`TopicTask`).
 
     Examples

@@ -174,7 +174,7 @@ def _prepare_attacks(ctx: _Context, n_attack: int | None, steps: int, seed: int)
         ctx.attack = {"x": x, "y": y, "xs": xs, "ys": ys, "rows_eps": rows_eps, "fp_adv": fp_adv,
                       "amp_adv": amp, "amp_eps": mid, "steps": steps}
     elif model.kind == "text-encoder":
-        n = n_attack or 24
+        n = n_attack or 16
         queries = list(ctx.ref["queries"][:n])
         targets = ctx.ref["labels"][:n]
         index = ctx.ref["index"]
@@ -409,7 +409,8 @@ def compare(
     hardware
         The hardware table for the roofline/cost columns (:func:`~qviz.evaluate.cost.hardware_table`).
     n_attack
-        Inputs attacked per config (default 128 images or 24 sentences).
+        Inputs attacked per config (default 128 images or 16 sentences; only those the
+        config gets right count).
     attack_steps
         PGD steps.
     threads
