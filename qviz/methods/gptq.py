@@ -157,9 +157,17 @@ def _inverse_cholesky_upper(H: torch.Tensor, damp: float) -> np.ndarray:
             "(cholesky failed). Increase damp (e.g. 0.1) or pass more varied calibration inputs."
         )
     R = M.flip(0, 1)  # upper triangular, H = R R^T
-    eye = torch.eye(R.shape[0], dtype=R.dtype)
-    U = torch.linalg.solve_triangular(R, eye, upper=True)
-    return np.ascontiguousarray(U.float().numpy())
+    try:  # LAPACK's triangular inverse: a third of the work of solving against the identity
+        from scipy.linalg import lapack
+
+        trtri = lapack.strtri if R.dtype == torch.float32 else lapack.dtrtri
+        inv, info = trtri(np.asfortranarray(R.numpy()), lower=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"trtri info={info}")
+        U = np.triu(inv)
+    except (ImportError, np.linalg.LinAlgError):
+        U = torch.linalg.solve_triangular(R, torch.eye(R.shape[0], dtype=R.dtype), upper=True).numpy()
+    return np.ascontiguousarray(U, dtype=np.float32)
 
 
 def hessian_loss(delta: torch.Tensor, H: torch.Tensor, damp: float | None = None) -> float:
@@ -263,12 +271,13 @@ def gptq_quantize_weight(
     Q = np.empty((rows, cols), np.float32)
     codes = np.empty((rows, cols), np.uint8)
     loss = np.zeros(rows, np.float64)
+    Wt, Ut = torch.from_numpy(Wk), torch.from_numpy(U)  # views sharing memory, for in-place BLAS updates
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         err = np.empty((rows, i2 - i1), np.float32)
         gptq_block(Wk, U, i1, i2, gs, not static, bits, bool(symmetric), scale, zero, gidx, Q, codes, err, loss)
-        if i2 < cols:
-            Wk[:, i2:] -= err @ U[i1:i2, i2:]
+        if i2 < cols:  # the lazy batch update of every later column, in place: W[:, i2:] -= err @ U[i1:i2, i2:]
+            Wt[:, i2:].addmm_(torch.from_numpy(err), Ut[i1:i2, i2:], alpha=-1.0)
     inv = np.argsort(perm)
     return GPTQResult(
         weight_hat=torch.from_numpy(np.ascontiguousarray(Q[:, inv])),
