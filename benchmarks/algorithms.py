@@ -188,7 +188,6 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             H = gptq_hessian(X)
-        del X
         t_q, res = _time(lambda: gptq_quantize_weight(W, H, b, g, act_order=False))
         t_pf, (Q_pf, loss_pf) = _time(lambda: plain_gptq(W, H, b, g, fast_inverse=True))
         t_p, (Q_p, loss_p) = _time(lambda: plain_gptq(W, H, b, g))
@@ -198,7 +197,6 @@ def main() -> None:
         print(f"      loss qviz {res.loss:.6g}, plain {loss_p:.6g}; {100 * agree:.2f}% of weights identical")
         act_t, act_res = _time(lambda: gptq_quantize_weight(W, H, b, g, act_order=True))
         print(f"      qviz with act_order (static groups) {act_t:.2f} s, loss {act_res.loss:.6g}")
-        del H
         W, X = _problem(rows, cols, args.awq_tokens, seed=1)
         t_a, ds = _time(lambda: awq_search(W, X, b, g))
         line = f"AWQ   qviz {t_a:8.2f} s/layer ({args.awq_tokens} tokens, 20 alphas, 10 clip ratios)"

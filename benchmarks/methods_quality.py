@@ -56,7 +56,7 @@ def gptq_awq(out: Path | None, n_calib: int, n_eval: int) -> None:
         rel = errors.output_rel_err
         base = rel.sel(config=cfgs[0].label).values
         print(f"-- {bits}-bit, group 128 (layer_error {t_err:.0f} s, {rel.sizes['layer']} layers)")
-        print(f"   median output_rel_err: " + ", ".join(
+        print("   median output_rel_err: " + ", ".join(
             f"{c.label} {np.nanmedian(rel.sel(config=c.label).values):.4g}" for c in cfgs))
         for c in cfgs[1:]:
             r = rel.sel(config=c.label).values
