@@ -19,10 +19,9 @@ import numpy as np
 def default_configs(model: Any) -> list[Any]:
     """RTN 8-bit per channel, RTN 4/3/2-bit (groups of 128 where every Linear row divides by 128, else per channel), LLM.int8, NF4."""
     import qviz
-    from qviz.models import layer_type, quantizable_layers, weight_matrix
+    from qviz.report_sections import default_group_size
 
-    widths = [int(weight_matrix(m).shape[1]) for m in quantizable_layers(model).values() if layer_type(m) != "embedding"]
-    group = 128 if widths and all(w % 128 == 0 for w in widths) else None
+    group = default_group_size(model)
     return [
         qviz.RTN(bits=8, group_size=None),
         qviz.RTN(bits=4, group_size=group),

@@ -18,10 +18,9 @@ import numpy as np
 def default_configs(model: Any) -> list[Any]:
     """RTN at 8/4/3 bits, W8A8, LLM.int8 and NF4; groups of 128 where every Linear row divides by 128, else per channel."""
     import qviz
-    from qviz.models import layer_type, quantizable_layers, weight_matrix
+    from qviz.report_sections import default_group_size
 
-    widths = [int(weight_matrix(m).shape[1]) for m in quantizable_layers(model).values() if layer_type(m) != "embedding"]
-    group = 128 if widths and all(w % 128 == 0 for w in widths) else None
+    group = default_group_size(model)
     return [
         qviz.RTN(bits=8, group_size=None, symmetric=True),
         qviz.RTN(bits=4, group_size=group),
