@@ -8,9 +8,11 @@ sentence text, so it is stable across runs and machines with the same Python.
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import re
 import warnings
@@ -36,26 +38,64 @@ _BAD = re.compile(r">>>|::|`|\{|\}|\\|==|\w\(\)|\b\w+_\w+\b|\$|%|\|")
 
 
 def _docstrings() -> list[tuple[str, str]]:
-    """``(module name, docstring)`` of every module, class, function and method, in a fixed order."""
+    """``(module name, docstring)`` of every module, class, function and method, in a fixed order.
+
+    Modules written in Python are read from their source files with :mod:`ast`,
+    not imported: what other libraries do to the standard library at run time
+    (transformers adds methods to ``logging.Logger``, others wrap ``typing`` or
+    ``inspect`` helpers) then cannot change the corpus, so it is the same in
+    every process. Modules written in C are introspected (nothing patches those).
+    """
     docs: list[tuple[str, str]] = []
+    for modname in _MODULES:
+        try:
+            spec = importlib.util.find_spec(modname)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:  # a module missing from a trimmed Python is no error
+            continue
+        origin = spec.origin or ""
+        if origin.endswith(".py"):
+            docs.extend((modname, doc) for doc in _source_docstrings(origin))
+        else:
+            docs.extend((modname, doc) for doc in _builtin_docstrings(modname))
+    return docs
+
+
+def _source_docstrings(path: str) -> list[str]:
+    """Docstrings of a Python source file: the module, its top-level classes and functions, their methods."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return []
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    out = [ast.get_docstring(tree) or ""]
+    for node in sorted((n for n in tree.body if isinstance(n, defs)), key=lambda n: n.name):
+        out.append(ast.get_docstring(node) or "")
+        if isinstance(node, ast.ClassDef):
+            members = (m for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)))
+            out.extend(ast.get_docstring(m) or "" for m in sorted(members, key=lambda m: m.name))
+    return out
+
+
+def _builtin_docstrings(modname: str) -> list[str]:
+    """Docstrings of a module written in C: the module, its classes, functions and methods."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for modname in _MODULES:
-            try:
-                module = importlib.import_module(modname)
-            except Exception:  # a module missing from a trimmed Python is no error
-                continue
-            docs.append((modname, inspect.getdoc(module) or ""))
-            for _, obj in sorted(vars(module).items()):
-                if getattr(obj, "__module__", None) != module.__name__:
-                    continue
-                if inspect.isclass(obj) or inspect.isfunction(obj):
-                    docs.append((modname, inspect.getdoc(obj) or ""))
-                if inspect.isclass(obj):
-                    for _, member in sorted(vars(obj).items()):
-                        if inspect.isfunction(member):
-                            docs.append((modname, inspect.getdoc(member) or ""))
-    return docs
+        try:
+            module = importlib.import_module(modname)
+        except Exception:
+            return []
+    out = [inspect.getdoc(module) or ""]
+    for _, obj in sorted(vars(module).items()):
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isclass(obj) or inspect.isroutine(obj):
+            out.append(inspect.getdoc(obj) or "")
+        if inspect.isclass(obj):
+            out.extend(inspect.getdoc(m) or "" for _, m in sorted(vars(obj).items()) if inspect.isroutine(m))
+    return out
 
 
 def _prose_sentences(doc: str) -> Iterator[str]:

@@ -17,6 +17,23 @@ def test_corpus_is_real_prose_and_split_is_disjoint():
     assert _corpus.split("calib") == _corpus.split("calib")  # stable order
 
 
+def test_corpus_does_not_depend_on_what_the_process_imported_before():
+    """transformers and others patch standard-library objects; the corpus must not see it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; [__import__(m) for m in sys.argv[1:]]; from qviz import _corpus; "
+             "import hashlib; print(hashlib.sha256('\\n'.join(_corpus.sentences()).encode()).hexdigest())")
+    fresh = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    loaded = subprocess.run([sys.executable, "-c", probe, "transformers", "torch", "email.message", "unittest.mock"],
+                            capture_output=True, text=True, check=True).stdout
+    assert fresh == loaded and fresh.strip()
+    import hashlib
+
+    here = hashlib.sha256("\n".join(_corpus.sentences()).encode()).hexdigest()
+    assert here == fresh.strip()  # and equal to this (pytest-patched) process's
+
+
 def test_calibration_data_text_and_images(minilm, digits):
     text = qviz.calibration_data(minilm, n=10)
     assert len(text) == 10 and all(isinstance(t, str) for t in text)
