@@ -10,6 +10,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import html
 import threading
 import time
@@ -228,17 +229,31 @@ def figure_json(fig: go.Figure | dict) -> dict:
     return out
 
 
-class PlotPane(W.Output):
-    """A long-lived Plotly figure in the notebook, redrawn by :meth:`show`.
+@functools.cache
+def plotly_js() -> bytes:
+    """The plotly.js bundle that ships with the ``plotly`` package (sent once per page to the browser)."""
+    from importlib.resources import files
 
-    The figure travels as Plotly's own output type
-    (``application/vnd.plotly.v1+json``) inside an ipywidgets ``Output``, and is
-    drawn by the Plotly renderer that JupyterLab, Notebook 7 and Voilà already
-    load, so one plotly.js serves every pane. (``go.FigureWidget`` would be the
-    natural choice, but in plotly 7.1 each FigureWidget is an anywidget whose
-    5 MB module is loaded once per figure, and anywidget 0.11 gives a model 2 s
-    to load it: with several figures on a busy machine the late ones stay blank
-    for good, as the browser tier showed.) Setting the ``outputs`` trait is one
+    path = files("plotly") / "package_data" / "plotly.min.js"
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise FileNotFoundError(
+            f"plotly.js is missing from the plotly package ({path}); reinstall it: pip install --force-reinstall plotly"
+        ) from err
+
+
+class PlotPane(anywidget.AnyWidget):
+    """A long-lived Plotly figure in the notebook, redrawn in place by :meth:`show`.
+
+    The figure travels as plain JSON in the ``figure`` trait (one message per
+    change) and ``widgets/plot.js`` redraws it with ``Plotly.react``, which
+    updates the existing plot instead of building a new one. plotly.js itself
+    (4-5 MB) crosses to the browser once per page, on the first pane's request,
+    and every pane shares it. (``go.FigureWidget`` does the same job but, in
+    plotly 7.1, ships the whole bundle inside each figure's module, and
+    anywidget 0.11 gives a module 2 s to load: on a busy machine the late
+    figures stayed blank, as the browser tier showed.) Setting a trait is one
     message and works from any thread.
 
     Examples
@@ -249,9 +264,20 @@ class PlotPane(W.Output):
     ([3, 4], 't')
     """
 
+    _esm = read_asset("plot.js")
+    _css = read_asset("qviz.css")
+
+    figure = traitlets.Dict().tag(sync=True)
+    config = traitlets.Dict().tag(sync=True)
+
     def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("figure", {"data": [], "layout": {}})
         super().__init__(**kwargs)
-        self.figure: dict = {"data": [], "layout": {}}
+        self.on_msg(self._on_front_end_message)
+
+    def _on_front_end_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("kind") == "need-plotly":
+            self.send({"kind": "plotly-js"}, buffers=[plotly_js()])
 
     @property
     def title(self) -> str:
@@ -264,11 +290,6 @@ class PlotPane(W.Output):
         if data == self.figure:
             return  # nothing changed: no message, no redraw in the browser
         self.figure = data
-        bundle = {
-            "application/vnd.plotly.v1+json": {**data, "config": {"displaylogo": False, "responsive": True}},
-            "text/plain": f"<Figure: {self.title}>",
-        }
-        self.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
 def sync_figure(pane: PlotPane, fig: go.Figure | dict) -> None:

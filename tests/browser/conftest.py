@@ -168,7 +168,7 @@ def browser():
 
 @pytest.fixture()
 def page(browser, jupyter):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx = browser.new_context(viewport={"width": 1400, "height": 2200})
     pg = ctx.new_page()
     errors: list[str] = []
     console: list[str] = []

@@ -49,31 +49,49 @@ def _write_timings(artifacts):
     path.write_text(json.dumps(old, indent=2))
 
 
+PANEL_JS = """(path) => {
+    const shell = window.jupyterapp && window.jupyterapp.shell;
+    if (!shell) return null;
+    const all = shell.widgets ? [...shell.widgets('main')] : [];
+    return all.find(w => w.context && w.context.path === path) || null;
+}"""
+
+
 def open_and_run_all(page, jupyter, path: str, app: str = "lab") -> None:
-    """Open ``path`` in JupyterLab (or Notebook 7), run all cells and wait until every cell ran without error."""
-    url = jupyter.page_url(f"/lab/tree/{path}" if app == "lab" else f"/notebooks/{path}")
+    """Open ``path`` in JupyterLab (or Notebook 7), run all cells and wait until every cell ran without error.
+
+    JupyterLab restores the notebooks an earlier test left open (its workspace is
+    kept on the server), so the page asks for a fresh workspace (``?reset``) and
+    everything below addresses the notebook by its path, never "the current widget".
+    """
+    url = jupyter.page_url(f"/lab/tree/{path}?reset" if app == "lab" else f"/notebooks/{path}")
     page.goto(url)
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
-                           "&& window.jupyterapp.shell.currentWidget.sessionContext", timeout=120_000)
-    page.evaluate("""async () => {
-        const panel = window.jupyterapp.shell.currentWidget;
+    panel = f"({PANEL_JS})({json.dumps(path)})"
+    page.wait_for_function(f"() => {{ const p = {panel}; return p && p.sessionContext; }}", timeout=120_000)
+    page.evaluate(f"""async () => {{
+        const panel = {panel};
         await panel.sessionContext.ready;
         await panel.context.ready;
-    }""")
-    page.wait_for_function("""() => {
-        const k = window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel;
+        window.jupyterapp.shell.activateById(panel.id);
+    }}""")
+    page.wait_for_function(f"""() => {{
+        const k = {panel}.sessionContext.session?.kernel;
         return k && k.status === 'idle';
-    }""", timeout=120_000)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    page.wait_for_function("""() => {
-        const panel = window.jupyterapp.shell.currentWidget;
+    }}""", timeout=120_000)
+    page.evaluate(f"""async () => {{
+        const panel = {panel};
+        window.jupyterapp.shell.activateById(panel.id);
+        window.jupyterapp.commands.execute('notebook:run-all-cells');  // not awaited: the wait is below
+    }}""")
+    page.wait_for_function(f"""() => {{
+        const panel = {panel};
         const cells = panel.content.widgets.filter(c => c.model.type === 'code');
         const k = panel.sessionContext.session?.kernel;
         const done = cells.every(c => c.model.executionCount !== null);
         const failed = cells.some(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'));
         return failed || (done && k && k.status === 'idle');
-    }""", timeout=RUN_TIMEOUT_MS)
-    errors = page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets
+    }}""", timeout=RUN_TIMEOUT_MS)
+    errors = page.evaluate(f"""() => {panel}.content.widgets
         .filter(c => c.model.type === 'code')
         .flatMap(c => c.model.outputs.toJSON().filter(o => o.output_type === 'error'))
         .map(o => o.ename + ': ' + o.evalue)""")

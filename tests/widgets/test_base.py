@@ -101,11 +101,22 @@ def test_plot_pane_sends_plotly_json_in_one_message(record):
     with record(pane) as sent:
         pane.show({"data": [{"type": "bar", "y": np.array([1.0, np.nan, 3.0])}]})
     assert len(sent) == 1
-    out = pane.outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    out = pane.figure
     assert out["data"][0]["y"] == [1.0, None, 3.0]  # NaN is not JSON: it becomes null
-    assert "template" in out["layout"] and out["config"]["displaylogo"] is False
+    assert "template" in out["layout"]
     pane.show(go.Figure(go.Scatter(y=[1]), layout={"title": {"text": "new"}}))
-    assert pane.title == "new" and len(pane.outputs) == 1
+    assert pane.title == "new" and len(pane.figure["data"]) == 1
+
+
+def test_plot_pane_sends_plotly_js_once_when_the_browser_asks():
+    pane = PlotPane()
+    sent = []
+    pane.send = lambda content, buffers=None: sent.append((content, buffers))
+    pane._on_front_end_message(pane, {"kind": "need-plotly"}, [])
+    pane._on_front_end_message(pane, {"kind": "something else"}, [])
+    assert len(sent) == 1 and sent[0][0] == {"kind": "plotly-js"}
+    bundle = sent[0][1][0]
+    assert len(bundle) > 1_000_000 and b"plotly" in bundle[:2000].lower()
 
 
 def test_png_encoder_writes_a_valid_png():
