@@ -77,8 +77,19 @@ function render({ model, el }) {
     });
   };
 
+  // a notebook reopened without a kernel restores the widget but nobody answers
+  // the request for plotly.js: say so instead of leaving a blank space
+  const waiting = setTimeout(() => {
+    if (!Plotly) {
+      gd.classList.add("qviz-plot-waiting");
+      gd.textContent = "This figure is drawn by the running kernel: run the cell again to see it.";
+    }
+  }, 8000);
   loadPlotly(model).then(
     (P) => {
+      clearTimeout(waiting);
+      gd.classList.remove("qviz-plot-waiting");
+      gd.textContent = "";
       Plotly = P;
       draw();
     },
@@ -97,6 +108,7 @@ function render({ model, el }) {
 
   return () => {
     alive = false;
+    clearTimeout(waiting);
     observer.disconnect();
     model.off("change:figure", schedule);
     model.off("change:config", schedule);

@@ -235,6 +235,26 @@ class _Bnb4bitMethod(Method):
         codes = unpack_4bit(packed, tuple(w.shape))
         return codes, absmax_4bit(qstate), None, nbytes_4bit(packed, qstate), lambda: dequantize_4bit(packed, qstate)
 
+    def storage_nbytes(self, shape: tuple[int, int], cfg: _Bnb4bit) -> int:
+        """What :func:`nbytes_4bit` counts for an ``(out, in)`` weight, from the shape alone.
+
+        Codes two per byte; one float32 absmax per block (one byte with
+        ``double_quant``, plus a float32 absmax per 256 blocks, the 256-entry
+        float32 code table of the nested quantization and its float32 offset);
+        the 16-entry float32 code table.
+
+        Examples
+        --------
+        >>> BnbNF4Method().storage_nbytes((384, 1536), BnbNF4(blocksize=64, double_quant=True))
+        305364
+        """
+        n = int(shape[0]) * int(shape[1])
+        blocks = -(-n // cfg.blocksize)
+        total = -(-n // 2) + 16 * 4
+        if cfg.double_quant:
+            return total + blocks + 4 * -(-blocks // 256) + 256 * 4 + 4
+        return total + 4 * blocks
+
     def weight_only(self, cfg: _Bnb4bit) -> bool:
         """True: ``Linear4bit`` computes ``x W_hat^T`` with the dequantized weight in float32."""
         return True

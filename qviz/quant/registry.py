@@ -89,6 +89,10 @@ class Method:
         SmoothQuant's folded scales); used by :func:`qviz.layer_error`.
     ``pack(module, cfg) -> nn.Module | None``
         A packed-storage replacement (real low-bit GEMV) for ``quantize(..., packed=True)``.
+    ``storage_nbytes(shape, cfg) -> int``
+        The bytes ``quantize_tensor`` would store for a weight of ``shape`` ``(out, in)``,
+        from the shape alone; lets the live widgets skip building the codes when only
+        the error and the size are shown. Must equal ``quantize_tensor(...)[3]`` (tested).
     """
 
     config_type: type[QuantConfig] = QuantConfig

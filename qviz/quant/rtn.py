@@ -95,6 +95,10 @@ class RTNMethod(Method):
         codes = quantize(w, qp)  # [rows, cols] uint8
         return codes, qp.scale, qp.zero, rtn_nbytes(tuple(w.shape), cfg), lambda: dequantize(codes, qp)
 
+    def storage_nbytes(self, shape: tuple[int, int], cfg: RTN) -> int:
+        """Bytes stored for an ``(out, in)`` weight: :func:`rtn_nbytes`."""
+        return rtn_nbytes(shape, cfg)
+
     def pack(self, module: nn.Module, cfg: RTN) -> nn.Module | None:
         """A :class:`PackedLinear` holding the packed codes of the ORIGINAL layer ``module`` (None if not packable).
 

@@ -329,6 +329,8 @@ class LayerLab:
 
             w = torch.from_numpy(self.weight(name))  # [out, in], shares the cached array
             key = (name, cfg.label)
+            if key not in self._nbytes and hasattr(method, "storage_nbytes"):
+                self._nbytes[key] = int(method.storage_nbytes((out_f, in_f), cfg))
             if key in self._nbytes:  # storage is known: one fused fake-quant pass is enough
                 w_hat_t, nbytes = fake_quantize(w, cfg), self._nbytes[key]
             else:

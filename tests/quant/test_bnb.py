@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import qviz
 from qviz.quant.bnb import unpack_4bit
+from qviz.quant.config import BnbFP4, BnbNF4
 
 
 def test_unpack_4bit_layout():
@@ -40,3 +42,18 @@ def test_4bit_module_output_equals_dequantized_weight():
         with torch.no_grad():
             torch.testing.assert_close(q.module[0](x), x @ w_hat.T + net[0].bias, rtol=1e-5, atol=1e-5)
         assert q.quantization.layers["0"].nbytes == qviz.quantize_tensor(net[0].weight, cfg).nbytes
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (16, 64), (100, 333), (384, 1536)])
+@pytest.mark.parametrize("cfg", [qviz.RTN(bits=3, group_size=None), qviz.RTN(bits=4, group_size=32, symmetric=True),
+                                 qviz.RTN(bits=2, group_size="tensor"), BnbNF4(blocksize=64),
+                                 BnbNF4(blocksize=32, double_quant=True), BnbFP4(blocksize=4096, double_quant=True),
+                                 BnbFP4(blocksize=256)], ids=lambda c: c.label)
+def test_storage_formula_equals_the_bytes_really_stored(shape, cfg):
+    from qviz.quant.registry import method_for
+
+    if isinstance(cfg, qviz.RTN) and isinstance(cfg.group_size, int) and shape[1] % cfg.group_size:
+        pytest.skip("group size does not divide the row")
+    method = method_for(cfg)
+    w = torch.randn(*shape)
+    assert method.storage_nbytes(shape, cfg) == qviz.quantize_tensor(w, cfg).nbytes
