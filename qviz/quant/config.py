@@ -354,6 +354,8 @@ class QAT(QuantConfig):
     --------
     >>> QAT(bits=3).label
     'QAT w3 ch'
+    >>> QAT(bits=2, steps=50).label
+    'QAT w2 ch 50 steps'
     """
 
     bits: int = 4
@@ -377,7 +379,15 @@ class QAT(QuantConfig):
     @property
     def label(self) -> str:
         g = "ch" if self.group_size is None else f"g{self.group_size}"
-        return f"QAT w{self.bits} {g}" + (f" a{self.act_bits}" if self.act_bits else "")
+        out = f"QAT w{self.bits} {g}" + (" sym" if self.symmetric else "") + (f" a{self.act_bits}" if self.act_bits else "")
+        # the training settings name the config only when they differ from the defaults
+        if self.steps != 200:
+            out += f" {self.steps} steps"
+        if self.lr != 1e-3:
+            out += f" lr {self.lr:g}"
+        if self.batch_size != 32:
+            out += f" batch {self.batch_size}"
+        return out
 
 
 # W8A8 is RTN with activation bits; kept as a name for readability.

@@ -72,6 +72,38 @@ def _has_own(method: Method, attr: str) -> bool:
     return getattr(type(method), attr) is not getattr(Method, attr)
 
 
+def _whole_model(cfg: QuantConfig) -> bool:
+    """True for methods whose layers change after every layer is replaced (``finalize``: QAT's fine-tune)."""
+    return _has_own(method_for(cfg), "finalize")
+
+
+def _finished_layers(qm: QvizModel, cfg: QuantConfig, calib: Any, names: list[str], max_rows: int) -> dict[str, Any]:
+    """Each layer's :class:`LayerQuant` after the whole-model method has run to the end on a copy.
+
+    QAT's per-layer error is that of the fine-tuned layers (measured against the
+    ORIGINAL layers on the original inputs), not of the layers before training.
+    Layers are replaced in model order, as :func:`qviz.quantize` does.
+    """
+    from qviz.quant.api import _set_module
+
+    method = method_for(cfg)
+    work = qm.copy()
+    root = work.module
+    state = method.prepare(work, cfg, calib, {n: root.get_submodule(n) for n in names})
+    finished = {}
+    for name in names:
+        module = root.get_submodule(name)
+        rows = None
+        if method.needs_inputs:
+            rows = as_rows(module, capture_inputs(work, calib, [name], max_rows)[name])
+        with torch.no_grad():
+            lq = method.quantize_layer(name, module, cfg, rows, state)
+        _set_module(root, name, lq.module)
+        finished[name] = lq
+    method.finalize(work, cfg, calib, state)
+    return finished
+
+
 def weight_only_output(module: nn.Module, x: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
     """``x`` through ``module``'s operation with weight ``w_hat [out, in]`` and no bias."""
     if isinstance(module, nn.Conv2d):
@@ -175,27 +207,30 @@ def layer_error(
     root = qm.module
     order = [n for n, _ in root.named_modules() if any(n in p.assign for p in plans.values())]
 
-    shared = [c for c in configs if not _has_own(method_for(c), "prepare")]
+    shared = [c for c in configs if not _has_own(method_for(c), "prepare") or _whole_model(c)]
     inputs = capture_inputs(qm, calib, order, max_rows) if shared else {}
 
     shape = (len(order), len(configs))
     data = {k: np.full(shape, np.nan) for k in VARIABLES}
-    setups = []  # per config: (method, model to measure on, layer inputs, method state)
+    setups = []  # per config: (method, model to measure on, layer inputs, method state, finished layers)
     for c in configs:
         method = method_for(c)
-        if _has_own(method, "prepare"):  # the method changes the model first: measure on its own copy
+        if _whole_model(c):  # QAT: the layers are what the whole-model fine-tune leaves
+            setups.append((method, qm, inputs, None, _finished_layers(qm, c, calib, list(plans[c.label].assign),
+                                                                       max_rows)))
+        elif _has_own(method, "prepare"):  # the method changes the model first: measure on its own copy
             work = qm.copy()
             names = list(plans[c.label].assign)
             state = method.prepare(work, c, calib, {n: work.module.get_submodule(n) for n in names})
-            setups.append((method, work, capture_inputs(work, calib, names, max_rows), state))
+            setups.append((method, work, capture_inputs(work, calib, names, max_rows), state, None))
         else:
-            setups.append((method, qm, inputs, None))
+            setups.append((method, qm, inputs, None, None))
     for i, name in enumerate(order):
         ref_cache: dict[Any, Any] = {}  # id(model) -> (w, sum w^2, Y, sum Y^2); 'gram' -> X^T X
         for j, c in enumerate(configs):
             if name not in plans[c.label].assign:
                 continue
-            method, work, layer_inputs, state = setups[j]
+            method, work, layer_inputs, state, finished = setups[j]
             module = work.module.get_submodule(name)
             x = layer_inputs[name].to(module.weight.device)  # raw layer input: [rows, in] or [images, channels, ...]
             rows = as_rows(module, x) if method.needs_inputs else None  # [rows, in]
@@ -205,7 +240,7 @@ def layer_error(
                     y = output_without_bias(module, x)  # [rows, out] or [images, out, ...]
                     ref_cache[id(work)] = (w, _sq(w), y, _sq(y))
                 w, w_signal, y, energy = ref_cache[id(work)]
-                lq = method.quantize_layer(name, module, c, rows, state)
+                lq = finished[name] if finished is not None else method.quantize_layer(name, module, c, rows, state)
                 sse, signal, mx, delta = _weight_stats(lq, w, w_signal)
                 if is_weight_only(method, c) and x.dim() == 2 and x.shape[0] > x.shape[1]:
                     # ||X D^T||^2 = sum((D G) * D) with G = X^T X [in, in], shared by every weight-only config

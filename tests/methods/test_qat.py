@@ -113,9 +113,34 @@ def test_method_updates_weight_hat_after_finetune_and_leaves_the_model_alone():
                       progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     assert isinstance(q.module[0], QATLinear) and q.module[0].frozen
-    extra = q.quantization.extra["QAT w3 ch"]
+    extra = q.quantization.extra["QAT w3 ch 20 steps lr 0.01"]
     assert extra["qat"].loss.dims == ("step",) and extra["qat"].sizes["step"] == 20
     assert q.quantization.layers["0"].bits_per_weight == pytest.approx(3 + 3 * 8 / 16)
+
+
+def test_layer_error_measures_the_fine_tuned_layers():
+    """layer_error with QAT runs the whole fine-tune on a copy and measures the trained layers."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    before = [p.clone() for p in net.parameters()]
+    calib = torch.randn(256, 16)
+    untrained = qviz.QAT(bits=2, steps=0)
+    trained = qviz.QAT(bits=2, steps=60, lr=1e-2, batch_size=64)
+    ds = qviz.layer_error(net, [untrained, trained], calib)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    q = qviz.quantize(net, untrained, calib=calib, progress=False)
+    assert ds.weight_mse.sel(config=untrained.label, layer="0").item() == pytest.approx(
+        float(((q.module[0].quantized_weight() - net[0].weight) ** 2).mean()), rel=1e-5)
+    # the numbers are those of the fine-tuned layers: the same fine-tune through qviz.quantize gives them
+    assert (ds.weight_mse.sel(config=trained.label) != ds.weight_mse.sel(config=untrained.label)).all()
+    torch.manual_seed(1)
+    again = qviz.layer_error(net, trained, calib)
+    torch.manual_seed(1)
+    qt = qviz.quantize(net, trained, calib=calib, progress=False)
+    for name in ("0", "2"):
+        w_fine = qt.module.get_submodule(name).quantized_weight()
+        assert again.weight_mse.sel(layer=name).item() == pytest.approx(
+            float(((w_fine - net.get_submodule(name).weight) ** 2).mean()), rel=1e-5)
 
 
 def test_bad_input():
