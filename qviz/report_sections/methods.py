@@ -64,6 +64,39 @@ def wins_table(errors: Any, pairs: list[tuple[str, str]]) -> str:
     return '<table class="qv">' + "".join(rows) + "</table>"
 
 
+def _alpha_sweep(model: Any, calib: Any, alphas: list[float]) -> tuple[list[tuple[str, str]], float, Any]:
+    """(report items, the alpha to compare layer by layer, the sweep Dataset or None).
+
+    The alpha is the sweep's best by held-out cosine to full precision; 0.5 (the
+    paper's default) when there is no sweep.
+    """
+    import qviz
+    from qviz.data import eval_data
+    from qviz.methods import smoothquant_alpha_sweep
+
+    if not alphas:
+        return [], 0.5, None
+    try:
+        inputs, labels = eval_data(model, n=256 if model.kind == "image-classifier" else 64)
+    except ValueError as err:  # no held-out data for this model: say so instead of a figure
+        return [("SmoothQuant alpha sweep", f"<p>Skipped: {html.escape(str(err))}</p>")], 0.5, None
+    held = (inputs, labels) if labels is not None else inputs
+    sweep = smoothquant_alpha_sweep(model, calib, alphas, held, act_scheme="per-tensor")
+    best = float(sweep.alpha.values[int(np.nanargmax(sweep.cosine.values))])
+    return [("SmoothQuant alpha sweep (held-out, end to end)", _fig(qviz.plot.alpha_sweep(sweep)))], best, sweep
+
+
+def _alpha_note(sweep: Any, alpha: float) -> str:
+    """One sentence on where SmoothQuant's alpha came from."""
+    if sweep is None:
+        return f"<p>SmoothQuant uses alpha = {alpha:g} (the paper's default; no sweep was run).</p>"
+    cos = float(sweep.cosine.sel(alpha=alpha))
+    naive = float(sweep.naive_cosine)
+    return (f"<p>SmoothQuant uses alpha = {alpha:g}, the best of the held-out sweep below "
+            f"({', '.join(f'{a:g}' for a in sweep.alpha.values)}): end-to-end cosine to full precision "
+            f"{cos:.5f} against {naive:.5f} for naive W8A8.</p>")
+
+
 def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]]:
     """GPTQ, AWQ and SmoothQuant against RTN on this model, layer by layer, with each method's own figure.
 
@@ -76,8 +109,7 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]
     ['Summary', 'Per-layer output error relative to the baseline']
     """
     import qviz
-    from qviz.data import eval_data
-    from qviz.methods import awq_search, smoothing_ranges, smoothquant_alpha_sweep
+    from qviz.methods import awq_search, smoothing_ranges
     from qviz.methods._common import layer_weight
     from qviz.methods._model import input_absmax
     from qviz.methods.gptq import GPTQMethod, gptq_loss_dataset
@@ -93,7 +125,12 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]
     group = 128 if all(w % 128 == 0 for w in widths) else None
     rtn, gptq, awq = qviz.RTN(bits=bits, group_size=group), qviz.GPTQ(bits=bits, group_size=group), \
         qviz.AWQ(bits=bits, group_size=group)
-    naive, sq = qviz.ActQuant(8, "per-tensor"), qviz.SmoothQuant(alpha=0.5, act_scheme="per-tensor")
+    # SmoothQuant's alpha is model-specific (0.5 in the paper for OPT, ~0.8 for others): the held-out
+    # sweep runs first and the best alpha is the one compared layer by layer
+    sweep_items, alpha, sweep = _alpha_sweep(model, calib, list(ctx.get("methods_alphas", _DEFAULT_ALPHAS)))
+    if sweep is not None:
+        datasets["smoothquant_sweep"] = sweep
+    naive, sq = qviz.ActQuant(8, "per-tensor"), qviz.SmoothQuant(alpha=alpha, act_scheme="per-tensor")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # explicit scales, rank-deficient Hessians: reported in the figures
         errors = qviz.layer_error(model, [rtn, gptq, awq, naive, sq], calib, layers=names)
@@ -104,7 +141,7 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]
         f"<p>{len(names)} Linear layers; {bits}-bit weights, "
         f"{'groups of 128' if group else 'one scale per output channel'}. Output error is "
         "‖XWᵀ − Q(X)Ŵᵀ‖²/‖XWᵀ‖² on each layer's calibration inputs; each method is compared with "
-        "the plain quantizer it improves on.</p>" + wins_table(errors, pairs),
+        "the plain quantizer it improves on.</p>" + _alpha_note(sweep, alpha) + wins_table(errors, pairs),
     )]
     items.append(("GPTQ and AWQ: per-layer output error relative to RTN",
                   _fig(qviz.plot.method_wins(errors.sel(config=[rtn.label, gptq.label, awq.label]), rtn.label))))
@@ -118,17 +155,7 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]
     items.append((f"SmoothQuant on {target}: the outliers move from activations to weights",
                   _fig(qviz.plot.smoothing_ranges(ranges))))
 
-    alphas = list(ctx.get("methods_alphas", _DEFAULT_ALPHAS))
-    if alphas:
-        try:
-            inputs, labels = eval_data(model, n=256 if model.kind == "image-classifier" else 64)
-        except ValueError as err:  # no held-out data for this model: say so instead of a figure
-            items.append(("SmoothQuant alpha sweep", f"<p>Skipped: {html.escape(str(err))}</p>"))
-        else:
-            held = (inputs, labels) if labels is not None else inputs
-            sweep = smoothquant_alpha_sweep(model, calib, alphas, held, act_scheme="per-tensor")
-            datasets["smoothquant_sweep"] = sweep
-            items.append(("SmoothQuant alpha sweep (held-out, end to end)", _fig(qviz.plot.alpha_sweep(sweep))))
+    items.extend(sweep_items)
 
     rows = {n: as_rows(layers[n], x) for n, x in capture_inputs(model, calib, names).items()}  # [tokens, in]
     search = awq_search(layer_weight(layers[target], target), rows[target], bits, group, awq.n_grid)

@@ -21,7 +21,12 @@ def test_section_on_digits_cnn(digits, digits_calib):
     assert {"method_errors", "smoothing_ranges", "awq_search", "gptq_loss", "smoothquant_sweep"} <= set(ctx["datasets"])
     errors = ctx["datasets"]["method_errors"]
     assert set(errors.layer.values) == {"fc1", "fc2"}  # the Linear layers
-    assert "accuracy" in ctx["datasets"]["smoothquant_sweep"]
+    sweep = ctx["datasets"]["smoothquant_sweep"]
+    assert "accuracy" in sweep
+    # the layer-by-layer SmoothQuant is the sweep's best alpha, and the summary says so
+    best = float(sweep.alpha.values[int(sweep.cosine.argmax())])
+    assert qviz.SmoothQuant(alpha=best, act_scheme="per-tensor").label in list(errors.config.values)
+    assert f"SmoothQuant uses alpha = {best:g}, the best of the held-out sweep" in items[0][1]
 
 
 def test_section_without_linear_layers_says_so():
