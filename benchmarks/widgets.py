@@ -5,7 +5,7 @@
    real weights) and a 4096×4096 Linear (random normal weights, std 0.02).
    Timed with the debounce off and the background work off, from setting the
    control's value to the return of the update (re-quantize the layer, one-pass
-   error + histogram, three FigureWidget updates). Targets: ≤ 100 ms and ≤ 300 ms.
+   error + histogram, three plot-pane figure updates). Targets: ≤ 100 ms and ≤ 300 ms.
    The background work that follows (output error on calibration tokens, the
    2–8 bit sweep, the other layers) is timed separately.
 2. Bytes sent to the browser for a heatmap update (OutlierExplorer on MiniLM,
