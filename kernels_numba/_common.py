@@ -81,9 +81,24 @@ def round_to_f16(v):
 
 
 @njit(cache=True)
-def store_scale(scale, f16):
+def f16_spacing(r):
+    """Gap between the positive float16 value ``r`` and the next float16 above it."""
+    if r < 2.0**-14:  # subnormal float16: fixed spacing
+        return F16_MIN_SUBNORMAL
+    m, e = math.frexp(r)  # r = m * 2**e, 0.5 <= m < 1
+    return math.ldexp(1.0, e - 11)
+
+
+@njit(cache=True)
+def store_scale(scale, f16, steps):
     """Round a positive float64 scale to its storage dtype; never returns 0 or NaN.
 
+    ``steps`` is how many steps of the grid span the range the scale was made
+    for (``2**bits - 1`` asymmetric, ``2**(bits-1) - 1`` symmetric). The scale
+    rounds to the nearest float16 unless that would make the grid stop short of
+    the range by more than half a step (possible only among float16's
+    subnormals, below 6.1e-5, where the relative spacing is coarse); then it
+    rounds up, so every value in the range stays within half a step of a code.
     A zero scale (all-zero group) becomes 1.0, so codes equal the zero point and
     dequantize to exactly 0. A scale below the storage dtype's smallest usable
     value is raised to it. Returns +inf when a float16 scale overflows (the
@@ -95,6 +110,8 @@ def store_scale(scale, f16):
         r = round_to_f16(scale)
         if r == 0.0:
             r = F16_MIN_SUBNORMAL
+        if (scale - r) * steps > 0.5 * r:
+            r = r + f16_spacing(r)
         return r
     r = np.float64(np.float32(scale))
     if r < F32_MIN_NORMAL:

@@ -93,10 +93,10 @@ def _params(lo, hi, ratio, bits, symmetric, f16):
     if symmetric:
         half = 1 << (bits - 1)
         amax = max(-lo64, hi64)
-        scale = store_scale(amax / (half - 1), f16)
+        scale = store_scale(amax / (half - 1), f16, half - 1)
         return scale, np.float64(half)
     qmax = (1 << bits) - 1
-    scale = store_scale((hi64 - lo64) / qmax, f16)
+    scale = store_scale((hi64 - lo64) / qmax, f16, qmax)
     zero = min(max(np.rint(-lo64 / scale), 0.0), np.float64(qmax))
     return scale, zero
 

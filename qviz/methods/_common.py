@@ -106,10 +106,12 @@ def check_matrix(x: Any, name: str, *, cols: int | None = None, min_rows: int = 
 # --------------------------------------------------------------------------- RTN arithmetic
 
 
-def store_scale(scale64: np.ndarray) -> np.ndarray:
+def store_scale(scale64: np.ndarray, steps: int) -> np.ndarray:
     """Round float64 scales to float16 values (kept as float32): 0 -> 1, underflow -> 2**-24.
 
-    ``np.float16`` rounds a float64 to nearest (ties to even) exactly as the kernels do.
+    ``np.float16`` rounds a float64 to nearest (ties to even) exactly as the kernels do; like
+    :func:`kernels_numba._common.store_scale`, a scale whose rounding would leave the grid of
+    ``steps`` steps short of its range by more than half a step rounds up instead.
     """
     scale64 = np.asarray(scale64, np.float64)
     if np.any(scale64 > F16_MAX):
@@ -118,9 +120,12 @@ def store_scale(scale64: np.ndarray) -> np.ndarray:
             "the weights are too large to quantize with float16 scales. Rescale the layer first."
         )
     with np.errstate(over="ignore"):
-        rounded = scale64.astype(np.float16).astype(np.float32)
+        half = scale64.astype(np.float16)
+    half[(half == 0) & (scale64 != 0)] = np.float16(F16_MIN_SUBNORMAL)
+    short = (scale64 - half.astype(np.float64)) * steps > 0.5 * half.astype(np.float64)
+    half[short] = np.nextafter(half[short], np.float16(np.inf))
+    rounded = half.astype(np.float32)
     rounded[scale64 == 0] = 1.0
-    rounded[(rounded == 0) & (scale64 != 0)] = F16_MIN_SUBNORMAL
     return rounded
 
 
@@ -150,11 +155,11 @@ def range_params(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool)
     qmax = (1 << bits) - 1
     if symmetric:
         half = 1 << (bits - 1)
-        scale = store_scale(np.maximum(-lo64, hi64) / (half - 1))
+        scale = store_scale(np.maximum(-lo64, hi64) / (half - 1), half - 1)
         zero = np.full(scale.shape, float(half), np.float32)
         qmin = 1
     else:
-        scale = store_scale((hi64 - lo64) / qmax)
+        scale = store_scale((hi64 - lo64) / qmax, qmax)
         zero = np.clip(np.rint(-lo64 / scale.astype(np.float64)), 0, qmax).astype(np.float32)
         qmin = 0
     return QRange(torch.from_numpy(scale), torch.from_numpy(zero), qmin, qmax)

@@ -27,10 +27,10 @@ def _range_params(lo, hi, bits, symmetric):
     hi64 = max(np.float64(hi), 0.0)
     if symmetric:
         half = 1 << (bits - 1)
-        scale = store_scale(max(-lo64, hi64) / (half - 1), True)
+        scale = store_scale(max(-lo64, hi64) / (half - 1), True, half - 1)
         return scale, np.float64(half)
     qmax = (1 << bits) - 1
-    scale = store_scale((hi64 - lo64) / qmax, True)
+    scale = store_scale((hi64 - lo64) / qmax, True, qmax)
     zero = min(max(np.rint(-lo64 / scale), 0.0), np.float64(qmax))
     return scale, zero
 

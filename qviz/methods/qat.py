@@ -307,6 +307,7 @@ class QATMethod(Method):
 
     needs_inputs = False
     sequential = False
+    finalize_changes_layers = True
     layer_types = ("linear", "conv2d")
 
     def prepare(self, model: Any, cfg: QAT, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def _has_own(method: Method, attr: str) -> bool:
 
 def _whole_model(cfg: QuantConfig) -> bool:
     """True for methods whose layers change after every layer is replaced (``finalize``: QAT's fine-tune)."""
-    return _has_own(method_for(cfg), "finalize")
+    return bool(method_for(cfg).finalize_changes_layers)
 
 
 def _finished_layers(qm: QvizModel, cfg: QuantConfig, calib: Any, names: list[str], max_rows: int) -> dict[str, Any]:

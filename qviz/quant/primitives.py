@@ -415,11 +415,17 @@ def _round_f16(v: Any) -> Any:
     return torch.where(v == 0, torch.zeros_like(v), r)
 
 
-def _store_scale(scale64: Any) -> Any:
+def _store_scale(scale64: Any, steps: int) -> Any:
+    """float64 scales rounded to float16 values as :func:`kernels_numba._common.store_scale` does
+    (nearest, but up where nearest would leave the grid of ``steps`` steps short of its range by
+    more than half a step)."""
     import torch
 
     r = _round_f16(scale64)
     r = torch.where(r == 0, torch.full_like(r, F16_MIN_SUBNORMAL), r)
+    _, e = torch.frexp(r)
+    spacing = torch.where(r < 2.0**-14, torch.full_like(r, F16_MIN_SUBNORMAL), torch.ldexp(torch.ones_like(r), e - 11))
+    r = torch.where((scale64 - r) * steps > 0.5 * r, r + spacing, r)
     r = torch.where(scale64 == 0, torch.ones_like(r), r)
     if bool((r > F16_MAX).any()):
         raise ValueError(
@@ -444,10 +450,10 @@ def _params_from_range(lo: Any, hi: Any, ratio: float, bits: int, symmetric: boo
     lo64, hi64 = lo.double() * ratio, hi.double() * ratio
     if symmetric:
         half = 1 << (bits - 1)
-        scale = _store_scale(torch.maximum(-lo64, hi64) / (half - 1))
+        scale = _store_scale(torch.maximum(-lo64, hi64) / (half - 1), half - 1)
         return scale, torch.full_like(scale, float(half))
     qmax = (1 << bits) - 1
-    scale = _store_scale((hi64 - lo64) / qmax)
+    scale = _store_scale((hi64 - lo64) / qmax, qmax)
     zero = torch.clamp(torch.round(-lo64 / scale), 0, qmax)
     return scale, zero
 

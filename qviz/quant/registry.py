@@ -100,6 +100,8 @@ class Method:
     needs_inputs: bool = False
     #: inputs come from the model with earlier layers already quantized
     sequential: bool = False
+    #: ``finalize`` changes the quantized layers (QAT's fine-tune): per-layer numbers are taken after it
+    finalize_changes_layers: bool = False
     #: layer types (qviz.models.layer_type) this method can quantize
     layer_types: tuple[str, ...] = ("linear", "conv1d", "conv2d")
 
