@@ -6,6 +6,13 @@ import os
 import tempfile
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI reruns are reproducible); to explore new
+# ones, run e.g. `pytest --hypothesis-seed=7` or set QVIZ_HYPOTHESIS_PROFILE=explore.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("QVIZ_HYPOTHESIS_PROFILE", "repeatable"))
 
 # Train digits-cnn once per test session into a private cache (never the user's).
 os.environ.setdefault("QVIZ_CACHE_DIR", tempfile.mkdtemp(prefix="qviz-test-cache-"))
