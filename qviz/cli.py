@@ -14,6 +14,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html", help="HTML file to write (default report.html); data goes to <stem>_data/")
     rep.add_argument("--n", type=int, default=64, help="calibration inputs (default 64)")
     rep.add_argument("--sections", default=None, help="comma-separated subset: outliers,quant,methods,compare")
+    rep.add_argument("--thorough", action="store_true",
+                     help="full-size measurements (minutes); default: the quick report (about a minute for minilm)")
     rep.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sections = [s.strip() for s in args.sections.split(",")] if args.sections else None
     try:
-        result = build_report(args.model, args.out, n_calib=args.n, sections=sections, quiet=args.quiet, progress=not args.quiet)
+        result = build_report(args.model, args.out, n_calib=args.n, sections=sections, thorough=args.thorough,
+                              quiet=args.quiet, progress=not args.quiet)
     except (ValueError, TypeError) as err:
         print(f"qviz: error: {err}", file=sys.stderr)
         return 2

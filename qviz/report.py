@@ -123,12 +123,31 @@ def _section_title(module_name: str) -> str:
     }.get(module_name.rsplit(".", 1)[-1], module_name.rsplit(".", 1)[-1])
 
 
+QUICK: dict[str, Any] = {
+    "methods_alphas": [0.5, 0.8],
+    "methods_sweep_n": 32,
+    "methods_max_layers": 8,
+    "awq_n_grid": 10,
+    "compare_n_eval": 64,
+    "compare_n_attack": 4,
+    "compare_eps": [0.0, 0.1],
+    "compare_attack_steps": 3,
+    "compare_quick_configs": True,
+    "compare_support": 3,
+    "compare_timing_threads": None,
+}
+"""Sample sizes of the default (quick) report: a minute or so for MiniLM on two CPU cores. Every
+section states what it measured on; ``thorough=True`` (``qviz report --thorough``) uses each
+section's full-size defaults instead (about four minutes for MiniLM)."""
+
+
 def build_report(
     model: Any = "minilm",
     out: str | Path = "report.html",
     *,
     n_calib: int = 64,
     sections: list[str] | None = None,
+    thorough: bool = False,
     quiet: bool = False,
     progress: bool = True,
 ) -> ReportResult:
@@ -145,6 +164,9 @@ def build_report(
     sections
         Section names to run (``"outliers"``, ``"quant"``, ``"methods"``,
         ``"compare"``); ``None`` runs every available one.
+    thorough
+        Full-size measurements (every Linear layer in the methods section, four SmoothQuant
+        alphas, the full comparison with attacks); default: the quick sizes of :data:`QUICK`.
     quiet
         No progress messages on stderr.
     progress
@@ -179,7 +201,7 @@ def build_report(
     _say(f"loading model {model if isinstance(model, str) else type(model).__name__!s} ...", quiet)
     qmodel = qviz.load(model)
     calib = qviz.calibration_data(qmodel, n=n_calib)
-    ctx: dict[str, Any] = {"datasets": {}, "progress": progress}
+    ctx: dict[str, Any] = {"datasets": {}, "progress": progress, **({} if thorough else QUICK)}
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     rendered: list[tuple[str, str, list[tuple[str, str]]]] = []
     failed: dict[str, str] = {}
@@ -218,6 +240,8 @@ def build_report(
         qmodel.description,
         f"{len(calib)} calibration inputs · torch {torch.__version__} · {platform.machine()} · "
         f"{torch.get_num_threads()} threads · built {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} in {total:.1f} s",
+        "Thorough report: full-size measurements." if thorough else
+        "Quick report: reduced sample sizes, stated in each section (qviz report --thorough measures at full size).",
     ]
     if qmodel.random_weights:
         subtitle.append("This model has RANDOM weights: its numbers test code paths, not a real network.")

@@ -58,3 +58,26 @@ def test_version_is_consistent():
     from importlib.metadata import version
 
     assert version("qviz") == qviz.__version__
+
+
+@pytest.mark.slow
+def test_quick_report_runs_every_section_and_says_it_is_quick(tmp_path, digits):
+    result = build_report(digits, tmp_path / "q.html", n_calib=64, quiet=True, progress=False)
+    assert result.ok, result.failed
+    assert set(result.seconds) >= {"outliers", "quant", "methods", "compare"}
+    text = (tmp_path / "q.html").read_text()
+    assert "Quick report: reduced sample sizes" in text and "qviz report --thorough" in text
+    cmp = open_dataset(result.netcdf_paths["comparison"])
+    assert list(cmp.config.values) == ["fp32", "RTN w4 ch asym", "bnb nf4 b64"]  # the two 4-bit formats
+    assert list(cmp.eps.values) == [0.0, 0.1]
+
+
+@pytest.mark.slow
+def test_thorough_report_compares_every_default_format(tmp_path, digits):
+    out = tmp_path / "t.html"
+    assert main(["report", "--model", "digits-cnn", "--out", str(out), "--sections", "compare", "--thorough",
+                 "--quiet"]) == 0
+    text = out.read_text()
+    assert "Thorough report: full-size measurements." in text
+    cmp = open_dataset(out.with_name("t_data") / "comparison.nc")
+    assert len(cmp.config) == 7 and len(cmp.eps) == 5

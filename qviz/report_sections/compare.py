@@ -32,6 +32,11 @@ def default_configs(model: Any) -> list[Any]:
     ]
 
 
+def quick_configs(model: Any) -> list[Any]:
+    """The quick report's comparison: the two 4-bit formats, RTN 4-bit (qviz's packed kernel) and NF4 (bitsandbytes)."""
+    return [c for c in default_configs(model) if getattr(c, "bits", 4) == 4 and type(c).__name__ != "BnbInt8"]
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -77,9 +82,18 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
 
     datasets = ctx.setdefault("datasets", {})
     configs = list(ctx.get("compare_configs") or default_configs(model))
+    if ctx.get("compare_quick_configs") and not ctx.get("compare_configs"):
+        configs = quick_configs(model)
+    task = None
+    if ctx.get("compare_n_eval") and model.kind == "text-encoder":
+        from qviz.evaluate.accuracy import TopicTask
+
+        task = TopicTask(n_eval=int(ctx["compare_n_eval"]), support_per_class=int(ctx.get("compare_support", 6)))
     cmp = qviz.compare(
-        model, configs, calib=calib, metrics=ctx.get("compare_metrics"), hardware=ctx.get("hardware"),
-        n_attack=ctx.get("compare_n_attack"), progress=bool(ctx.get("progress", False)),
+        model, configs, task, calib=calib, metrics=ctx.get("compare_metrics"), hardware=ctx.get("hardware"),
+        n_attack=ctx.get("compare_n_attack"), eps=ctx.get("compare_eps"),
+        attack_steps=int(ctx.get("compare_attack_steps", 5)), threads=ctx.get("compare_timing_threads", 1),
+        progress=bool(ctx.get("progress", False)),
     )
     datasets["comparison"] = cmp
     proj = projection_table(70e9)
@@ -96,6 +110,8 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
         "(<i>real kernel</i>: bitsandbytes or the Numba packed GEMV; <i>simulated</i>: fake-quant float arithmetic, "
         "which is no faster than full precision). Attacks: white-box through straight-through gradients of the "
         "quantized model, and transfer from full precision.</p>"
+        f"<p>Attacks: {cmp.attrs.get('attack_inputs', '?')} inputs per config, {cmp.attrs.get('attack_steps', '?')} PGD steps; "
+        f"{'the quick report compares the two 4-bit formats at reduced sizes (timings with all cores): qviz report --thorough compares RTN 8/4/3/2-bit, LLM.int8 and NF4 at full size' if ctx.get('compare_quick_configs') else 'full-size comparison'}.</p>"
     )
     items: list[tuple[str, Any]] = [("Comparison", intro), ("Dashboard", plot.dashboard(cmp))]
     if "latency_ms" in cmp:

@@ -64,7 +64,7 @@ def wins_table(errors: Any, pairs: list[tuple[str, str]]) -> str:
     return '<table class="qv">' + "".join(rows) + "</table>"
 
 
-def _alpha_sweep(model: Any, calib: Any, alphas: list[float]) -> tuple[list[tuple[str, str]], float, Any]:
+def _alpha_sweep(model: Any, calib: Any, alphas: list[float], n_held: int = 64) -> tuple[list[tuple[str, str]], float, Any]:
     """(report items, the alpha to compare layer by layer, the sweep Dataset or None).
 
     The alpha is the sweep's best by held-out cosine to full precision; 0.5 (the
@@ -77,13 +77,14 @@ def _alpha_sweep(model: Any, calib: Any, alphas: list[float]) -> tuple[list[tupl
     if not alphas:
         return [], 0.5, None
     try:
-        inputs, labels = eval_data(model, n=256 if model.kind == "image-classifier" else 64)
+        inputs, labels = eval_data(model, n=256 if model.kind == "image-classifier" else n_held)
     except ValueError as err:  # no held-out data for this model: say so instead of a figure
         return [("SmoothQuant alpha sweep", f"<p>Skipped: {html.escape(str(err))}</p>")], 0.5, None
     held = (inputs, labels) if labels is not None else inputs
     sweep = smoothquant_alpha_sweep(model, calib, alphas, held, act_scheme="per-tensor")
     best = float(sweep.alpha.values[int(np.nanargmax(sweep.cosine.values))])
-    return [("SmoothQuant alpha sweep (held-out, end to end)", _fig(qviz.plot.alpha_sweep(sweep)))], best, sweep
+    title = f"SmoothQuant alpha sweep (held-out, end to end, {len(inputs)} inputs)"
+    return [(title, _fig(qviz.plot.alpha_sweep(sweep)))], best, sweep
 
 
 def _alpha_note(sweep: Any, alpha: float) -> str:
@@ -120,14 +121,20 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]
     if not layers:
         return [("Summary", "<p>The model has no Linear layer; the outlier-aware methods quantize Linear layers.</p>")]
     names = list(layers)
+    total_layers = len(names)
+    cap = ctx.get("methods_max_layers")
+    if cap is not None and len(names) > int(cap):  # quick report: the first layers in model order
+        names = names[: int(cap)]
+        layers = {n: layers[n] for n in names}
     bits = int(ctx.get("methods_bits", 4))
     widths = [int(layer_weight(m).shape[1]) for m in layers.values()]
     group = 128 if all(w % 128 == 0 for w in widths) else None
-    rtn, gptq, awq = qviz.RTN(bits=bits, group_size=group), qviz.GPTQ(bits=bits, group_size=group), \
-        qviz.AWQ(bits=bits, group_size=group)
+    rtn, gptq = qviz.RTN(bits=bits, group_size=group), qviz.GPTQ(bits=bits, group_size=group)
+    awq = qviz.AWQ(bits=bits, group_size=group, n_grid=int(ctx.get("awq_n_grid", 20)))
     # SmoothQuant's alpha is model-specific (0.5 in the paper for OPT, ~0.8 for others): the held-out
     # sweep runs first and the best alpha is the one compared layer by layer
-    sweep_items, alpha, sweep = _alpha_sweep(model, calib, list(ctx.get("methods_alphas", _DEFAULT_ALPHAS)))
+    sweep_items, alpha, sweep = _alpha_sweep(model, calib, list(ctx.get("methods_alphas", _DEFAULT_ALPHAS)),
+                                             int(ctx.get("methods_sweep_n", 64)))
     if sweep is not None:
         datasets["smoothquant_sweep"] = sweep
     naive, sq = qviz.ActQuant(8, "per-tensor"), qviz.SmoothQuant(alpha=alpha, act_scheme="per-tensor")
@@ -138,7 +145,9 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]
     pairs = [(gptq.label, rtn.label), (awq.label, rtn.label), (sq.label, naive.label)]
     items: list[tuple[str, str]] = [(
         "Summary",
-        f"<p>{len(names)} Linear layers; {bits}-bit weights, "
+        f"<p>{len(names)} Linear layers"
+        f"{'' if len(names) == total_layers else f' (the first {len(names)} of {total_layers} in model order; qviz report --thorough takes all)'}"
+        f"; {bits}-bit weights, AWQ searching {awq.n_grid} alphas, "
         f"{'groups of 128' if group else 'one scale per output channel'}. Output error is "
         "‖XWᵀ − Q(X)Ŵᵀ‖²/‖XWᵀ‖² on each layer's calibration inputs; each method is compared with "
         "the plain quantizer it improves on.</p>" + _alpha_note(sweep, alpha) + wins_table(errors, pairs),
