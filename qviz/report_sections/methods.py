@@ -81,7 +81,9 @@ def _alpha_sweep(model: Any, calib: Any, alphas: list[float], n_held: int = 64) 
     except ValueError as err:  # no held-out data for this model: say so instead of a figure
         return [("SmoothQuant alpha sweep", f"<p>Skipped: {html.escape(str(err))}</p>")], 0.5, None
     held = (inputs, labels) if labels is not None else inputs
-    sweep = smoothquant_alpha_sweep(model, calib, alphas, held, act_scheme="per-tensor")
+    # static per-tensor activation scales, calibrated once (SmoothQuant's deployment setting): dynamic
+    # per-tensor scales over a padded batch would let the padding tokens set every sentence's scale
+    sweep = smoothquant_alpha_sweep(model, calib, alphas, held, act_scheme="per-tensor", act_static=True)
     best = float(sweep.alpha.values[int(np.nanargmax(sweep.cosine.values))])
     title = f"SmoothQuant alpha sweep (held-out, end to end, {len(inputs)} inputs)"
     return [(title, _fig(qviz.plot.alpha_sweep(sweep)))], best, sweep
@@ -94,8 +96,8 @@ def _alpha_note(sweep: Any, alpha: float) -> str:
     cos = float(sweep.cosine.sel(alpha=alpha))
     naive = float(sweep.naive_cosine)
     return (f"<p>SmoothQuant uses alpha = {alpha:g}, the best of the held-out sweep below "
-            f"({', '.join(f'{a:g}' for a in sweep.alpha.values)}): end-to-end cosine to full precision "
-            f"{cos:.5f} against {naive:.5f} for naive W8A8.</p>")
+            f"({', '.join(f'{a:g}' for a in sweep.alpha.values)}; static per-tensor activation scales): end-to-end "
+            f"cosine to full precision {cos:.5f} against {naive:.5f} for naive W8A8.</p>")
 
 
 def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]]:
