@@ -315,9 +315,12 @@ def dashboard(cmp: xr.Dataset) -> go.Figure:
         panels.append(("attack", "Attack success rate vs ε"))
     panels.append(("table", "Summary"))
     specs = [[{"type": "table"}] if p == "table" else [{"type": "xy"}] for p, _ in panels]
-    heights = [0.5 if p == "table" else 1.0 for p, _ in panels]
+    # pixels per panel: a chart 380; the table its header (wrapped column names) and one line per config
+    table_px = 150 + 34 * int(cmp.sizes["config"])
+    heights = [table_px if p == "table" else 380 for p, _ in panels]
+    total_px = sum(heights) + 130 * len(panels)
     fig = make_subplots(rows=len(panels), cols=1, specs=specs, subplot_titles=[t for _, t in panels],
-                        row_heights=heights, vertical_spacing=0.08)
+                        row_heights=heights, vertical_spacing=min(0.08, 120 / total_px))
     for row, (p, _) in enumerate(panels, start=1):
         if p == "pareto":
             for t in _pareto_traces(cmp):
@@ -342,7 +345,7 @@ def dashboard(cmp: xr.Dataset) -> go.Figure:
             ), row=row, col=1)
     fig.update_layout(
         title=f"qviz.compare — {cmp.attrs.get('model', '')} ({cmp.attrs.get('task', '')} task)",
-        template="plotly_white", height=380 * len(panels), barmode="group",
+        template="plotly_white", height=total_px, barmode="group",
     )
     return fig
 
