@@ -39,7 +39,10 @@ def configs_for(model: qviz.QvizModel, methods: bool) -> list:
         qviz.RTN(bits=2, group_size=group),
     ]
     if methods:
-        out += [qviz.GPTQ(bits=4, group_size=group), qviz.AWQ(bits=4, group_size=group), qviz.SmoothQuant(alpha=0.5)]
+        # SmoothQuant at MiniLM's best alpha of the end-to-end sweep (benchmarks/methods_quality.py), with
+        # static per-tensor activation scales calibrated once, as SmoothQuant deploys W8A8
+        out += [qviz.GPTQ(bits=4, group_size=group), qviz.AWQ(bits=4, group_size=group),
+                qviz.SmoothQuant(alpha=0.8, act_static=True)]
     return out
 
 
