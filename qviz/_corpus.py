@@ -127,6 +127,19 @@ def _key(sentence: str) -> int:
 
 
 @functools.lru_cache(maxsize=1)
+def _sources() -> dict[str, str]:
+    """Every unique prose sentence -> the first module (in ``_MODULES`` order) whose docstrings hold it.
+
+    The standard library's sources are parsed once per process, here.
+    """
+    source: dict[str, str] = {}
+    for modname, doc in _docstrings():
+        for sentence in _prose_sentences(doc):
+            source.setdefault(sentence, modname)
+    return source
+
+
+@functools.lru_cache(maxsize=1)
 def sentences() -> tuple[str, ...]:
     """Every unique prose sentence, in a stable pseudo-random order.
 
@@ -136,8 +149,7 @@ def sentences() -> tuple[str, ...]:
     >>> len(s) > 1000
     True
     """
-    found = {sentence for _, doc in _docstrings() for sentence in _prose_sentences(doc)}
-    return tuple(sorted(found, key=_key))
+    return tuple(sorted(_sources(), key=_key))
 
 
 def split(name: str) -> tuple[str, ...]:
@@ -161,8 +173,5 @@ def labelled_sentences() -> tuple[tuple[str, str], ...]:
     >>> len(pairs) == len(sentences()), all(m in _MODULES for _, m in pairs[:10])
     (True, True)
     """
-    source: dict[str, str] = {}
-    for modname, doc in _docstrings():
-        for sentence in _prose_sentences(doc):
-            source.setdefault(sentence, modname)
-    return tuple((s, source[s]) for s in sentences() if s in source)
+    source = _sources()
+    return tuple((s, source[s]) for s in sentences())
