@@ -231,16 +231,10 @@ def figure_json(fig: go.Figure | dict) -> dict:
 
 @functools.cache
 def plotly_js() -> bytes:
-    """The plotly.js bundle that ships with the ``plotly`` package (sent once per page to the browser)."""
-    from importlib.resources import files
+    """The plotly.js bundle of the installed ``plotly`` package (sent once per page to the browser)."""
+    from plotly.offline import get_plotlyjs
 
-    path = files("plotly") / "package_data" / "plotly.min.js"
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise FileNotFoundError(
-            f"plotly.js is missing from the plotly package ({path}); reinstall it: pip install --force-reinstall plotly"
-        ) from err
+    return get_plotlyjs().encode("utf-8")
 
 
 class PlotPane(anywidget.AnyWidget):
