@@ -275,6 +275,14 @@ def _summary_columns(cmp: xr.Dataset) -> list[tuple[str, list[str]]]:
     return cols
 
 
+def _summary_trace(cmp: xr.Dataset) -> go.Table:
+    cols = _summary_columns(cmp)
+    return go.Table(
+        header={"values": [c[0] for c in cols], "fill_color": "#eeeeee", "align": "left"},
+        cells={"values": [c[1] for c in cols], "align": "left"},
+    )
+
+
 def summary_table(cmp: xr.Dataset) -> go.Figure:
     """One row per config: accuracy, size, bits per weight, latency, cost, kernel, PGD success at the middle ε.
 
@@ -284,11 +292,7 @@ def summary_table(cmp: xr.Dataset) -> go.Figure:
     >>> qviz.plot.summary_table(cmp)        # doctest: +SKIP
     """
     _check(cmp, (), "summary_table")
-    cols = _summary_columns(cmp)
-    fig = go.Figure(go.Table(
-        header={"values": [c[0] for c in cols], "fill_color": "#eeeeee", "align": "left"},
-        cells={"values": [c[1] for c in cols], "align": "left"},
-    ))
+    fig = go.Figure(_summary_trace(cmp))
     fig.update_layout(title=f"Summary — {cmp.attrs.get('model', '')}", height=80 + 30 * cmp.sizes["config"])
     return fig
 
@@ -338,11 +342,7 @@ def dashboard(cmp: xr.Dataset) -> go.Figure:
             fig.update_xaxes(title_text=_axis(cmp.eps, "ε"), row=row, col=1)
             fig.update_yaxes(title_text="success rate", range=[-0.02, 1.02], row=row, col=1)
         else:
-            cols = _summary_columns(cmp)
-            fig.add_trace(go.Table(
-                header={"values": [c[0] for c in cols], "fill_color": "#eeeeee", "align": "left"},
-                cells={"values": [c[1] for c in cols], "align": "left"},
-            ), row=row, col=1)
+            fig.add_trace(_summary_trace(cmp), row=row, col=1)
     fig.update_layout(
         title=f"qviz.compare — {cmp.attrs.get('model', '')} ({cmp.attrs.get('task', '')} task)",
         template="plotly_white", height=total_px, barmode="group",
