@@ -34,7 +34,7 @@ def default_configs(model: Any) -> list[Any]:
 
 def quick_configs(model: Any) -> list[Any]:
     """The quick report's comparison: the two 4-bit formats, RTN 4-bit (qviz's packed kernel) and NF4 (bitsandbytes)."""
-    return [c for c in default_configs(model) if getattr(c, "bits", 4) == 4 and type(c).__name__ != "BnbInt8"]
+    return [c for c in default_configs(model) if c.weight_bits == 4]
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -81,9 +81,10 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
     from qviz.models import layer_type, quantizable_layers, weight_matrix
 
     datasets = ctx.setdefault("datasets", {})
-    configs = list(ctx.get("compare_configs") or default_configs(model))
-    if ctx.get("compare_quick_configs") and not ctx.get("compare_configs"):
-        configs = quick_configs(model)
+    if ctx.get("compare_configs"):
+        configs = list(ctx["compare_configs"])
+    else:
+        configs = quick_configs(model) if ctx.get("compare_quick_configs") else default_configs(model)
     task = None
     if ctx.get("compare_n_eval") and model.kind == "text-encoder":
         from qviz.evaluate.accuracy import TopicTask
