@@ -380,13 +380,12 @@ class QAT(QuantConfig):
     def label(self) -> str:
         g = "ch" if self.group_size is None else f"g{self.group_size}"
         out = f"QAT w{self.bits} {g}" + (" sym" if self.symmetric else "") + (f" a{self.act_bits}" if self.act_bits else "")
-        # the training settings name the config only when they differ from the defaults
-        if self.steps != 200:
-            out += f" {self.steps} steps"
-        if self.lr != 1e-3:
-            out += f" lr {self.lr:g}"
-        if self.batch_size != 32:
-            out += f" batch {self.batch_size}"
+        # the training settings name the config only when they differ from the field defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, text in (("steps", f" {self.steps} steps"), ("lr", f" lr {self.lr:g}"),
+                           ("batch_size", f" batch {self.batch_size}")):
+            if getattr(self, name) != defaults[name]:
+                out += text
         return out
 
 
