@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from qviz.models import layer_type, weight_matrix
-from qviz.quant.modules import FakeQuantLinear, fake_quant_module
+from qviz.quant.modules import FakeQuantLinear, fake_quant_activation, fake_quant_module
 
 F16_MIN_SUBNORMAL = 2.0**-24
 F16_MAX = 65504.0
@@ -279,10 +279,7 @@ class ScaledFakeQuantLinear(FakeQuantLinear):
     def _quant_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
         if self.act_scale is None or self.act_bits is None:
             return super()._quant_input(x, channel_dim)
-        qmax = float((1 << (self.act_bits - 1)) - 1)
-        scale = self.act_scale.to(x.dtype)
-        q = torch.clamp(torch.round(x / scale), -qmax, qmax) * scale  # values beyond the calibrated range clip
-        return x + (q - x).detach()
+        return fake_quant_activation(x, self.act_bits, self.act_scheme, channel_dim, scale=self.act_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
         if self.input_scale is not None:

@@ -39,13 +39,16 @@ ACT_SCHEMES = ("per-token", "per-tensor")
 # --------------------------------------------------------------------------- activations
 
 
-def fake_quant_activation(x: torch.Tensor, bits: int, scheme: str = "per-token", channel_dim: int = -1) -> torch.Tensor:
+def fake_quant_activation(x: torch.Tensor, bits: int, scheme: str = "per-token", channel_dim: int = -1,
+                          *, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric INT fake-quant of activations, scale from the absmax (dynamic, computed per call).
 
     ``per-token``: one scale per vector along ``channel_dim`` (a token of a
     Linear input, a pixel position of a convolution input); ``per-tensor``: one
     scale. Levels ``-(2**(bits-1)-1) .. 2**(bits-1)-1``; an all-zero token gets
     scale 1. Gradients pass straight through (``x + (q - x).detach()``).
+    A given ``scale`` (0-d, positive: a static, calibrated per-tensor scale) is
+    used instead of the absmax; values beyond its range clip.
 
     Parameters
     ----------
@@ -69,11 +72,15 @@ def fake_quant_activation(x: torch.Tensor, bits: int, scheme: str = "per-token",
         raise ValueError(f"scheme must be one of {ACT_SCHEMES}; got {scheme!r}.")
     qmax = float((1 << (bits - 1)) - 1)
     xf = x.float()
-    if scheme == "per-tensor":
-        amax = xf.detach().abs().amax()
+    if scale is not None:
+        if scheme != "per-tensor" or scale.dim() != 0 or not bool(scale > 0):
+            raise ValueError(f"A static activation scale is one positive number for scheme='per-tensor'; "
+                             f"got {scale!r} with scheme={scheme!r}.")
+        scale = scale.to(xf.dtype)
     else:
-        amax = xf.detach().abs().amax(dim=channel_dim, keepdim=True)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+        a = xf.detach().abs()
+        amax = a.amax() if scheme == "per-tensor" else a.amax(dim=channel_dim, keepdim=True)
+        scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     q = torch.clamp(torch.round(xf / scale), -qmax, qmax) * scale
     return (xf + (q - xf).detach()).to(x.dtype)
 

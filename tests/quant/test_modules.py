@@ -42,6 +42,18 @@ def test_activation_per_tensor_zero_and_grad():
         fake_quant_activation(x, 8, "per-channel")
 
 
+def test_activation_static_scale_rounds_clips_and_passes_gradients():
+    x = torch.tensor([[0.26, -0.74, 3.0]], requires_grad=True)
+    got = fake_quant_activation(x, 2, "per-tensor", scale=torch.tensor(0.5))  # levels -1, 0, 1 (x 0.5)
+    assert got.tolist() == [[0.5, -0.5, 0.5]]  # 3.0 lies beyond the calibrated range: it clips
+    got.sum().backward()
+    assert torch.equal(x.grad, torch.ones(1, 3))
+    with pytest.raises(ValueError, match="one positive number for scheme='per-tensor'"):
+        fake_quant_activation(x, 8, "per-token", scale=torch.tensor(0.5))
+    with pytest.raises(ValueError, match="one positive number"):
+        fake_quant_activation(x, 8, "per-tensor", scale=torch.tensor(0.0))
+
+
 def test_fake_quant_linear_and_conv():
     lin = nn.Linear(6, 3)
     w_hat = torch.randn(3, 6)
