@@ -244,8 +244,8 @@ class OutlierExplorer(Explorer):
         if layer not in self._names:
             raise ValueError(f"Unknown layer {layer!r}; pick one of the {len(self._names)} captured layers.")
         # the canvases recolour from the threshold alone: send it first, the rest follows
-        with self.heatmap.hold_sync():
-            self.heatmap.threshold = threshold if var in ("absmax", "max", "min") else 0.0
+        heat_threshold = threshold if var in ("absmax", "max", "min") else 0.0
+        self.heatmap.threshold = heat_threshold
         self.tokens.threshold = threshold
         stats = outlier_summary(self._base_stats, threshold=threshold, top_k=top_k)
         values = stats[var].values
@@ -255,7 +255,7 @@ class OutlierExplorer(Explorer):
             values, self._names, self.max_channels,
             title=f"{unit} per layer and channel",
             value_name=var,
-            threshold=threshold if var in ("absmax", "max", "min") else 0.0,
+            threshold=heat_threshold,
             log_scale=log,
             selected_row=self._names.index(layer),
         )
