@@ -664,7 +664,9 @@ def gemv_benchmark(
     Kernels: ``"torch fp32"`` (``F.linear``, batch 1), ``"numba int4"``
     (packed INT4 GEMV, group ``group_size``), ``"numba int8"`` (INT8 GEMV),
     ``"torch int8 dynamic"`` (``quantize_dynamic``, fbgemm), ``"bnb int8"``
-    (``Linear8bitLt``), ``"bnb nf4"`` (``Linear4bit``). Every one but the first
+    (``Linear8bitLt``), ``"bnb nf4"`` (``Linear4bit``, its generic float32 CPU
+    kernel), ``"bnb nf4 packed"`` (its packed AVX512-BF16 kernel; NaN on a CPU
+    without AVX512-BF16). Every one but the first
     is a real low-bit kernel. The time is the best of ``repeats`` runs (after
     a warm-up), which is what the kernel can do when nothing else competes
     for the cores.
@@ -689,7 +691,7 @@ def gemv_benchmark(
     torch = _torch()
     from torch import nn
 
-    known = ("torch fp32", "numba int4", "numba int8", "torch int8 dynamic", "bnb int8", "bnb nf4")
+    known = ("torch fp32", "numba int4", "numba int8", "torch int8 dynamic", "bnb int8", "bnb nf4", "bnb nf4 packed")
     kernels = list(known if kernels is None else kernels)
     for k in kernels:
         if k not in known:
@@ -752,21 +754,52 @@ def _gemv_case(k: str, w: Any, x: Any, xn: np.ndarray, group_size: int, kn: Any,
         lin = nn.Linear(in_f, out_f, bias=False)
         with torch.no_grad():
             lin.weight.copy_(w)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quantized_engine("fbgemm"):
             warnings.simplefilter("ignore")
             q = torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)
-        return (lambda: q(x)), out_f * in_f + 8
-    if k in ("bnb int8", "bnb nf4"):
+
+        def run() -> Any:
+            with _quantized_engine("fbgemm"):
+                return q(x)
+
+        return run, out_f * in_f + 8
+    if k in ("bnb int8", "bnb nf4", "bnb nf4 packed"):
         from qviz.quant.config import BnbInt8, BnbNF4
+        from qviz.quant.modules import packed_cpu_kernel_available
         from qviz.quant.registry import method_for
 
+        if k == "bnb nf4 packed" and not packed_cpu_kernel_available():
+            return None, 0  # this CPU has no AVX512-BF16: nothing to time
         lin = nn.Linear(in_f, out_f, bias=False)
         with torch.no_grad():
             lin.weight.copy_(w)
-        cfg = BnbInt8(threshold=0.0) if k == "bnb int8" else BnbNF4()
+        cfg = BnbInt8(threshold=0.0) if k == "bnb int8" else BnbNF4(cpu_kernel="packed" if k.endswith("packed") else "generic")
         lq = method_for(cfg).quantize_layer("gemv", lin, cfg, None, None)
         return (lambda: lq.module(x)), lq.nbytes
     raise AssertionError(k)  # unreachable: names were checked
+
+
+class _quantized_engine:
+    """Run torch's quantized ops on one named engine (``"fbgemm"``), whatever this CPU's default is.
+
+    torch's default ``"x86"`` engine picks fbgemm or oneDNN by CPU; naming the
+    engine keeps the timed kernel the same on every x86 machine.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.saved: str | None = None
+
+    def __enter__(self) -> None:
+        torch = _torch()
+        if self.name not in torch.backends.quantized.supported_engines:
+            raise RuntimeError(f"torch's quantized engine {self.name!r} is not in this build "
+                               f"({torch.backends.quantized.supported_engines}).")
+        self.saved = torch.backends.quantized.engine
+        torch.backends.quantized.engine = self.name
+
+    def __exit__(self, *exc: Any) -> None:
+        _torch().backends.quantized.engine = self.saved
 
 
 def asdict_hardware(h: Hardware) -> dict[str, Any]:

@@ -204,6 +204,37 @@ def absmax_4bit(state: Any) -> torch.Tensor:
     return state.absmax.float()
 
 
+def cpu_kernel_for(cfg: _Bnb4bit, shape: tuple[int, int], device: torch.device | str = "cpu") -> tuple[str, str]:
+    """Which bitsandbytes CPU kernel a layer of ``shape`` ``(out, in)`` gets under ``cfg``: ``(kernel, reason)``.
+
+    ``kernel`` is ``"generic"`` or ``"packed"``; ``reason`` (empty when the
+    config's choice holds) says why a layer asked to run packed runs generic.
+    Off the CPU the choice does not apply (``"generic"``, no reason).
+    ``cpu_kernel="packed"`` on a CPU without AVX512-BF16 raises.
+
+    Examples
+    --------
+    >>> cpu_kernel_for(BnbNF4(), (10, 64))
+    ('generic', '')
+    """
+    from qviz.quant.modules import packed_cpu_kernel_available, packed_cpu_refusal
+
+    if torch.device(device).type != "cpu" or cfg.cpu_kernel == "generic":
+        return "generic", ""
+    available = packed_cpu_kernel_available()
+    if not available:
+        if cfg.cpu_kernel == "packed":
+            raise RuntimeError(
+                f"{cfg.label}: bitsandbytes' packed 4-bit CPU kernel needs a CPU with AVX512-BF16, which this one "
+                "lacks. Use cpu_kernel='generic' (the same numbers on every CPU) or cpu_kernel='auto'."
+            )
+        return "generic", "this CPU has no AVX512-BF16 for the packed kernel"
+    refusal = packed_cpu_refusal(shape, cfg.blocksize)
+    if refusal is not None:
+        return "generic", refusal
+    return "packed", ""
+
+
 class _Bnb4bitMethod(Method):
     needs_inputs = False
     sequential = False
@@ -211,23 +242,22 @@ class _Bnb4bitMethod(Method):
 
     def quantize_layer(self, name: str, module: nn.Module, cfg: _Bnb4bit, inputs: torch.Tensor | None,
                        state: Any) -> LayerQuant:
-        """Quantize one Linear with ``quantize_4bit`` and return a ``Linear4bit`` replacement."""
-        bnb = require_bitsandbytes(cfg, module.weight.device)
+        """Quantize one Linear with ``quantize_4bit`` and return a ``Bnb4bitLinear`` replacement.
+
+        Which CPU kernel runs is :func:`cpu_kernel_for`'s choice (the config's
+        ``cpu_kernel``, the CPU and the layer's shape); the replacement's
+        ``kernel`` names it, with the reason when a layer falls back.
+        """
+        from qviz.quant.modules import bnb_4bit_linear
+
+        require_bitsandbytes(cfg, module.weight.device)
         w = weight_matrix(module).float()  # [out, in]
-        out_f, in_f = w.shape
-        bias = module_bias(module)
-        new = bnb.nn.Linear4bit(in_f, out_f, bias=bias is not None, compute_dtype=torch.float32,
-                                compress_statistics=cfg.double_quant, quant_type=cfg.quant_type)
-        new.weight = bnb.nn.Params4bit(w.detach().cpu().clone(), requires_grad=False, quant_type=cfg.quant_type,
-                                       blocksize=cfg.blocksize, compress_statistics=cfg.double_quant)
-        if bias is not None:
-            new.bias = nn.Parameter(bias.float().cpu().clone(), requires_grad=False)
-        new = new.to(w.device)  # Params4bit quantizes on the move to a device
-        qstate = new.weight.quant_state
-        w_hat = dequantize_4bit(new.weight.data, qstate)  # [out, in]
-        new.kernel = f"real kernel: bitsandbytes Linear4bit ({cfg.quant_type})"
-        new.eval()
-        return LayerQuant(new, w_hat, nbytes_4bit(new.weight.data, qstate), new.kernel, {})
+        kernel, reason = cpu_kernel_for(cfg, tuple(w.shape), w.device)
+        new = bnb_4bit_linear(w, module_bias(module), cfg.quant_type, cfg.blocksize, cfg.double_quant, kernel)
+        data, qstate = new._canonical_weight()
+        w_hat = dequantize_4bit(data, qstate)  # [out, in]
+        new.kernel_note = reason
+        return LayerQuant(new, w_hat, nbytes_4bit(data, qstate), new.kernel, {})
 
     def quantize_tensor(self, w: torch.Tensor, cfg: _Bnb4bit) -> tuple:
         """``(code indices uint8 [rows, cols], block absmax, None, nbytes, dequantize)`` of ``w``."""
@@ -256,8 +286,13 @@ class _Bnb4bitMethod(Method):
         return total + 4 * blocks
 
     def weight_only(self, cfg: _Bnb4bit) -> bool:
-        """True: ``Linear4bit`` computes ``x W_hat^T`` with the dequantized weight in float32."""
-        return True
+        """True for the generic kernel (``x W_hat^T`` in float32); False when the packed bf16 kernel may run.
+
+        With ``cpu_kernel`` ``"packed"`` or ``"auto"`` the layer's output is not
+        ``x W_hat^T`` in float32 (activations and absmax in bfloat16), so
+        :func:`qviz.layer_error` measures the real module's output instead.
+        """
+        return cfg.cpu_kernel == "generic"
 
     def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
         """The real ``Linear4bit`` output on ``x [tokens, in]``, bias removed."""

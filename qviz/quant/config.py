@@ -184,13 +184,39 @@ class BnbInt8(QuantConfig):
         return 8
 
 
+BNB_CPU_KERNELS = ("generic", "packed", "auto")
+
+
 @dataclass(frozen=True)
 class _Bnb4bit(QuantConfig):
+    """Shared fields of the bitsandbytes 4-bit formats.
+
+    ``cpu_kernel`` picks which of bitsandbytes' two CPU kernels runs a model on
+    the CPU (qviz decides, not the processor):
+
+    * ``"generic"`` (default): dequantize-then-matmul in float32, the same
+      numbers on every x86 CPU;
+    * ``"packed"``: the fused bf16 kernel bitsandbytes uses on CPUs with
+      AVX512-BF16 (weights repacked in blocks of 32 output rows, activations and
+      absmax in bfloat16); refused with a clear error on a CPU without it;
+    * ``"auto"``: ``"packed"`` where the CPU has it, else ``"generic"``.
+
+    Layers the packed kernel cannot take (output rows not a multiple of 32, an
+    odd input width, rows that do not hold a whole number of blocks) run the
+    generic kernel, and the layer's record says why.
+    """
+
     blocksize: int = 64
     double_quant: bool = False
+    cpu_kernel: str = "generic"
     quant_type: ClassVar[str] = "nf4"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.cpu_kernel, str) or self.cpu_kernel not in BNB_CPU_KERNELS:
+            raise ValueError(
+                f"{type(self).__name__} cpu_kernel must be one of {BNB_CPU_KERNELS}; got {self.cpu_kernel!r}. "
+                "'generic' gives the same numbers on every CPU; 'packed' needs a CPU with AVX512-BF16."
+            )
         allowed = (32, 64, 128, 256, 512, 1024, 2048, 4096)
         if self.blocksize not in allowed:
             raise ValueError(
@@ -202,7 +228,8 @@ class _Bnb4bit(QuantConfig):
 
     @property
     def label(self) -> str:
-        return f"bnb {self.quant_type} b{self.blocksize}{' dq' if self.double_quant else ''}"
+        cpu = "" if self.cpu_kernel == "generic" else f" cpu-{self.cpu_kernel}"
+        return f"bnb {self.quant_type} b{self.blocksize}{' dq' if self.double_quant else ''}{cpu}"
 
     @property
     def weight_bits(self) -> int:

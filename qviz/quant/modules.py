@@ -412,7 +412,194 @@ def _bnb8bit_class() -> type:
     return Bnb8bitLinear
 
 
+# --------------------------------------------------------------------------- bitsandbytes 4-bit
+
+#: bitsandbytes' packed CPU layout groups this many output rows
+PACKED_BLOCK_N = 32
+
+
+def packed_cpu_kernel_available() -> bool:
+    """True when bitsandbytes can run its packed AVX512-BF16 4-bit kernel on this CPU.
+
+    That is: the native library reports AVX512-BF16 and bitsandbytes registered
+    its packed ``gemv_4bit`` CPU kernel at import (it does so only on such CPUs).
+
+    Examples
+    --------
+    >>> isinstance(packed_cpu_kernel_available(), bool)
+    True
+    """
+    import bitsandbytes.functional as bf
+
+    return bool(bf.has_avx512bf16())
+
+
+def packed_cpu_refusal(shape: tuple[int, int], blocksize: int) -> str | None:
+    """Why bitsandbytes' packed CPU kernel cannot take an ``(out, in)`` weight, or None when it can.
+
+    The packed layout tiles output rows in blocks of 32, pairs input columns,
+    and keeps the absmax table as ``[in / blocksize, out]``, so each row must
+    hold a whole number of blocks.
+
+    Examples
+    --------
+    >>> packed_cpu_refusal((10, 64), 64)
+    'the packed kernel tiles output rows by 32 and this layer has 10'
+    >>> packed_cpu_refusal((64, 64), 64) is None
+    True
+    """
+    out_f, in_f = int(shape[0]), int(shape[1])
+    if out_f % PACKED_BLOCK_N:
+        return f"the packed kernel tiles output rows by {PACKED_BLOCK_N} and this layer has {out_f}"
+    if in_f % 2:
+        return f"the packed kernel pairs input columns and this layer has an odd {in_f}"
+    if in_f % blocksize:
+        return f"the packed kernel needs whole blocks of {blocksize} per row and this layer's rows have {in_f} weights"
+    return None
+
+
+def bnb_4bit_linear(weight: torch.Tensor, bias: torch.Tensor | None, quant_type: str, blocksize: int,
+                    double_quant: bool, cpu_kernel: str = "generic") -> nn.Module:
+    """A :class:`Bnb4bitLinear` holding ``weight [out, in]`` in bitsandbytes' 4-bit format, on ``weight``'s device.
+
+    ``cpu_kernel`` is ``"generic"`` or ``"packed"`` (the caller has checked that
+    the CPU and the shape allow it: :func:`packed_cpu_kernel_available`,
+    :func:`packed_cpu_refusal`).
+    """
+    import bitsandbytes as bnb
+
+    if cpu_kernel not in ("generic", "packed"):
+        raise ValueError(f"cpu_kernel must be 'generic' or 'packed'; got {cpu_kernel!r}.")
+    cls = _bnb4bit_class()
+    out_f, in_f = weight.shape
+    layer = cls(in_f, out_f, bias=bias is not None, compute_dtype=torch.float32,
+                compress_statistics=double_quant, quant_type=quant_type)
+    layer.weight = bnb.nn.Params4bit(weight.detach().float().cpu().clone(), requires_grad=False,
+                                     quant_type=quant_type, blocksize=blocksize, compress_statistics=double_quant,
+                                     module=layer)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach().float().cpu().clone(), requires_grad=False)
+    layer = layer.to(weight.device)  # Params4bit quantizes on the move to a device
+    layer.eval()
+    if cpu_kernel == "packed":
+        layer.pack_for_cpu()
+    return layer
+
+
+_BNB4_CLASS: type | None = None
+
+
+def _bnb4bit_class() -> type:
+    global _BNB4_CLASS
+    if _BNB4_CLASS is not None:
+        return _BNB4_CLASS
+    import copy
+
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bf
+
+    class Bnb4bitLinear(bnb.nn.Linear4bit):
+        """bitsandbytes ``Linear4bit`` whose CPU kernel qviz chooses, not the processor.
+
+        bitsandbytes' own ``Linear4bit`` repacks its weight on its first CPU
+        forward when the CPU has AVX512-BF16 (a bf16 kernel with other numbers,
+        which fails on layers whose output rows are not a multiple of 32), and
+        converts it back, lossily with double quantization, on every
+        ``state_dict()``. This subclass never repacks by itself:
+
+        * ``cpu_kernel == "generic"``: the float32 dequantize-and-matmul path on
+          every CPU;
+        * ``cpu_kernel == "packed"`` (set by :meth:`pack_for_cpu`): repacked
+          once, up front; ``state_dict()`` returns the original (canonical)
+          codes and absmax without touching the module, so it is the same on
+          every call.
+
+        ``kernel`` names what runs; ``dequantized_weight()`` is the float
+        weight ``[out, in]`` in either layout.
+        """
+
+        cpu_kernel = "generic"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.support_avx512bf16_for_cpu = False  # bitsandbytes' switch to the packed path: qviz sets it
+            self._canonical: tuple[torch.Tensor, Any] | None = None
+
+        #: why a layer asked to run packed runs the generic kernel ("" when it does not)
+        kernel_note = ""
+
+        @property
+        def kernel(self) -> str:
+            """What runs this layer's forward, e.g. ``"real kernel: bitsandbytes NF4, generic CPU kernel ..."``."""
+            name = self.weight.quant_type.upper() if hasattr(self.weight, "quant_type") else "4-bit"
+            if self.weight.device.type != "cpu":
+                return f"real kernel: bitsandbytes {name}, {self.weight.device.type.upper()} kernel"
+            if self.cpu_kernel == "packed":
+                return f"real kernel: bitsandbytes {name}, packed AVX512-BF16 CPU kernel (bf16 compute)"
+            note = f" ({self.kernel_note})" if self.kernel_note else ""
+            return f"real kernel: bitsandbytes {name}, generic CPU kernel (float32 compute){note}"
+
+        def pack_for_cpu(self) -> None:
+            """Repack the weight for bitsandbytes' AVX512-BF16 CPU kernel, keeping the canonical form aside."""
+            if self.cpu_kernel == "packed":
+                return
+            if self.weight.device.type != "cpu":
+                raise RuntimeError("The packed bitsandbytes kernel runs on the CPU; this layer is on "
+                                   f"{self.weight.device}. Move it to the CPU first or keep cpu_kernel='generic'.")
+            if not packed_cpu_kernel_available():
+                raise RuntimeError(
+                    "bitsandbytes' packed 4-bit CPU kernel needs a CPU with AVX512-BF16, which this one lacks. "
+                    "Use cpu_kernel='generic' (the same numbers on every CPU) or 'auto'."
+                )
+            reason = packed_cpu_refusal((self.out_features, self.in_features), self.weight.quant_state.blocksize)
+            if reason is not None:
+                raise ValueError(f"This {self.out_features}x{self.in_features} layer cannot use the packed kernel: "
+                                 f"{reason}. Keep cpu_kernel='generic' for it.")
+            canonical = (self.weight.data.clone(), copy.deepcopy(self.weight.quant_state))
+            data, state = bf._convert_weight_packed_for_cpu(self.weight.data.clone(), copy.deepcopy(canonical[1]))
+            self.weight.data, self.weight.quant_state = data, state
+            self.quant_state = state
+            self._canonical = canonical
+            self.cpu_kernel = "packed"
+            self.support_avx512bf16_for_cpu = True
+
+        def _canonical_weight(self) -> tuple[torch.Tensor, Any]:
+            if self._canonical is not None:
+                return self._canonical
+            return self.weight.data, self.weight.quant_state
+
+        def dequantized_weight(self) -> torch.Tensor:
+            """The float32 weight ``[out, in]`` this layer applies (from the canonical codes)."""
+            data, state = self._canonical_weight()
+            return bf.dequantize_4bit(data, state).float().reshape(self.out_features, self.in_features)
+
+        def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+            if self._canonical is None:
+                super()._save_to_state_dict(destination, prefix, keep_vars)
+                return
+            packed = (self.weight.data, self.weight.quant_state)
+            self.weight.data, self.weight.quant_state = self._canonical
+            try:  # the parent saves the canonical form and, seeing no packing flag, leaves it alone
+                super()._save_to_state_dict(destination, prefix, keep_vars)
+            finally:
+                self.weight.data, self.weight.quant_state = packed
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+            if self.cpu_kernel == "packed" and x.device.type != "cpu":
+                raise RuntimeError(f"This layer runs bitsandbytes' packed CPU kernel; got an input on {x.device}. "
+                                   "Quantize again with the model on that device.")
+            return super().forward(x)
+
+    Bnb4bitLinear.__module__ = __name__
+    Bnb4bitLinear.__qualname__ = "Bnb4bitLinear"
+    _BNB4_CLASS = Bnb4bitLinear
+    globals()["Bnb4bitLinear"] = Bnb4bitLinear
+    return Bnb4bitLinear
+
+
 def __getattr__(name: str) -> Any:
     if name == "Bnb8bitLinear":
         return _bnb8bit_class()
+    if name == "Bnb4bitLinear":
+        return _bnb4bit_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
