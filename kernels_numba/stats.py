@@ -248,7 +248,13 @@ def _update_kernel(x, count, mn, mx, amax, mean, m2, m3, m4, hist, nonfinite, lo
             m4[c] = s4
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+# Finite inputs only, so NaN/Inf need not be honoured; but no "contract" (FMA where the CPU
+# has it) and no "reassoc": the statistics are the same bits on every x86 CPU
+# (tests/kernels_numba/test_cpu_independence.py). The loops vectorise across channels.
+_FINITE_MATH = {"nnan", "ninf", "nsz"}
+
+
+@njit(cache=True, parallel=True, fastmath=_FINITE_MATH)
 def _update_kernel_finite(x, xbits, edges, count, mn, mx, amax, mean, m2, m3, m4, hist, lo, hi):
     # x [tokens, channels] float32, every value finite (the wrapper checks); xbits: the same
     # memory as int32; edges [n_bins + 1] float64: 10**(bin edge), the exact bin thresholds.
