@@ -154,3 +154,24 @@ def test_digits_cnn_compare_on_the_packed_path():
     cmp = qviz.compare(model, [qviz.BnbNF4(cpu_kernel="auto")], metrics=["accuracy", "cost"], progress=False)
     kernel = str(cmp.kernel.sel(config="bnb nf4 b64 cpu-auto").item())
     assert "packed AVX512-BF16" in kernel and "generic CPU kernel" in kernel
+
+
+# ----------------------------------------------------------------- LLM.int8: the int8 matmul on either CPU path
+
+
+def test_int8_matmul_paths_agree_on_a_real_layer():
+    # bitsandbytes multiplies int8 codes with torch._int_mm (exact int32) on AVX-512 CPUs and in float32
+    # elsewhere; both are run here on MiniLM-sized codes (K = 1536) and must give the same integers,
+    # so LLM.int8 results do not depend on which CPU path ran.
+    from bitsandbytes.backends.default.ops import _int8_linear_matmul_impl
+
+    torch.manual_seed(0)
+    w = torch.randn(384, 1536) * 0.05
+    x = torch.randn(33, 1536)
+    x[:, 7] *= 40  # an outlier column, as LLM.int8 sees in real activations
+    a, _, _ = bnb.functional.int8_vectorwise_quant(x.half())
+    b, _, _ = bnb.functional.int8_vectorwise_quant(w.half())
+    exact = torch._int_mm(a, b.t())  # the AVX-512 path
+    generic = _int8_linear_matmul_impl(a, b)  # the float32 path
+    exact64 = a.long() @ b.long().t()
+    assert torch.equal(exact.long(), exact64) and torch.equal(generic.long(), exact64)
