@@ -162,10 +162,57 @@ def quantize_4bit(w: torch.Tensor, cfg: _Bnb4bit) -> tuple[torch.Tensor, Any]:
     )
 
 
-def dequantize_4bit(packed: torch.Tensor, state: Any) -> torch.Tensor:
-    """bitsandbytes ``dequantize_4bit``: float32 ``[out, in]``."""
+def _portable_cpu_ops() -> tuple[Any, Any] | None:
+    # bitsandbytes' own torch implementations of its dequantization (its "default" backend, the
+    # reference its native kernels fall back to). On the CPU its native kernels dispatch by
+    # instruction set at run time, and on AVX-512 CPUs they give other numbers for some shapes;
+    # these give bitsandbytes' arithmetic on every CPU. None where a bitsandbytes version lacks them.
+    # bitsandbytes wraps them in torch.compile (a compile per new shape, seconds each on a small
+    # CPU); ``__wrapped__`` is the plain eager function, the same elementwise arithmetic.
+    try:
+        from bitsandbytes.backends.default.ops import _dequantize_4bit_compute, _dequantize_blockwise_compute
+    except ImportError:
+        return None
+    return (getattr(_dequantize_4bit_compute, "__wrapped__", _dequantize_4bit_compute),
+            getattr(_dequantize_blockwise_compute, "__wrapped__", _dequantize_blockwise_compute))
+
+
+def absmax_4bit(state: Any) -> torch.Tensor:
+    """Per-block absmax as float32 ``[n_blocks]`` (dequantized from the nested table with ``double_quant``)."""
     import bitsandbytes.functional as bf
 
+    if not getattr(state, "nested", False):
+        return state.absmax.float()
+    ops = _portable_cpu_ops()
+    if state.absmax.device.type == "cpu" and ops is not None:
+        s2 = state.state2
+        nested = ops[1](state.absmax.reshape(-1), s2.absmax, s2.code, s2.blocksize, torch.float32)
+        return nested + state.offset
+    return bf.dequantize_blockwise(state.absmax, state.state2).float() + state.offset
+
+
+def dequantize_4bit(packed: torch.Tensor, state: Any) -> torch.Tensor:
+    """bitsandbytes' dequantization of a 4-bit weight: float32 ``[out, in]``, the same on every CPU.
+
+    On the CPU this runs bitsandbytes' own torch implementation (its native
+    kernels pick an AVX-512 path by CPU and differ from it on some shapes);
+    elsewhere bitsandbytes' device kernel.
+
+    Examples
+    --------
+    >>> packed, state = quantize_4bit(torch.ones(4, 64), BnbNF4())
+    >>> dequantize_4bit(packed, state).unique().tolist()
+    [1.0]
+    """
+    import bitsandbytes.functional as bf
+
+    ops = _portable_cpu_ops()
+    if packed.device.type == "cpu" and ops is not None:
+        if packed.dtype != torch.uint8:
+            packed = packed.view(torch.uint8)
+        code = state.code.to(torch.float32)
+        return ops[0](packed.reshape(-1), absmax_4bit(state), code, state.blocksize, tuple(state.shape),
+                      torch.float32)
     return bf.dequantize_4bit(packed, state).float()
 
 
@@ -193,15 +240,6 @@ def nbytes_4bit(packed: torch.Tensor, state: Any) -> int:
         total += state.state2.code.numel() * state.state2.code.element_size()
         total += 4  # float32 offset
     return int(total)
-
-
-def absmax_4bit(state: Any) -> torch.Tensor:
-    """Per-block absmax as float32 ``[n_blocks]`` (dequantized from the nested table with ``double_quant``)."""
-    import bitsandbytes.functional as bf
-
-    if getattr(state, "nested", False):
-        return bf.dequantize_blockwise(state.absmax, state.state2).float() + state.offset
-    return state.absmax.float()
 
 
 def cpu_kernel_for(cfg: _Bnb4bit, shape: tuple[int, int], device: torch.device | str = "cpu") -> tuple[str, str]:

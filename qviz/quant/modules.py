@@ -570,8 +570,10 @@ def _bnb4bit_class() -> type:
 
         def dequantized_weight(self) -> torch.Tensor:
             """The float32 weight ``[out, in]`` this layer applies (from the canonical codes)."""
+            from qviz.quant.bnb import dequantize_4bit
+
             data, state = self._canonical_weight()
-            return bf.dequantize_4bit(data, state).float().reshape(self.out_features, self.in_features)
+            return dequantize_4bit(data, state).reshape(self.out_features, self.in_features)
 
         def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
             if self._canonical is None:
@@ -588,6 +590,13 @@ def _bnb4bit_class() -> type:
             if self.cpu_kernel == "packed" and x.device.type != "cpu":
                 raise RuntimeError(f"This layer runs bitsandbytes' packed CPU kernel; got an input on {x.device}. "
                                    "Quantize again with the model on that device.")
+            if self.cpu_kernel == "generic" and x.device.type == "cpu":
+                # bitsandbytes' generic CPU path is "dequantize, then a float matmul"; its native
+                # dequantization and its batch-1 gemv switch kernels by CPU, so the dequantization is
+                # bitsandbytes' own torch implementation (the same numbers everywhere).
+                bias = None if self.bias is None else self.bias.to(torch.float32)
+                y = torch.nn.functional.linear(x.to(torch.float32), self.dequantized_weight(), bias)
+                return y.to(x.dtype)
             return super().forward(x)
 
     Bnb4bitLinear.__module__ = __name__
