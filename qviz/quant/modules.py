@@ -570,7 +570,7 @@ def _bnb4bit_class() -> type:
 
         def dequantized_weight(self) -> torch.Tensor:
             """The float32 weight ``[out, in]`` this layer applies (from the canonical codes)."""
-            from qviz.quant.bnb import dequantize_4bit
+            from qviz.quant.bnb_ops import dequantize_4bit  # lazy: bitsandbytes loads on first use
 
             data, state = self._canonical_weight()
             return dequantize_4bit(data, state).reshape(self.out_features, self.in_features)
