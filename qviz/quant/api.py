@@ -447,12 +447,14 @@ _QUANTIZED_MODULE_PREFIXES = ("bitsandbytes.", "torch.ao.nn.quantized", "torch.n
 def quantized_layer_names(model: QvizModel | nn.Module) -> dict[str, str]:
     """Layer name -> what it is, for every layer that is already quantized (a qviz replacement,
     a bitsandbytes or torch quantized module, or a layer whose weight is not floating point)."""
+    modules = dict(as_module(model).named_modules())
     record = getattr(model, "quantization", None)
     if record is not None and getattr(record, "layers", None):
-        return {n: f"quantized by qviz.quantize ({r.config})" for n, r in record.layers.items()}
+        return {n: f"a {type(modules[n]).__name__ if n in modules else 'layer'} quantized by qviz.quantize ({r.config})"
+                for n, r in record.layers.items()}
     classes = _replacement_classes()
     out = {}
-    for name, sub in as_module(model).named_modules():
+    for name, sub in modules.items():
         w = getattr(sub, "weight", None)
         if isinstance(sub, classes) or type(sub).__module__.startswith(_QUANTIZED_MODULE_PREFIXES):
             out[name] = f"a {type(sub).__name__}"
@@ -472,7 +474,7 @@ def check_not_quantized(model: QvizModel | nn.Module, who: str) -> None:
     >>> check_not_quantized(q, "qviz.quantize")
     Traceback (most recent call last):
     ...
-    ValueError: This model is already quantized (layer '0' is quantized by qviz.quantize (RTN w4 ch asym)) ...
+    ValueError: This model is already quantized (layer '0' is a FakeQuantLinear quantized by qviz.quantize (RTN w4 ch asym); ...
     """
     found = quantized_layer_names(model)
     if found:
@@ -800,13 +802,7 @@ def quantize(
         new = lq.module
         if packed and hasattr(method, "pack"):
             new = method.pack(module, c) or new
-        problem = zeroed_reason(weight_matrix(module).float(), lq.weight_hat, c)
-        if problem:
-            import warnings
-
-            warnings.warn(f"Layer {name!r}: {problem}; left in full precision.", QuantizedToZeroWarning, stacklevel=2)
-            p.skipped[name] = problem + "; left in full precision"
-            continue
+        warn_if_zeroed(f"layer {name!r}", weight_matrix(module).float(), lq.weight_hat, c)
         problem = _replacement_problem(name, module, new, root, method, c)
         if problem:
             p.skipped[name] = problem

@@ -114,11 +114,20 @@ def config_from_json(text: str) -> QuantConfig:
     """
     from qviz.quant.registry import known_config_types
 
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"config_from_json takes the JSON text of QuantConfig.to_json(); got {str(text)[:60]!r} ({err}).") from err
+    if not isinstance(data, dict) or "method" not in data:
+        raise ValueError(f'config JSON must be an object with a "method" key, e.g. {RTN().to_json()!r}; got {str(text)[:60]!r}.')
     name = data.pop("method")
     types = {t.__name__: t for t in known_config_types()}
     if name not in types:
         raise ValueError(f"Unknown config type {name!r}; known: {', '.join(sorted(types))}.")
+    fields = [f.name for f in dataclasses.fields(types[name])]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{name} has no field(s) {unknown}; its fields are {fields}. Was the JSON written by another qviz version?")
     return types[name](**data)
 
 
