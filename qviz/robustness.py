@@ -149,6 +149,9 @@ def _check_batch(x: Any, y: Any = None) -> tuple[torch.Tensor, torch.Tensor | No
         )
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch [batch, ...]; got shape {tuple(x.shape)}.")
+    from qviz.models import check_finite_inputs
+
+    check_finite_inputs({"x": x})
     if y is not None:
         if isinstance(y, np.ndarray):
             y = torch.from_numpy(y)

@@ -102,9 +102,7 @@ class Ctx:
         bad_json.to_netcdf(self.bad_json, engine="netcdf4")
         self.out_dir = tmp / "a_folder.html"
         self.out_dir.mkdir()
-        self.readonly = tmp / "readonly"
-        self.readonly.mkdir()
-        self.readonly.chmod(0o500)
+        self.readonly = _read_only_folder(tmp / "readonly")
         self.pickle_folder = _pickle_weight_folder(tmp / "pickled")
         self.cmp = xr.Dataset(
             {"accuracy": ("config", [0.9, 0.8], {"long_name": "accuracy", "units": "1"}),
@@ -117,6 +115,19 @@ class Ctx:
 
     def outliers(self) -> Any:
         return qviz.widgets.OutlierExplorer(self.wide, self.xw, debounce=0)
+
+
+def _read_only_folder(folder: Path) -> Path:
+    """A folder this process cannot write to (root ignores permission bits: then a folder under /proc)."""
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        (folder / "probe").write_bytes(b"")
+    except OSError:
+        return folder
+    (folder / "probe").unlink()
+    folder.chmod(0o700)
+    return Path("/proc/qviz-read-only")
 
 
 class _Boom:
@@ -142,7 +153,8 @@ def _pickle_weight_folder(folder: Path) -> Path:
 def ctx(tmp_path_factory):
     c = Ctx(tmp_path_factory.mktemp("bad_input"))
     yield c
-    c.readonly.chmod(0o700)
+    if c.readonly.is_relative_to(c.tmp):
+        c.readonly.chmod(0o700)
 
 
 # --------------------------------------------------------------------------- config cases, generated from the registry
@@ -270,7 +282,7 @@ TABLE: list[Case] = [
     # ---- class 1: already-quantized models are refused by what measures against weights
     Case("layer_error on an LLM.int8 model", "quantized-model",
          lambda c: qviz.layer_error(c.q_int8, R(bits=4, group_size=None), calib=c.x), VALUE,
-         ("already quantized", "Linear8bitLt", "original model")),
+         ("already quantized", "Bnb8bitLinear", "original model")),
     Case("layer_error on an NF4 model", "quantized-model",
          lambda c: qviz.layer_error(c.q_nf4, R(bits=4, group_size=None), calib=c.x), VALUE,
          ("already quantized", "bnb nf4", "original model")),
@@ -287,14 +299,14 @@ TABLE: list[Case] = [
          ("already quantized", "original model")),
     Case("quantize the bare module of an int8 model", "quantized-model",
          lambda c: qviz.quantize(c.q_int8.module, R(bits=4, group_size=None), progress=False), VALUE,
-         ("already quantized", "Linear8bitLt")),
+         ("already quantized", "Bnb8bitLinear", "int8 weights")),
     Case("sensitivity of an int8 model", "quantized-model",
          lambda c: qviz.sensitivity(c.q_int8, [R(bits=4, group_size=None)], calib=c.x), VALUE, ("already quantized",)),
     Case("QuantExplorer on an int8 model", "quantized-model",
          lambda c: qviz.widgets.QuantExplorer(c.q_int8, c.x, debounce=0, background=False), VALUE,
          ("already quantized",)),
     Case("limits of an NF4 model", "quantized-model",
-         lambda c: qviz.limits(c.q_nf4, [R(bits=4, group_size=None)], calib=c.x), VALUE, ("already quantized",)),
+         lambda c: qviz.limits(c.q_nf4), VALUE, ("already quantized",)),
 
     # ---- class 2: config values out of range (types are generated below)
     Case("RTN bits=9", "config-range", lambda c: R(bits=9), VALUE, ("bits", "9", "from 2 to 8")),
@@ -352,7 +364,7 @@ TABLE: list[Case] = [
     Case("GPTQ calib with NaN", "nonfinite",
          lambda c: qviz.quantize(c.net, G(group_size=None), calib=_nan(c.x), progress=False), VALUE, ("NaN/Inf", "Clean the data"), "net"),
     Case("sensitivity calib with NaN", "nonfinite",
-         lambda c: qviz.sensitivity(c.net, [R(group_size=None)], calib=_nan(c.x)), VALUE, ("NaN/Inf",), "net"),
+         lambda c: qviz.sensitivity(c.net, [G(group_size=None)], calib=_nan(c.x), eval_data=c.x), VALUE, ("NaN/Inf",), "net"),
     Case("AWQ calib with NaN", "nonfinite",
          lambda c: qviz.quantize(c.net, qviz.AWQ(group_size=None), calib=_nan(c.x), progress=False), VALUE, ("NaN/Inf",), "net"),
     Case("NaN weights", "nonfinite",
@@ -576,7 +588,7 @@ TABLE: list[Case] = [
 
     # ---- the IPython extension
     Case("%qviz unknown command", "ipython", _magic("outlier --model net"), VALUE, ("'outlier'", "Did you mean", "outliers")),
-    Case("%qviz --n 0", "ipython", _magic("outliers --model net --data batch --n 0"), EITHER, ("--n", "0")),
+    Case("%qviz --n 0", "ipython", _magic("explore --model net --n 0"), EITHER, ("--n", "0")),
     Case("%qviz --data missing", "ipython", _magic("outliers --model net --data nowhere"), VALUE,
          ("'nowhere'", "not a variable")),
     Case("%qviz --bits four", "ipython", _magic("explore --model net --data batch --bits four"), VALUE,
@@ -625,7 +637,7 @@ TABLE: list[Case] = [
     Case("QuantExplorer group size 'abc' (message)", "widget", _widget_message(lambda c: c.explorer(), "group_box", "abc"),
          VALUE, ("'abc'",)),
     Case("QuantExplorer negative threshold (message)", "widget",
-         _widget_message(lambda c: _with_method(c.explorer(), "bnb int8"), "threshold_box", -2.0), VALUE, ("threshold", "-2")),
+         _widget_message(lambda c: _with_method(c.explorer(), "int8"), "threshold_box", -2.0), VALUE, ("threshold", "-2")),
     Case("OutlierExplorer layer control: unknown value", "widget",
          lambda c: setattr(c.outliers().layer_select, "value", "nope"), VALUE, ("layer", "'nope'", "choices")),
     Case("OutlierExplorer statistic control: unknown value", "widget",
