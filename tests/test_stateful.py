@@ -26,7 +26,7 @@ import qviz
 MODELS = ("digits-cnn", "minilm", "tiny-llama")
 CONFIGS = (
     qviz.RTN(bits=4, group_size=None),
-    qviz.RTN(bits=8, group_size=32),
+    qviz.RTN(bits=3, group_size=None, symmetric=True),
     qviz.RTN(bits=8, group_size=None, symmetric=True, act_bits=8),
     qviz.BnbInt8(),
     qviz.GPTQ(bits=4, group_size=None),
