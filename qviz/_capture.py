@@ -234,6 +234,8 @@ def _channels_of(module: nn.Module, ltype: str) -> int:
     if ltype in ("conv2d", "conv1d"):
         return module.in_channels
     if ltype == "linear":
+        if isinstance(getattr(module, "in_features", None), int):  # also right for packed (quantized) weights
+            return module.in_features
         return weight_matrix(module).shape[1]
     if ltype == "norm":
         shape = getattr(module, "normalized_shape", None)
@@ -251,6 +253,14 @@ def _weight_channel_absmax(module: nn.Module, ltype: str) -> tuple[np.ndarray | 
     """Per input-channel and per output-channel absmax of a layer's weight."""
     if getattr(module, "weight", None) is None or ltype == "norm":
         return None, None
+    if not module.weight.is_floating_point() or ltype == "linear":
+        from qviz.robustness import dequantized_weight
+
+        try:
+            wm = dequantized_weight(module)  # [out, in]: also right for int8 codes and packed 4-bit weights
+        except TypeError:
+            return None, None
+        return wm.abs().amax(0).cpu().numpy(), wm.abs().amax(1).cpu().numpy()
     w = module.weight.detach().float()
     if ltype == "embedding":
         return w.abs().amax(0).cpu().numpy(), None  # per embedding dim; vocab rows are not channels
@@ -271,6 +281,8 @@ def _progress(iterable: Any, enabled: bool, total: int | None, desc: str) -> Any
 
 
 def _n_items(batch: Any) -> int | None:
+    if isinstance(batch, (torch.Tensor, np.ndarray)) and batch.ndim == 0:
+        return None  # refused with a clear message by QvizModel.batches
     if isinstance(batch, (list, tuple, torch.Tensor, np.ndarray)):
         return len(batch)
     if isinstance(batch, dict):
@@ -346,14 +358,14 @@ def capture(
         raise TypeError(
             f"capture() takes a qviz model, a torch.nn.Module or a model name; got {type(model).__name__}."
         )
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold <= 0:
-        raise ValueError(f"threshold must be a positive number (LLM.int8 uses 6.0); got {threshold!r}.")
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int; got {top_k!r}.")
-    if not isinstance(n_bins, int) or n_bins < 2:
-        raise ValueError(f"n_bins must be an int >= 2; got {n_bins!r}.")
-    if not isinstance(max_sample_tokens, int) or max_sample_tokens < 1:
-        raise ValueError(f"max_sample_tokens must be a positive int; got {max_sample_tokens!r}.")
+    from qviz._checks import check_bool, check_int, check_number
+
+    check_number("capture", "threshold", threshold, lo=0.0, lo_open=True, hint="LLM.int8 uses 6.0.")
+    check_int("capture", "top_k", top_k, lo=1, hint="8 is the default.")
+    check_int("capture", "n_bins", n_bins, lo=2, hint="64 is the default.")
+    check_int("capture", "max_sample_tokens", max_sample_tokens, lo=1, hint="256 is the default.")
+    check_int("capture", "batch_size", batch_size, lo=1, hint="Pass e.g. batch_size=16 (inputs per forward pass).")
+    check_bool("capture", "progress", progress)
 
     selected = select_layers(qmodel, layers)
     if not selected:
@@ -423,7 +435,7 @@ def capture(
     qmodel.module.eval()
     try:
         with hooks(qmodel, on_forward, layers=list(selected)) as rec:
-            for inputs in _progress(qmodel.batches(batch, batch_size), progress, total, "qviz capture"):
+            for inputs in _progress(qmodel.batches(batch, batch_size, nonfinite="warn"), progress, total, "qviz capture"):
                 mask = qmodel.token_mask(inputs)
                 state["mask"] = mask
                 state["seen"] = {}

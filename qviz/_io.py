@@ -35,9 +35,16 @@ def _encode(value: Any) -> Any:
     return _PREFIX + json.dumps(value, default=str)
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, name: str = "", path: Any = "") -> Any:
     if isinstance(value, str) and value.startswith(_PREFIX):
-        return json.loads(value[len(_PREFIX) :])
+        try:
+            return json.loads(value[len(_PREFIX) :])
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"The attribute {name!r} of {str(path)!r} should hold JSON after its {_PREFIX!r} prefix but is "
+                f"corrupt ({err.msg} at character {err.pos}): {value[:60]!r}. Was the file edited or truncated? "
+                "Write it again with qviz.save."
+            ) from err
     return value
 
 
@@ -80,10 +87,18 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No such netCDF file: {str(path)!r}.")
-    ds = xr.load_dataset(path, engine="netcdf4")
-    ds.attrs = {k: _decode(v) for k, v in ds.attrs.items()}
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory; pass the path of a netCDF (.nc) file written by qviz.save.")
+    try:
+        ds = xr.load_dataset(path, engine="netcdf4")
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not a netCDF file qviz can read ({type(err).__name__}: {err}). Open a file "
+            "written by qviz.save (or another netCDF-4 / HDF5 file)."
+        ) from err
+    ds.attrs = {k: _decode(v, k, path) for k, v in ds.attrs.items()}
     for name in ds.variables:
-        ds[name].attrs = {k: _decode(v) for k, v in ds[name].attrs.items()}
+        ds[name].attrs = {k: _decode(v, f"{name}.{k}", path) for k, v in ds[name].attrs.items()}
     for name in list(ds.variables):
         if ds[name].dtype == object:
             ds[name] = ds[name].astype(str)

@@ -299,13 +299,31 @@ class QvizModel:
             "or an iterable of those (a DataLoader)."
         )
 
-    def batches(self, data: Any, batch_size: int = 16) -> Iterator[Any]:
+    def batches(self, data: Any, batch_size: int = 16, nonfinite: str = "raise") -> Iterator[Any]:
         """Yield prepared batches from raw data, a tensor, or a DataLoader / iterable of batches.
 
-        Raises ``ValueError`` for an empty batch.
+        Raises ``ValueError`` for an empty batch, and ``TypeError``/``ValueError`` for a first
+        batch that cannot fit the model (:func:`check_batch`). A float batch holding NaN/Inf
+        raises (``nonfinite="raise"``) or warns (``"warn"``, for capture, which counts them).
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        from qviz._checks import check_int
+
+        check_int("", "batch_size", batch_size, lo=1, hint="Pass e.g. batch_size=16 (inputs per forward pass).")
+        check_materialized(self, "running a batch")
+        first = True
+        for inputs in self._batches(data, batch_size):
+            if first:
+                check_batch(self, inputs)
+                first = False
+            check_finite_inputs(inputs, warn=nonfinite == "warn")
+            yield inputs
+
+    def _batches(self, data: Any, batch_size: int) -> Iterator[Any]:
+        if isinstance(data, (torch.Tensor, np.ndarray)) and data.ndim == 0:
+            raise ValueError(
+                f"The batch is a 0-d {type(data).__name__} (a single number, shape ()); expected a batch of inputs "
+                "[batch, ...]. Add the batch dim with x.reshape(1, -1) or x[None]."
+            )
         if isinstance(data, (set, frozenset)):
             raise TypeError(
                 f"Cannot read batches from a {type(data).__name__}: it has no order. Pass a list of strings, "
@@ -333,12 +351,19 @@ class QvizModel:
                 yield self.prepare({k: v[i : i + batch_size] for k, v in data.items()})
             return
         if isinstance(data, Iterable) and not isinstance(data, (bytes, bytearray)):
+            one_shot = iter(data) is data  # a generator or iterator: it can be read once
             n = 0
             for item in data:
                 if isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (torch.Tensor, np.ndarray)):
                     item = item[0]  # (inputs, labels) from a DataLoader
                 n += 1
                 yield self.prepare(item)
+            if n == 0 and one_shot:
+                raise ValueError(
+                    f"The {type(data).__name__} given as the batch yielded nothing: a generator or iterator can be "
+                    "read only once, and this one is exhausted (an earlier call used it up) or was empty. Pass a "
+                    "list, a tensor or a DataLoader (which can be read again), or make a new generator."
+                )
             if n == 0:
                 raise ValueError("The batch is empty (the iterable yielded nothing). Pass at least one input.")
             return
@@ -366,7 +391,23 @@ class QvizModel:
 
     # -- running ------------------------------------------------------------------------
     def forward(self, inputs: Any) -> torch.Tensor:
-        """Run one prepared batch and return the model's output tensor (with autograd)."""
+        """Run one prepared batch and return the model's output tensor (with autograd).
+
+        A shape or dtype mismatch inside the network is raised as a ``ValueError`` that
+        says what the batch was and what the model's first layer expects.
+        """
+        try:
+            return self._forward(inputs)
+        except RuntimeError as err:
+            if not _is_input_mismatch(err):
+                raise
+            raise ValueError(
+                f"{self.name!r} cannot run on this batch ({describe_batch(inputs)}): {str(err).splitlines()[0]}. "
+                f"{expected_input(self)} Check the batch's shape and dtype (qviz.calibration_data(model) gives "
+                "inputs that fit)."
+            ) from err
+
+    def _forward(self, inputs: Any) -> torch.Tensor:
         if self.kind == "text-encoder":
             out = self.module(**inputs)
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [batch, tokens, dim]
@@ -423,6 +464,167 @@ class QvizModel:
     def __repr__(self) -> str:
         flag = ", RANDOM WEIGHTS" if self.random_weights else ""
         return f"QvizModel({self.name!r}, kind={self.kind!r}, params={self.n_params():,}{flag})"
+
+
+# --------------------------------------------------------------------------- checks at the door
+
+_MISMATCH_WORDS = ("shape", "size", "dtype", "expected", "channels", "dimension", "mat1", "mat2", "groups")
+
+
+def _is_input_mismatch(err: RuntimeError) -> bool:
+    text = str(err).lower()
+    return any(w in text for w in _MISMATCH_WORDS)
+
+
+def first_layer(module: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(name, layer)`` of the first quantizable layer (Linear, Conv, Embedding) in module order, or None."""
+    for name, sub in module.named_modules():
+        if name and is_quantizable(sub):
+            return name, sub
+    return None
+
+
+def describe_batch(inputs: Any) -> str:
+    """``"tensor [4, 9] float32"`` or ``"input_ids [2, 7] int64, attention_mask [2, 7] int64"``."""
+    def one(t: Any) -> str:
+        if isinstance(t, torch.Tensor):
+            return f"[{', '.join(str(d) for d in t.shape)}] {str(t.dtype).replace('torch.', '')}"
+        return type(t).__name__
+    if isinstance(inputs, dict):
+        return ", ".join(f"{k} {one(v)}" for k, v in inputs.items())
+    return f"tensor {one(inputs)}"
+
+
+def expected_input(model: QvizModel) -> str:
+    """A sentence on what the model takes, read from its first layer (or its ``input_shape``)."""
+    shape = getattr(model.module, "input_shape", None)
+    dtype = str(model.dtype).replace("torch.", "")
+    if shape is not None:
+        return f"It takes [batch, {', '.join(str(d) for d in shape)}] {dtype} inputs."
+    found = first_layer(model.module)
+    if found is None:
+        return ""
+    name, layer = found
+    kind = layer_type(layer)
+    if kind == "embedding":
+        return f"Its first layer {name!r} is an embedding of {layer.num_embeddings} tokens: it takes integer ids < {layer.num_embeddings}."
+    if kind == "conv2d":
+        return f"Its first layer {name!r} is a Conv2d: it takes [batch, {layer.in_channels}, height, width] {dtype} images."
+    if kind == "conv1d":
+        return f"Its first layer {name!r} is a Conv1d: it takes [batch, {layer.in_channels}, length] {dtype} inputs."
+    cols = layer.in_features if hasattr(layer, "in_features") else weight_matrix(layer).shape[1]
+    return f"Its first layer {name!r} is a linear layer: it takes [..., {cols}] {dtype} inputs."
+
+
+def check_batch(model: QvizModel, inputs: Any) -> None:
+    """Check a prepared batch against what the model's first layer takes; raise a clear error if it cannot fit.
+
+    Token ids must be integers inside the vocabulary; a tensor fed to a model whose
+    first layer is Linear or Conv must be floating point, with the right width or
+    number of channels (and shape, where the module declares ``input_shape``).
+    """
+    if isinstance(inputs, dict):
+        ids = inputs.get("input_ids")
+        if isinstance(ids, torch.Tensor):
+            if ids.is_floating_point() or ids.is_complex():
+                raise TypeError(f"input_ids must be integer token ids; got dtype {ids.dtype}. Pass the tokenizer's output.")
+            emb = getattr(model.module, "get_input_embeddings", lambda: None)()
+            vocab = getattr(emb, "num_embeddings", None)
+            if vocab is not None and ids.numel() and (int(ids.max()) >= vocab or int(ids.min()) < 0):
+                raise ValueError(
+                    f"input_ids hold ids from {int(ids.min())} to {int(ids.max())}, outside the vocabulary of "
+                    f"{vocab} tokens of {model.name!r}. Tokenize with this model's own tokenizer (pass texts)."
+                )
+        return
+    if not isinstance(inputs, torch.Tensor):
+        return
+    x = inputs
+    where = f"The batch ({describe_batch(x)})"
+    if x.is_complex():
+        raise TypeError(f"{where} is complex; {model.name!r} takes real inputs. {expected_input(model)}")
+    shape = getattr(model.module, "input_shape", None)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{where} does not fit {model.name!r}. {expected_input(model)}")
+    if model.kind not in ("module", "image-classifier"):
+        return
+    found = first_layer(model.module)
+    if found is None:
+        return
+    name, layer = found
+    kind = layer_type(layer)
+    if kind == "embedding":
+        if x.is_floating_point():
+            raise TypeError(f"{where} is floating point. {expected_input(model)} Cast with x.long().")
+        if x.numel() and (int(x.max()) >= layer.num_embeddings or int(x.min()) < 0):
+            raise ValueError(f"{where} holds ids from {int(x.min())} to {int(x.max())}. {expected_input(model)}")
+        return
+    if not x.is_floating_point():
+        raise TypeError(f"{where} is not floating point. {expected_input(model)} Cast with x.float().")
+    if kind == "conv2d" and (x.dim() != 4 or x.shape[1] != layer.in_channels):
+        raise ValueError(f"{where} does not fit. {expected_input(model)}")
+    if kind == "conv1d" and (x.dim() != 3 or x.shape[1] != layer.in_channels):
+        raise ValueError(f"{where} does not fit. {expected_input(model)}")
+    if kind == "linear" and type(model.module).__name__ != "Sequential" and model.module is not layer:
+        return  # a custom forward may reshape before its first linear layer
+    if kind == "linear":
+        cols = layer.in_features if hasattr(layer, "in_features") else weight_matrix(layer).shape[1]
+        if x.dim() < 2 or x.shape[-1] != cols:
+            raise ValueError(f"{where} does not fit: its last dim should be {cols}. {expected_input(model)}")
+
+
+class NonFiniteInputWarning(UserWarning):
+    """A batch given to qviz holds NaN or Inf values."""
+
+
+def check_finite_inputs(inputs: Any, warn: bool = False) -> None:
+    """Raise ``ValueError`` (or warn) when a floating input tensor holds NaN or Inf (saying how many and where)."""
+    items = inputs.items() if isinstance(inputs, dict) else [("batch", inputs)]
+    for key, t in items:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type != "meta":
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                first = tuple(int(i) for i in torch.nonzero(~torch.isfinite(t))[0])
+                if warn:
+                    warnings.warn(
+                        f"The {key} ({describe_batch(t)}) holds {bad} NaN/Inf value(s) out of {t.numel()}, the first "
+                        f"at index {first}; they are skipped and counted in n_nonfinite.",
+                        NonFiniteInputWarning, stacklevel=4,
+                    )
+                    continue
+                raise ValueError(
+                    f"The {key} ({describe_batch(t)}) holds {bad} NaN/Inf value(s) out of {t.numel()}, the first at "
+                    f"index {first}. Every statistic and error downstream would be NaN or inf. Clean the data "
+                    "(drop those rows, or torch.nan_to_num) before passing it."
+                )
+
+
+def check_materialized(model: QvizModel | nn.Module, what: str) -> None:
+    """Refuse a model whose parameters live on the ``meta`` device (shapes without data)."""
+    module = as_module(model)
+    meta = [n for n, p in [*module.named_parameters(), *module.named_buffers()] if p.device.type == "meta"]
+    if meta:
+        raise ValueError(
+            f"The model has {len(meta)} parameter(s)/buffer(s) on the 'meta' device (shapes without data, e.g. "
+            f"{meta[0]!r}), so {what} is impossible. Load real weights first (load_state_dict(..., assign=True), "
+            "or from_pretrained without a meta device map)."
+        )
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can still give this process (``MemAvailable``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits_in_memory(nbytes: int, what: str, headroom: float = 1.1) -> None:
+    """Refuse, before allocating, work that needs more memory than is free (with the figures)."""
+    free = available_memory()
+    if nbytes * headroom > free:
+        raise MemoryError(
+            f"{what} needs about {nbytes / 1e9:.2f} GB, but only {free / 1e9:.2f} GB of memory is free. Nothing was "
+            "allocated. Free memory, use a smaller model, or load it across devices (device_map='auto')."
+        )
 
 
 # --------------------------------------------------------------------------- loaders
@@ -483,6 +685,8 @@ class DigitsCNN(nn.Module):
 
     Input ``[batch, 1, 8, 8]`` in [0, 1]; output ``[batch, 10]`` logits.
     """
+
+    input_shape = (1, 8, 8)  # checked at the door by qviz.models.check_batch
 
     def __init__(self) -> None:
         super().__init__()
@@ -601,6 +805,31 @@ def _load_hf(name: str) -> QvizModel:
             "has it; for a local model, pass the folder that holds config.json."
         ) from err
     archs = " ".join(config.architectures or [])
+    if local:
+        files = [f for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth") for f in Path(name).expanduser().glob(pattern)]
+        check_fits_in_memory(sum(f.stat().st_size for f in files), f"Loading {name!r} ({len(files)} weight file(s))")
+    try:
+        return _load_hf_model(name, config, archs, kwargs)
+    except Exception as err:
+        import pickle
+
+        chain, e = [], err
+        while e is not None:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        if any(isinstance(c, pickle.UnpicklingError) for c in chain):
+            raise ValueError(
+                f"Refused to load {name!r}: its weights are a pickle that torch's safe loader (weights_only=True) "
+                f"rejects, because it would run code or holds objects other than tensors ({err}). qviz never "
+                "unpickles untrusted files. Convert the weights to safetensors (model.safetensors) with code you "
+                "trust, or load a model that ships safetensors."
+            ) from err
+        raise
+
+
+def _load_hf_model(name: str, config: Any, archs: str, kwargs: dict[str, Any]) -> QvizModel:
+    import transformers
+
     with _quiet_transformers():
         tokenizer = None
         try:

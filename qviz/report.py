@@ -141,6 +141,40 @@ section states what it measured on; ``thorough=True`` (``qviz report --thorough`
 section's full-size defaults instead (about four minutes for MiniLM)."""
 
 
+def check_writable(out: Path) -> None:
+    """Check, before any section runs, that ``out`` and its ``<stem>_data/`` folder can be written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> check_writable(Path(tempfile.mkdtemp()))
+    Traceback (most recent call last):
+    ...
+    ValueError: --out ... is a directory; expected the path of an .html file ...
+    """
+    if out.is_dir():
+        raise ValueError(
+            f"--out {str(out)!r} is a directory; expected the path of an .html file to write, "
+            f"e.g. --out {str(out / 'report.html')!r}."
+        )
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{out.name}.qviz-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"--out {str(out)!r} cannot be written ({type(err).__name__}: {err.strerror or err}). Nothing was run. "
+            "Pass a path in a folder you can write to, e.g. --out ./report.html."
+        ) from err
+    data_dir = out.with_name(out.stem + "_data")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(
+            f"The data folder {str(data_dir)!r} beside --out exists and is a file; move it or pick another --out."
+        )
+
+
 def build_report(
     model: Any = "minilm",
     out: str | Path = "report.html",
@@ -189,6 +223,7 @@ def build_report(
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out should be an .html file; got {str(out)!r}.")
+    check_writable(out)
     wanted = list(SECTIONS)
     if sections is not None:
         known = [s.rsplit(".", 1)[-1] for s in SECTIONS]

@@ -114,6 +114,20 @@ def _check_clamp(clamp: Any) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _check_in_clamp(x: torch.Tensor, clamp: tuple[float, float] | None) -> None:
+    """Refuse inputs outside ``clamp``: the attack would clip them before its first step."""
+    if clamp is None:
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if lo < clamp[0] or hi > clamp[1]:
+        raise ValueError(
+            f"x has values from {lo:g} to {hi:g}, outside clamp={clamp}: the attack would clip the clean inputs "
+            f"to that range before its first step, and every such input would count as attacked. Pass the valid "
+            f"range of your data, e.g. clamp=({min(lo, 0.0):g}, {hi:g}), or clamp=None (no range), or scale x "
+            f"into {clamp}."
+        )
+
+
 def _as_qviz(model: Any) -> QvizModel:
     if isinstance(model, QvizModel):
         return model
@@ -135,6 +149,9 @@ def _check_batch(x: Any, y: Any = None) -> tuple[torch.Tensor, torch.Tensor | No
         )
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch [batch, ...]; got shape {tuple(x.shape)}.")
+    from qviz.models import check_finite_inputs
+
+    check_finite_inputs({"x": x})
     if y is not None:
         if isinstance(y, np.ndarray):
             y = torch.from_numpy(y)
@@ -508,7 +525,8 @@ def pgd(
     random_start
         Start from a uniform random point in the ball (seeded by ``seed``).
     clamp
-        Valid input range, or None.
+        Valid input range, or None. Inputs outside it are refused (``ValueError``): pass the
+        range your data lives in (digits pixels 0..16: ``clamp=(0, 16)``).
     ste
         Wrap quantized layers with :func:`straight_through`.
     reference
@@ -532,6 +550,7 @@ def pgd(
     x, y = _check_batch(x, y)
     eps_t = _check_eps(eps)
     norm, steps, clamp = _check_norm(norm), _check_steps(steps), _check_clamp(clamp)
+    _check_in_clamp(x, clamp)
     alpha_t = 2.5 * eps_t / steps if alpha is None else _check_eps(alpha, "alpha")
     gm = _gradient_model(model, ste, reference)
     with _EvalMode(gm.module):
@@ -566,6 +585,7 @@ def fgsm(
     x, y = _check_batch(x, y)
     eps_t = _check_eps(eps)
     norm, clamp = _check_norm(norm), _check_clamp(clamp)
+    _check_in_clamp(x, clamp)
     gm = _gradient_model(model, ste, reference)
     with _EvalMode(gm.module):
         return _attack(_ce_loss(gm, y), x, eps_t, eps_t, 1, norm, clamp, False, 0, gm, ste)

@@ -20,6 +20,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,11 @@ def _as_2d(weight: Any, name: str = "weight") -> tuple[torch.Tensor, Any]:
         )
     if t is None:
         raise TypeError(f"{name} has dtype object; expected floats.")
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{name} is a meta tensor (a shape without data, {tuple(t.shape)}); there is nothing to quantize. "
+            "Pass a tensor with real values (load the weights first)."
+        )
     if t.ndim == 0:
         raise ValueError(f"{name} is a scalar (shape ()); expected a vector or a weight matrix.")
     if t.numel() == 0:
@@ -153,6 +159,7 @@ def quantize_tensor(weight: Any, cfg: QuantConfig) -> QuantizedTensor:
         codes, scale, zero, nbytes, dequant = builder(w, cfg)
     else:
         codes, scale, zero, nbytes, dequant = _via_layer(method, w, cfg)
+    warn_if_zeroed("the tensor", w, dequant(), cfg)
     if like[0]:  # numpy in, numpy out
         codes, scale = codes.cpu().numpy(), scale.cpu().numpy()
         zero = None if zero is None else zero.cpu().numpy()
@@ -201,6 +208,7 @@ def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
         w, like = _as_2d(weight)
         w_hat, _ = fake_quantize_with_stats(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
                                             clip_search=cfg.clip_search)
+        warn_if_zeroed("the tensor", w, w_hat, cfg)
         return _restore(w_hat, like)
     if isinstance(cfg, (BnbNF4, BnbFP4)) and not cfg.double_quant:
         method_for(cfg)
@@ -209,8 +217,38 @@ def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
             import kernels_numba as kn
 
             w_hat, _ = kn.fake_quantize_4bit(np.ascontiguousarray(w.numpy()), cfg.blocksize, cfg.quant_type)
+            warn_if_zeroed("the tensor", w, torch.from_numpy(w_hat), cfg)
             return _restore(torch.from_numpy(w_hat), like)
     return quantize_tensor(weight, cfg).dequantize()
+
+
+class QuantizedToZeroWarning(UserWarning):
+    """Every nonzero weight of a tensor or layer quantized to zero (weights below the format's smallest step)."""
+
+
+def zeroed_reason(w: torch.Tensor, w_hat: torch.Tensor, cfg: QuantConfig) -> str | None:
+    """Why ``w_hat`` is useless when ``w`` has nonzero weights and every one of them became zero, else None."""
+    if not bool(w.any()) or bool(torch.as_tensor(w_hat).any()):
+        return None
+    amax = float(w.abs().max())
+    return (
+        f"every nonzero weight (largest |w| = {amax:.3g}) quantizes to zero with {cfg.label}: the weights are "
+        "below the smallest step its scales can hold"
+    )
+
+
+def warn_if_zeroed(what: str, w: torch.Tensor, w_hat: Any, cfg: QuantConfig) -> None:
+    """Warn (:class:`QuantizedToZeroWarning`) when quantizing ``w`` turned all of it into zeros."""
+    import warnings
+
+    reason = zeroed_reason(w, torch.as_tensor(w_hat), cfg)
+    if reason:
+        warnings.warn(
+            f"In {what}, {reason}. Rescale the weights (e.g. multiply by 2**k and divide the next layer) "
+            "before quantizing, or keep them in full precision.",
+            QuantizedToZeroWarning,
+            stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------- records
@@ -341,6 +379,10 @@ def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip:
     >>> list(p.assign), p.skipped
     (['0'], {'1': 'BnbInt8 quantizes only linear layers; this is a conv2d layer'})
     """
+    check_not_quantized(model, "qviz.quantize and qviz.layer_error")
+    from qviz.models import check_materialized
+
+    check_materialized(model, "quantizing it")
     candidates = quantizable_layers(model)
     if not candidates:
         raise ValueError(
@@ -371,12 +413,111 @@ def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip:
         if kind not in method.layer_types:
             skipped[name] = f"{type(c).__name__} quantizes only {', '.join(method.layer_types)} layers; this is a {kind} layer"
             continue
+        groups = getattr(module, "groups", 1)
+        if method.needs_inputs and isinstance(groups, int) and groups != 1:
+            skipped[name] = (
+                f"a grouped convolution (groups={groups}): {type(c).__name__} pairs each weight column with one "
+                "input feature, which a grouped or depthwise convolution does not give; left in full precision"
+            )
+            continue
         _check_layer(name, module, c)
         assign[name] = c
     if not assign:
         why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5])
         raise ValueError(f"No layer is left to quantize ({why}). Check layers=, skip= and the config.")
     return Plan(assign, skipped)
+
+
+def _replacement_classes() -> tuple[type, ...]:
+    from qviz.quant.modules import FakeQuantConv1d, FakeQuantConv2d, FakeQuantLinear, PackedLinear
+
+    found: list[type] = [FakeQuantLinear, FakeQuantConv1d, FakeQuantConv2d, PackedLinear]
+    try:
+        from qviz.methods.qat import QATConv2d, QATLinear
+
+        found += [QATLinear, QATConv2d]
+    except ImportError:  # pragma: no cover - qviz.methods ships with qviz
+        pass
+    return tuple(found)
+
+
+_QUANTIZED_MODULE_PREFIXES = ("bitsandbytes.", "torch.ao.nn.quantized", "torch.nn.quantized")
+
+
+def quantized_layer_names(model: QvizModel | nn.Module) -> dict[str, str]:
+    """Layer name -> what it is, for every layer that is already quantized (a qviz replacement,
+    a bitsandbytes or torch quantized module, or a layer whose weight is not floating point)."""
+    modules = dict(as_module(model).named_modules())
+    record = getattr(model, "quantization", None)
+    if record is not None and getattr(record, "layers", None):
+        return {n: f"a {type(modules[n]).__name__ if n in modules else 'layer'} quantized by qviz.quantize ({r.config})"
+                for n, r in record.layers.items()}
+    classes = _replacement_classes()
+    out = {}
+    for name, sub in modules.items():
+        w = getattr(sub, "weight", None)
+        if isinstance(sub, classes) or type(sub).__module__.startswith(_QUANTIZED_MODULE_PREFIXES):
+            out[name] = f"a {type(sub).__name__}"
+        elif isinstance(w, torch.Tensor) and not w.is_floating_point() and not isinstance(sub, nn.Embedding):
+            out[name] = f"a {type(sub).__name__} with {str(w.dtype).replace('torch.', '')} weights"
+    return out
+
+
+def check_not_quantized(model: QvizModel | nn.Module, who: str) -> None:
+    """Refuse an already-quantized model: its layers hold codes (or fake-quant weights), not the originals.
+
+    Examples
+    --------
+    >>> import qviz
+    >>> from torch import nn
+    >>> q = qviz.quantize(nn.Sequential(nn.Linear(8, 8)), qviz.RTN(bits=4, group_size=None), progress=False)
+    >>> check_not_quantized(q, "qviz.quantize")
+    Traceback (most recent call last):
+    ...
+    ValueError: This model is already quantized (layer '0' is a FakeQuantLinear quantized by qviz.quantize (RTN w4 ch asym); ...
+    """
+    found = quantized_layer_names(model)
+    if found:
+        name, what = next(iter(found.items()))
+        raise ValueError(
+            f"This model is already quantized (layer {name!r} is {what}; {len(found)} such layer(s)). {who} work on "
+            "the full-precision model: quantizing again or measuring against codes would give meaningless numbers. "
+            "Pass the original model (keep a reference to what you gave qviz.quantize); qviz.capture and "
+            "qviz.compare analyse quantized models as they are."
+        )
+
+
+def _replacement_problem(name: str, original: nn.Module, new: nn.Module, root: nn.Module, method: Method,
+                         cfg: QuantConfig) -> str | None:
+    """Why the replacement ``new`` of layer ``name`` cannot stand in for ``original`` in ``root``, or None."""
+    from qviz.quant.error import is_weight_only
+
+    parent_name = name.rpartition(".")[0]
+    parent = root.get_submodule(parent_name) if parent_name else None
+    if isinstance(parent, nn.MultiheadAttention):
+        w = getattr(new, "weight", None)
+        fits = isinstance(w, torch.Tensor) and w.is_floating_point() and w.shape == original.weight.shape
+        if not (fits and is_weight_only(method, cfg)):
+            return (
+                f"it is the out_proj of an nn.MultiheadAttention, which reads out_proj.weight directly and never "
+                f"calls the layer, so {cfg.label}'s {type(new).__name__} would break it or be bypassed; "
+                "left in full precision"
+            )
+    if layer_type(original) != "linear":
+        return None
+    w = weight_matrix(original)  # [out, in]
+    probe = copy.deepcopy(new)  # a smoke test on a copy: the returned module is left exactly as built
+    x = torch.zeros(2, w.shape[1], dtype=original.weight.dtype, device=original.weight.device)  # [2, in]
+    try:
+        with torch.no_grad():
+            y = probe(x)
+    except Exception as err:  # noqa: BLE001 - any failure means the layer cannot be replaced
+        first = str(err).splitlines()[0] if str(err) else ""
+        return f"the {type(new).__name__} replacement cannot run on this layer ({type(err).__name__}: {first}); left in full precision"
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, w.shape[0]):
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        return f"the {type(new).__name__} replacement returns {shape} instead of (2, {w.shape[0]}); left in full precision"
+    return None
 
 
 def _check_layer(name: str, module: nn.Module, cfg: QuantConfig) -> None:
@@ -494,6 +635,31 @@ def capture_inputs(
     return out
 
 
+def reusable(calib: Any) -> Any:
+    """``calib`` itself, or a list of its batches when it is a one-shot iterator (a generator).
+
+    The drivers read the calibration data more than once (one pass per config,
+    per layer for GPTQ); a generator would be empty from the second pass on.
+    """
+    from collections.abc import Iterator
+
+    if isinstance(calib, Iterator) and not isinstance(calib, (torch.Tensor, np.ndarray)):
+        return list(calib)
+    return calib
+
+
+def as_float32(model: QvizModel) -> QvizModel:
+    """``model`` itself when it computes in float32 (or float64), else a float32 copy of it.
+
+    Measurements (layer errors, the explorers) run in float32: half-precision
+    weights are exact in float32, so the error measured is that of quantizing
+    the model's own weights, and captured inputs (kept as float32) match the layers.
+    """
+    if model.dtype in (torch.float32, torch.float64):
+        return model
+    return model.with_module(copy.deepcopy(model.module).float())
+
+
 def check_calib(calib: Any, who: str) -> None:
     """Raise a clear error when calibration data is missing or empty."""
     if calib is None:
@@ -595,6 +761,11 @@ def quantize(
     """
     qm = load(model) if not isinstance(model, QvizModel) else model
     p = plan(qm, cfg, layers, skip)
+    calib = reusable(calib)
+    from qviz._checks import check_bool
+
+    check_bool("quantize", "progress", progress)
+    check_bool("quantize", "packed", packed)
     methods = {name: method_for(c) for name, c in p.assign.items()}
     if any(m.needs_inputs for m in methods.values()):
         check_calib(calib, "quantize with " + ", ".join(sorted({type(c).__name__ for n, c in p.assign.items() if methods[n].needs_inputs})))
@@ -602,6 +773,9 @@ def quantize(
         raise ValueError(f"max_rows must be a positive int; got {max_rows!r}.")
 
     original_bytes = _model_bytes(qm.module)
+    from qviz.models import check_fits_in_memory
+
+    check_fits_in_memory(original_bytes, f"Quantizing {qm.name!r} (a copy of its {original_bytes / 1e9:.2f} GB of weights)")
     out = qm.copy()
     root = out.module
     by_cfg: dict[QuantConfig, list[str]] = {}
@@ -628,6 +802,11 @@ def quantize(
         new = lq.module
         if packed and hasattr(method, "pack"):
             new = method.pack(module, c) or new
+        warn_if_zeroed(f"layer {name!r}", weight_matrix(module).float(), lq.weight_hat, c)
+        problem = _replacement_problem(name, module, new, root, method, c)
+        if problem:
+            p.skipped[name] = problem
+            continue
         kernel = getattr(new, "kernel", lq.kernel)
         _set_module(root, name, new)
         weight_tensors |= _weight_names(new, name)

@@ -21,7 +21,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from qviz._checks import check_bool, check_choice, check_fields, check_int, check_number
 from qviz.quant.granularity import Granularity, granularity_of
+
+# The one set of field checks every config uses (the format modules import these too).
+_check_bool, _check_int, _check_number, _check_choice = check_bool, check_int, check_number, check_choice
 
 ACT_SCHEMES = ("per-token", "per-tensor")
 FOLD_MODES = ("auto", "require", "never")
@@ -64,6 +68,23 @@ class QuantConfig:
 
     method: ClassVar[str] = "base"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every config's own __post_init__ runs after its fields are checked against their
+        # annotations (bools are bools, ints ints, numbers finite): a new config needs no code for it.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_fields", False):
+            def __post_init__(self: QuantConfig, _own: Any = own) -> None:
+                check_fields(self)
+                _own(self)
+
+            __post_init__._checks_fields = True  # type: ignore[attr-defined]
+            __post_init__.__doc__ = own.__doc__
+            cls.__post_init__ = __post_init__  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
     @property
     def label(self) -> str:
         """A short readable name, unique per distinct setting (used as the ``config`` coordinate)."""
@@ -93,11 +114,20 @@ def config_from_json(text: str) -> QuantConfig:
     """
     from qviz.quant.registry import known_config_types
 
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"config_from_json takes the JSON text of QuantConfig.to_json(); got {str(text)[:60]!r} ({err}).") from err
+    if not isinstance(data, dict) or "method" not in data:
+        raise ValueError(f'config JSON must be an object with a "method" key, e.g. {RTN().to_json()!r}; got {str(text)[:60]!r}.')
     name = data.pop("method")
     types = {t.__name__: t for t in known_config_types()}
     if name not in types:
         raise ValueError(f"Unknown config type {name!r}; known: {', '.join(sorted(types))}.")
+    fields = [f.name for f in dataclasses.fields(types[name])]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{name} has no field(s) {unknown}; its fields are {fields}. Was the JSON written by another qviz version?")
     return types[name](**data)
 
 
@@ -169,11 +199,8 @@ class BnbInt8(QuantConfig):
     method: ClassVar[str] = "bnb-int8"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool) or self.threshold < 0:
-            raise ValueError(
-                f"BnbInt8 threshold must be a number >= 0 (0 disables the outlier decomposition); "
-                f"got {self.threshold!r}. LLM.int8 uses 6.0."
-            )
+        check_number("BnbInt8", "threshold", self.threshold, lo=0.0,
+                     hint="0 disables the outlier decomposition; LLM.int8 uses 6.0.")
 
     @property
     def label(self) -> str:
@@ -223,8 +250,7 @@ class _Bnb4bit(QuantConfig):
                 f"{type(self).__name__} blocksize must be one of {allowed} (bitsandbytes' block sizes); "
                 f"got {self.blocksize!r}. 64 is the QLoRA default."
             )
-        if not isinstance(self.double_quant, bool):
-            raise ValueError(f"double_quant must be True or False; got {self.double_quant!r}.")
+        check_bool(type(self).__name__, "double_quant", self.double_quant)
 
     @property
     def label(self) -> str:
@@ -294,7 +320,8 @@ class SmoothQuant(QuantConfig):
                 "preceding norm where that is exact and keeps an explicit input scale elsewhere (with a warning); "
                 "'require' raises for layers without a foldable predecessor; 'never' always uses explicit scales."
             )
-        if not isinstance(self.act_static, bool) or (self.act_static and self.act_scheme != "per-tensor"):
+        check_bool("SmoothQuant", "act_static", self.act_static)
+        if self.act_static and self.act_scheme != "per-tensor":
             raise ValueError(
                 f"SmoothQuant act_static must be True or False, and True only with act_scheme='per-tensor' "
                 f"(one calibrated activation scale per layer); got act_static={self.act_static!r}, "
@@ -332,8 +359,7 @@ class AWQ(QuantConfig):
     def __post_init__(self) -> None:
         _check_bits("AWQ", "bits", self.bits)
         _check_group("AWQ", self.group_size)
-        if not isinstance(self.n_grid, int) or self.n_grid < 1:
-            raise ValueError(f"AWQ n_grid must be a positive int (grid points for alpha in [0, 1)); got {self.n_grid!r}.")
+        check_int("AWQ", "n_grid", self.n_grid, lo=1, hint="It is the number of grid points for alpha in [0, 1); 20 is usual.")
 
     @property
     def label(self) -> str:
@@ -362,10 +388,9 @@ class GPTQ(QuantConfig):
     def __post_init__(self) -> None:
         _check_bits("GPTQ", "bits", self.bits)
         _check_group("GPTQ", self.group_size)
-        if not isinstance(self.damp, (int, float)) or not 0 < self.damp < 1:
-            raise ValueError(f"GPTQ damp must be in (0, 1) (fraction of the mean Hessian diagonal); got {self.damp!r}.")
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"GPTQ block_size must be a positive int; got {self.block_size!r}.")
+        check_number("GPTQ", "damp", self.damp, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
+                     hint="It is a fraction of the mean Hessian diagonal; 0.01 is usual.")
+        check_int("GPTQ", "block_size", self.block_size, lo=1, hint="128 is usual.")
 
     @property
     def label(self) -> str:
@@ -398,10 +423,9 @@ class QAT(QuantConfig):
         _check_bits("QAT", "bits", self.bits)
         _check_group("QAT", self.group_size)
         _check_bits("QAT", "act_bits", self.act_bits, allow_none=True)
-        if not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"QAT steps must be an int >= 0; got {self.steps!r}.")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"QAT lr must be a positive number; got {self.lr!r}.")
+        check_int("QAT", "steps", self.steps, lo=0, hint="200 fine-tuning steps is the default; 0 skips training.")
+        check_number("QAT", "lr", self.lr, lo=0.0, lo_open=True, hint="1e-3 is the default.")
+        check_int("QAT", "batch_size", self.batch_size, lo=1, hint="32 is the default.")
 
     @property
     def label(self) -> str:

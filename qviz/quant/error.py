@@ -35,7 +35,7 @@ from torch import nn
 
 from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
-from qviz.quant.api import MAX_ROWS, as_rows, capture_inputs, check_calib, plan
+from qviz.quant.api import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, plan, reusable
 from qviz.quant.config import QuantConfig
 from qviz.quant.registry import LayerQuant, Method, method_for
 from qviz.quant.rtn import output_without_bias
@@ -203,7 +203,10 @@ def layer_error(
     qm = load(model) if not isinstance(model, QvizModel) else model
     configs, was_list = normalize_configs(cfg)
     check_calib(calib, "layer_error")
+    calib = reusable(calib)
     plans = {c.label: plan(qm, c, layers, skip) for c in configs}
+    model_dtype = str(qm.dtype).replace("torch.", "")
+    qm = as_float32(qm)  # float16/bfloat16 weights are measured in float32 (exactly representable)
     root = qm.module
     order = [n for n, _ in root.named_modules() if any(n in p.assign for p in plans.values())]
 
@@ -278,6 +281,8 @@ def layer_error(
         configs=json.dumps([c.to_json() for c in configs]),
         skipped=json.dumps({c.label: plans[c.label].skipped for c in configs}),
         max_rows=int(max_rows),
+        model_dtype=model_dtype,
+        measured_in="float32",
     )
     if not was_list:
         ds = ds.isel(config=0).drop_vars("config")

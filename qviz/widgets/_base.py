@@ -291,6 +291,58 @@ def sync_figure(pane: PlotPane, fig: go.Figure | dict) -> None:
     pane.show(fig)
 
 
+class SelectionError(traitlets.TraitError, ValueError):
+    """A control was set to a value that is not one of its choices (a ``ValueError`` and a ``TraitError``)."""
+
+
+class Choice(W.Dropdown):
+    """A ``Dropdown`` whose bad selections say which value was refused and what the choices are.
+
+    ipywidgets' own message ("Invalid selection: value not found") names neither.
+
+    Examples
+    --------
+    >>> c = Choice(options=["a", "b"], value="a", description="layer")
+    >>> c.value = "z"
+    Traceback (most recent call last):
+    ...
+    qviz.widgets._base.SelectionError: layer: 'z' is not one of the choices ['a', 'b']. Pick one of those.
+    """
+
+    def _refuse(self, what: str, value: Any, choices: list[Any]) -> SelectionError:
+        from qviz._errors import did_you_mean
+
+        close = did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
+        shown = choices if len(choices) <= 12 else [*choices[:12], f"... {len(choices) - 12} more"]
+        return SelectionError(
+            f"{self.description or 'selection'}: {value!r} is not one of the {what} {shown}.{close} Pick one of those."
+        )
+
+    @traitlets.validate("value")
+    def _validate_value(self, proposal: Any) -> Any:
+        try:
+            return super()._validate_value(proposal)
+        except traitlets.TraitError as err:
+            raise self._refuse("choices", proposal.value, list(self._options_values)) from err
+
+    @traitlets.validate("label")
+    def _validate_label(self, proposal: Any) -> Any:
+        try:
+            return super()._validate_label(proposal)
+        except traitlets.TraitError as err:
+            raise self._refuse("labels", proposal.value, list(self._options_labels)) from err
+
+    @traitlets.validate("index")
+    def _validate_index(self, proposal: Any) -> Any:
+        try:
+            return super()._validate_index(proposal)
+        except traitlets.TraitError as err:
+            raise SelectionError(
+                f"{self.description or 'selection'}: index {proposal.value!r} is out of range; there are "
+                f"{len(self._options_values)} choices (0 to {len(self._options_values) - 1})."
+            ) from err
+
+
 def message_html(err: BaseException | str) -> str:
     """The readable message shown in place of a traceback."""
     text = err if isinstance(err, str) else f"{err}"

@@ -211,10 +211,12 @@ class LayerLab:
 
     def __init__(self, model: Any, calib: Any, layers: LayerSpec = None, *, max_rows: int = MAX_ROWS,
                  n_bins: int = 256) -> None:
-        from qviz.quant.api import check_calib, plan
+        from qviz.quant.api import as_float32, check_calib, plan, reusable
 
-        self.model = model if isinstance(model, QvizModel) else load(model)
+        # float16/bfloat16 models are measured in float32 (the captured inputs are float32)
+        self.model = as_float32(model if isinstance(model, QvizModel) else load(model))
         check_calib(calib, "QuantExplorer")
+        calib = reusable(calib)
         if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive int; got {max_rows!r}.")
         self.calib = calib

@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from qviz.widgets._base import Explorer, PlotPane, sync_figure
+from qviz.widgets._base import Choice, Explorer, PlotPane, sync_figure
 from qviz.widgets._static import bars_html, table_html
 
 LOWER_IS_BETTER = {"size_bytes", "bits_per_weight", "latency_ms", "usd_per_1m", "attack_success_rate",
@@ -237,10 +237,10 @@ class CompareDashboard(Explorer):
         self.checkboxes = {c: W.Checkbox(value=True, description=c, indent=False,
                                          layout=W.Layout(width="auto")) for c in self.configs}
         style = {"description_width": "initial"}
-        self.x_select = W.Dropdown(options=names, value=x, description="x (cost)", style=style)
-        self.y_select = W.Dropdown(options=names, value=y, description="y (quality)", style=style)
+        self.x_select = Choice(options=names, value=x, description="x (cost)", style=style)
+        self.y_select = Choice(options=names, value=y, description="y (quality)", style=style)
         curves = curve_vars(cmp)
-        self.curve_select = W.Dropdown(options=curves or ["(none)"], value=(
+        self.curve_select = Choice(options=curves or ["(none)"], value=(
             "attack_success_rate" if "attack_success_rate" in curves else (curves[0] if curves else "(none)")),
             description="curve", style=style, disabled=not curves)
         self.pareto = PlotPane()

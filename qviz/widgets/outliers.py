@@ -22,7 +22,7 @@ import xarray as xr
 
 from qviz.outliers import _check_stats, outlier_summary
 from qviz.plot import channel_profile
-from qviz.widgets._base import Explorer, PlotPane, sync_figure
+from qviz.widgets._base import Choice, Explorer, PlotPane, sync_figure
 from qviz.widgets._canvas import HeatmapCanvas
 from qviz.widgets._static import heatmap_png, png_img, table_html
 
@@ -158,13 +158,13 @@ class OutlierExplorer(Explorer):
         first = names[int(np.nanargmax(stats["outlier_ratio"].values))] if np.isfinite(stats["outlier_ratio"].values).any() else names[0]
 
         style = {"description_width": "initial"}
-        self.layer_select = W.Dropdown(options=names, value=first, description="layer", style=style,
+        self.layer_select = Choice(options=names, value=first, description="layer", style=style,
                                        layout=W.Layout(width="420px"))
         self.threshold_slider = W.FloatLogSlider(value=float(threshold), base=10, min=-1, max=3, step=0.01,
                                                  description="threshold", readout_format=".3g",
                                                  continuous_update=False, style=style)
         var_options = [v for v in HEATMAP_VARS if v in stats and stats[v].dims == ("layer", "channel")]
-        self.var_select = W.Dropdown(options=var_options, value="absmax", description="statistic", style=style,
+        self.var_select = Choice(options=var_options, value="absmax", description="statistic", style=style,
                                      layout=W.Layout(width="220px"))
         self.top_k_slider = W.IntSlider(value=int(top_k), min=1, max=32, description="top-k",
                                         continuous_update=False, style=style)

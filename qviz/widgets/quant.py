@@ -26,7 +26,7 @@ from typing import Any
 import ipywidgets as W
 
 from qviz.quant.config import BnbFP4, BnbInt8, BnbNF4, QuantConfig
-from qviz.widgets._base import BackgroundJob, Explorer, PlotPane, sync_figure
+from qviz.widgets._base import BackgroundJob, Choice, Explorer, PlotPane, sync_figure
 from qviz.widgets._figures import error_bars_spec, histogram_spec, sqnr_bits_spec
 from qviz.widgets._lab import USES, LayerLab, LayerResult, available_methods, check_fits, make_config
 from qviz.widgets._static import bars_html, table_html
@@ -123,9 +123,9 @@ class QuantExplorer(Explorer):
         if method not in methods:
             raise ValueError(f"Unknown method {method!r}; available: {', '.join(methods)}.")
         style = {"description_width": "initial"}
-        self.layer_select = W.Dropdown(options=names, value=layer or names[0], description="layer", style=style,
+        self.layer_select = Choice(options=names, value=layer or names[0], description="layer", style=style,
                                        layout=W.Layout(width="440px"))
-        self.method_select = W.Dropdown(options=methods, value=method, description="method", style=style,
+        self.method_select = Choice(options=methods, value=method, description="method", style=style,
                                         layout=W.Layout(width="200px"))
         self.bits_box = W.IntText(value=bits, description="bits", style=style, layout=W.Layout(width="110px"))
         gs_text = "channel" if group_size is None else str(group_size)
@@ -137,7 +137,7 @@ class QuantExplorer(Explorer):
                                           continuous_update=False, style=style, layout=W.Layout(width="230px"))
         self.threshold_box = W.FloatText(value=threshold, description="threshold", style=style,
                                          layout=W.Layout(width="150px"))
-        self.metric_select = W.Dropdown(options=list(METRICS), value="weight SQNR", description="bars show",
+        self.metric_select = Choice(options=list(METRICS), value="weight SQNR", description="bars show",
                                         style=style, layout=W.Layout(width="240px"))
         self.summary = W.HTML()
         self.bars = PlotPane()
