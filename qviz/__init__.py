@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "GPTQ": "qviz.quant.config",
     "QAT": "qviz.quant.config",
     "QuantConfig": "qviz.quant.config",
+    "GGUF": "qviz.quant.gguf",
     "PerTensor": "qviz.quant.granularity",
     "PerChannel": "qviz.quant.granularity",
     "PerGroup": "qviz.quant.granularity",

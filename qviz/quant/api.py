@@ -371,6 +371,10 @@ def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip:
         if kind not in method.layer_types:
             skipped[name] = f"{type(c).__name__} quantizes only {', '.join(method.layer_types)} layers; this is a {kind} layer"
             continue
+        refusal = method.refuse(name, module, c) if hasattr(method, "refuse") else None
+        if refusal:
+            skipped[name] = refusal
+            continue
         _check_layer(name, module, c)
         assign[name] = c
     if not assign:
