@@ -371,7 +371,7 @@ def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip:
         if kind not in method.layer_types:
             skipped[name] = f"{type(c).__name__} quantizes only {', '.join(method.layer_types)} layers; this is a {kind} layer"
             continue
-        refusal = method.refuse(name, module, c) if hasattr(method, "refuse") else None
+        refusal = method.refuse(name, tuple(weight_matrix(module).shape), c) if hasattr(method, "refuse") else None
         if refusal:
             skipped[name] = refusal
             continue

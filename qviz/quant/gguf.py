@@ -167,9 +167,9 @@ class GGUFMethod(Method):
     sequential = False
     layer_types = ("linear",)
 
-    def refuse(self, name: str, module: nn.Module, cfg: GGUF) -> str | None:
-        """Why ``cfg`` leaves this layer in full precision (None when it quantizes it)."""
-        cols = int(weight_matrix(module).shape[1])
+    def refuse(self, name: str, shape: tuple[int, int], cfg: GGUF) -> str | None:
+        """Why ``cfg`` leaves a layer of weight ``shape`` ``(out, in)`` in full precision (None: it quantizes it)."""
+        cols = int(shape[1])
         if cfg.is_mix:
             if cols % 32:
                 return (f"row of {cols} weights is not a multiple of 32, the smallest GGUF block; "

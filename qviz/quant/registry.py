@@ -89,7 +89,7 @@ class Method:
         SmoothQuant's folded scales); used by :func:`qviz.layer_error`.
     ``pack(module, cfg) -> nn.Module | None``
         A packed-storage replacement (real low-bit GEMV) for ``quantize(..., packed=True)``.
-    ``refuse(name, module, cfg) -> str | None``
+    ``refuse(name, shape, cfg) -> str | None``
         Why the method leaves this layer in full precision (e.g. a row that GGUF's
         blocks do not divide); :func:`qviz.quantize` records it as skipped. Default: never.
     ``storage_nbytes(shape, cfg) -> int``
