@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     "QAT": "qviz.quant.config",
     "QuantConfig": "qviz.quant.config",
     "GGUF": "qviz.quant.gguf",
+    "PerLayer": "qviz.quant.per_layer",
     "PerTensor": "qviz.quant.granularity",
     "PerChannel": "qviz.quant.granularity",
     "PerGroup": "qviz.quant.granularity",

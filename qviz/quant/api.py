@@ -635,7 +635,7 @@ def quantize(
         kernel = getattr(new, "kernel", lq.kernel)
         _set_module(root, name, new)
         weight_tensors |= _weight_names(new, name)
-        records[name] = LayerRecord(c.label, int(lq.nbytes), lq.n_weights, str(kernel), dict(lq.info))
+        records[name] = LayerRecord(lq.config_label or c.label, int(lq.nbytes), lq.n_weights, str(kernel), dict(lq.info))
     extra = {}
     for c in by_cfg:
         extra[c.label] = method_for(c).finalize(out, c, calib, states[c])

@@ -59,6 +59,8 @@ class LayerQuant:
     nbytes: int
     kernel: str = "simulated (fake-quant)"
     info: dict[str, float] = field(default_factory=dict)
+    #: label of the config that made the layer when it is not the one given (a PerLayer's sub-config)
+    config_label: str = ""
 
     @property
     def n_weights(self) -> int:
@@ -157,7 +159,7 @@ def _load_builtin_methods() -> None:
     # Importing these modules runs their @register decorators.
     import importlib
 
-    for mod in ("qviz.quant.rtn", "qviz.quant.bnb", "qviz.quant.gguf", "qviz.methods"):
+    for mod in ("qviz.quant.rtn", "qviz.quant.bnb", "qviz.quant.gguf", "qviz.quant.per_layer", "qviz.methods"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as err:
