@@ -43,6 +43,8 @@ _LAZY: dict[str, str] = {
     "QuantConfig": "qviz.quant.config",
     "GGUF": "qviz.quant.gguf",
     "PerLayer": "qviz.quant.per_layer",
+    "inspect_gguf": "qviz.gguf_file",
+    "export_gguf": "qviz.gguf_file",
     "PerTensor": "qviz.quant.granularity",
     "PerChannel": "qviz.quant.granularity",
     "PerGroup": "qviz.quant.granularity",
