@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ._bits import f32_bits
+from ._bits import ABS_MASK, I32, U64, bits_f32, f32_bits, span
 from ._checks import check_array, raise_nonfinite
 from ._gguf_search import F, GROUP_MAX_EPS, best_index, clamp, make_q3, make_qkx, make_qp, make_qx, nearest
 
@@ -220,26 +220,26 @@ def _get_f16(buf, o, tab):
 @njit(cache=True)
 def _abs_argmax(x, xo, n):
     """(max |x|, the signed value there): the first strictly larger |x| wins (ggml's scan)."""
-    amax = F(0.0)
-    mx = F(0.0)
-    for j in range(n):
-        v = x[xo + j]
-        if amax < abs(v):
-            amax = abs(v)
-            mx = v
-    return amax, mx
+    # unsigned indices (span) let LLVM vectorise the scan; the first |x| == max is ggml's pick
+    m = I32(0)
+    for j in span(xo, n):
+        m = I32(max(m, I32(f32_bits(x[j]) & ABS_MASK)))
+    amax = bits_f32(m)
+    if m == 0:
+        return F(0.0), F(0.0)
+    for j in span(xo, n):
+        if abs(x[j]) == amax:
+            return amax, x[j]
+    return amax, F(0.0)
 
 
 @njit(cache=True)
 def _min_max(x, xo, n):
     mn = np.float32(np.inf)
     mx = np.float32(-np.inf)
-    for j in range(n):
-        v = x[xo + j]
-        if v < mn:
-            mn = v
-        if v > mx:
-            mx = v
+    for j in span(xo, n):
+        mn = min(mn, x[j])
+        mx = max(mx, x[j])
     return mn, mx
 
 
@@ -260,8 +260,9 @@ def _imatrix_weights(x, xo, qw, sigma2, n, w):
 
 @njit(cache=True)
 def _pack_nibbles(L, out, o):
-    for j in range(16):
-        out[o + j] = (L[j] & 0xF) | ((L[j + 16] & 0xF) << 4)
+    ou = U64(o)
+    for j in span(0, 16):
+        out[ou + j] = (L[j] & 0xF) | ((L[j + U64(16)] & 0xF) << 4)
 
 
 @njit(cache=True)
@@ -294,11 +295,11 @@ def _row_legacy(kind, x, qw, has_qw, out):
             d = amax / F(127.0)
             idd = F(1.0) / d if d != F(0.0) else F(0.0)
             _put_f16(out, o, d)
-            for j in range(32):
-                v = x[xo + j] * idd
-                a = np.floor(np.float64(abs(v)) + 0.5)  # roundf: half away from zero (exact in float64)
-                q = int(a) if v >= 0 else -int(a)
-                out[o + 2 + j] = q & 0xFF
+            xu = U64(xo)
+            ou = U64(o + 2)
+            for j in span(0, 32):
+                v = np.float64(x[xu + j] * idd)  # roundf: half away from zero (exact in float64)
+                out[ou + j] = np.int32(np.trunc(v + np.copysign(0.5, v))) & 0xFF
             continue
         symmetric = kind == 0 or kind == 2
         nmax = 8 if kind < 2 else 16
@@ -319,9 +320,11 @@ def _row_legacy(kind, x, qw, has_qw, out):
             idd = F(1.0) / d if d != F(0.0) else F(0.0)
             _put_f16(out, o, d)
             p = o + 2
-            top = 2 * nmax - 1
-            for j in range(32):
-                L[j] = min(top, int(x[xo + j] * idd + F(nmax + 0.5)))  # C's (int8_t) cast truncates
+            top = np.int32(2 * nmax - 1)
+            half = F(nmax + 0.5)
+            xu = U64(xo)
+            for j in span(0, 32):
+                L[j] = min(top, np.int32(x[xu + j] * idd + half))  # C's (int8_t) cast truncates
         else:
             mn, mx = _min_max(x, xo, 32)
             d = (mx - mn) / F(2 * nmax - 1)
@@ -329,9 +332,10 @@ def _row_legacy(kind, x, qw, has_qw, out):
             _put_f16(out, o, d)
             _put_f16(out, o + 2, mn)
             p = o + 4
-            top = 2 * nmax - 1
-            for j in range(32):
-                L[j] = min(top, int((x[xo + j] - mn) * idd + F(0.5)))
+            top = np.int32(2 * nmax - 1)
+            xu = U64(xo)
+            for j in span(0, 32):
+                L[j] = min(top, np.int32((x[xu + j] - mn) * idd + F(0.5)))
         if nmax == 16:
             _pack_qh(L, out, p)
             p += 4
@@ -898,14 +902,16 @@ def _dequant_kernel(kind, packed, sub, has_offset, table, out, tab):
         scale = np.empty(n_sub, np.float32)
         offset = np.zeros(n_sub, np.float32)
         _unpack_row(kind, packed[r], codes, scale, offset, tab)
+        row = out[r]
         for s in range(n_sub):
             d = scale[s]
             m = offset[s]
-            for j in range(s * sub, (s + 1) * sub):
-                if has_offset:
-                    out[r, j] = d * table[codes[j]] + m
-                else:
-                    out[r, j] = d * table[codes[j]]
+            if has_offset:
+                for j in span(s * sub, sub):
+                    row[j] = d * table[codes[j]] + m
+            else:
+                for j in span(s * sub, sub):
+                    row[j] = d * table[codes[j]]
 
 
 _KINDS = {"Q4_0": 0, "Q4_1": 1, "Q5_0": 2, "Q5_1": 3, "Q8_0": 4, "IQ4_NL": 5,
