@@ -420,6 +420,10 @@ def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip:
                 "input feature, which a grouped or depthwise convolution does not give; left in full precision"
             )
             continue
+        refusal = method.refuse(name, tuple(weight_matrix(module).shape), c) if hasattr(method, "refuse") else None
+        if refusal:
+            skipped[name] = refusal
+            continue
         _check_layer(name, module, c)
         assign[name] = c
     if not assign:
@@ -810,7 +814,7 @@ def quantize(
         kernel = getattr(new, "kernel", lq.kernel)
         _set_module(root, name, new)
         weight_tensors |= _weight_names(new, name)
-        records[name] = LayerRecord(c.label, int(lq.nbytes), lq.n_weights, str(kernel), dict(lq.info))
+        records[name] = LayerRecord(lq.config_label or c.label, int(lq.nbytes), lq.n_weights, str(kernel), dict(lq.info))
     extra = {}
     for c in by_cfg:
         extra[c.label] = method_for(c).finalize(out, c, calib, states[c])

@@ -59,6 +59,8 @@ class LayerQuant:
     nbytes: int
     kernel: str = "simulated (fake-quant)"
     info: dict[str, float] = field(default_factory=dict)
+    #: label of the config that made the layer when it is not the one given (a PerLayer's sub-config)
+    config_label: str = ""
 
     @property
     def n_weights(self) -> int:
@@ -89,6 +91,9 @@ class Method:
         SmoothQuant's folded scales); used by :func:`qviz.layer_error`.
     ``pack(module, cfg) -> nn.Module | None``
         A packed-storage replacement (real low-bit GEMV) for ``quantize(..., packed=True)``.
+    ``refuse(name, shape, cfg) -> str | None``
+        Why the method leaves this layer in full precision (e.g. a row that GGUF's
+        blocks do not divide); :func:`qviz.quantize` records it as skipped. Default: never.
     ``storage_nbytes(shape, cfg) -> int``
         The bytes ``quantize_tensor`` would store for a weight of ``shape`` ``(out, in)``,
         from the shape alone; lets the live widgets skip building the codes when only
@@ -154,7 +159,7 @@ def _load_builtin_methods() -> None:
     # Importing these modules runs their @register decorators.
     import importlib
 
-    for mod in ("qviz.quant.rtn", "qviz.quant.bnb", "qviz.methods"):
+    for mod in ("qviz.quant.rtn", "qviz.quant.bnb", "qviz.quant.gguf", "qviz.quant.per_layer", "qviz.methods"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as err:

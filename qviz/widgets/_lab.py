@@ -34,6 +34,7 @@ from torch import nn
 from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
 from qviz.quant.config import AWQ, GPTQ, RTN, BnbFP4, BnbInt8, BnbNF4, QuantConfig, SmoothQuant
+from qviz.quant.gguf import GGUF
 from qviz.quant.registry import LayerQuant, Method, known_config_types, method_for
 from qviz.widgets._fast import ErrorHistogram, error_and_histogram
 
@@ -48,6 +49,7 @@ METHODS: dict[str, type[QuantConfig]] = {
     "SmoothQuant": SmoothQuant,
     "AWQ": AWQ,
     "GPTQ": GPTQ,
+    "GGUF": GGUF,
 }
 """Method names of the explorer's dropdown -> config type."""
 
@@ -59,10 +61,14 @@ USES: dict[str, tuple[str, ...]] = {
     "SmoothQuant": ("bits", "alpha"),
     "AWQ": ("bits", "group_size", "symmetric"),
     "GPTQ": ("bits", "group_size", "symmetric"),
+    "GGUF": ("bits",),
 }
 """Which controls each method reads (the others are greyed out)."""
 
 SWEEP_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+GGUF_BY_BITS = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: "Q8_0"}
+"""The GGUF block type the explorer's bits control picks."""
 
 
 def available_methods() -> list[str]:
@@ -134,6 +140,11 @@ def make_config(
         return BnbInt8(threshold=float(threshold))
     if method == "SmoothQuant":
         return SmoothQuant(alpha=float(alpha), w_bits=bits)
+    if method == "GGUF":
+        if bits not in GGUF_BY_BITS:
+            raise ValueError(f"GGUF has no {bits}-bit type; pick bits from {sorted(GGUF_BY_BITS)} "
+                             f"({', '.join(GGUF_BY_BITS.values())}).")
+        return GGUF(GGUF_BY_BITS[bits])
     if gs == "tensor":
         raise ValueError(f"{method} takes a group size or 'channel', not 'tensor'.")
     return METHODS[method](bits=bits, group_size=gs, symmetric=bool(symmetric))
@@ -159,6 +170,10 @@ def check_fits(cfg: QuantConfig, name: str, cols: int) -> None:
             f"group size {gs} does not divide the {cols} input columns of {name} "
             f"({cols} / {gs} = {cols / gs:.3g}). Pick a divisor such as {divisors_hint(cols)}, or 'channel'."
         )
+    refuse = getattr(method_for(cfg), "refuse", None)  # a method's own rule (GGUF's block lengths)
+    why = refuse(name, (0, cols), cfg) if refuse is not None else None
+    if why:
+        raise ValueError(f"{cfg.label} cannot quantize {name}: {why}.")
 
 
 @dataclass
