@@ -146,6 +146,12 @@ def format_bits(cfg: Any, *, row_length: int = DEFAULT_ROW_LENGTH) -> FormatBits
             )
         return FormatBits(cfg.label, 4.0, 32 / b, f"a float32 absmax per block of {b} weights")
     if isinstance(cfg, QuantConfig):
+        from qviz.quant.registry import method_for
+
+        rule = getattr(method_for(cfg), "format_bits", None)  # a method may declare its own accounting
+        if rule is not None:
+            code_bits, overhead_bits, overhead = rule(cfg, row_length)
+            return FormatBits(cfg.label, code_bits, overhead_bits, overhead)
         raise TypeError(f"qviz does not know the storage format of {type(cfg).__name__}; give it a format_bits rule.")
     raise TypeError(
         f"cfg must be a quantization config (qviz.RTN(...), qviz.BnbNF4(), ...) or one of "

@@ -62,6 +62,20 @@ USES: dict[str, tuple[str, ...]] = {
 }
 """Which controls each method reads (the others are greyed out)."""
 
+
+def _add_fp_formats() -> None:
+    # the floating-point formats and HQQ (qviz.quant.fp, qviz.quant.hqq): the FP8 granularity is the group box
+    from qviz.quant.fp import FP8, MXFP4, MXFP6, MXFP8, NVFP4
+    from qviz.quant.hqq import HQQ
+
+    for name, cls, uses in (("FP8", FP8, ("group_size",)), ("MXFP4", MXFP4, ()), ("MXFP6", MXFP6, ()),
+                            ("MXFP8", MXFP8, ()), ("NVFP4", NVFP4, ()), ("HQQ", HQQ, ("bits", "group_size"))):
+        METHODS[name] = cls
+        USES[name] = uses
+
+
+_add_fp_formats()
+
 SWEEP_BITS = (2, 3, 4, 5, 6, 7, 8)
 
 
@@ -134,6 +148,12 @@ def make_config(
         return BnbInt8(threshold=float(threshold))
     if method == "SmoothQuant":
         return SmoothQuant(alpha=float(alpha), w_bits=bits)
+    if method == "FP8":
+        return METHODS[method](granularity="channel" if gs is None else gs)
+    if method in ("MXFP4", "MXFP6", "MXFP8", "NVFP4"):
+        return METHODS[method]()
+    if method == "HQQ":
+        return METHODS[method](bits=bits, group_size=gs)
     if gs == "tensor":
         raise ValueError(f"{method} takes a group size or 'channel', not 'tensor'.")
     return METHODS[method](bits=bits, group_size=gs, symmetric=bool(symmetric))
