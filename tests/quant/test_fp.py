@@ -99,7 +99,7 @@ def test_layer_error_and_quantize_for_every_config():
 
 def test_sensitivity_and_compare_accept_the_formats():
     model, x = net(), torch.randn(32, 64)
-    sens = qviz.sensitivity(model, [qviz.MXFP4(), qviz.NVFP4()], calib=x)
+    sens = qviz.sensitivity(model, [qviz.MXFP4(), qviz.NVFP4()], calib=x, eval_data=x)
     assert set(sens.config.values) == {"MXFP4", "NVFP4"}
 
 
