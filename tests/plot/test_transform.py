@@ -18,9 +18,9 @@ def test_outlier_change_and_figures():
     after = stats([[1, 2, 3, 4], [2, 2, 2, 2]])
     ch = qviz.plot.outlier_change(before, after)
     assert ch.outlier_ratio.dims == ("layer", "stage") and list(ch.stage.values) == ["original", "rotated"]
-    np.testing.assert_allclose(ch.reduction.values, [100 / 4, 1.0])
+    np.testing.assert_allclose(ch.reduction.values, [(100 / 1) / (4 / 2.5), 1.0])
     fig = qviz.plot.outlier_ratio_change(before, after, labels=("naive", "smoothed"))
-    assert [t.name for t in fig.data] == ["naive", "smoothed"] and "25.0x" not in fig.layout.title.text
+    assert [t.name for t in fig.data] == ["naive", "smoothed"] and "median reduction 31.8x" in fig.layout.title.text
     heat = qviz.plot.heatmap_change(before, after)
     assert len(heat.data) == 2 and heat.data[0].zmin == heat.data[1].zmin == 0.0
     assert heat.data[0].zmax == pytest.approx(2.0)
