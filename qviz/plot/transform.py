@@ -52,9 +52,10 @@ def outlier_change(before: xr.Dataset, after: xr.Dataset, labels: tuple[str, str
         raise ValueError("before and after share no layer name; capture the same layers of both models.")
     ratios = []
     for ds in (before, after):
-        a = np.abs(ds.absmax.sel(layer=shared).values)  # [layer, channel]
-        med = np.median(a, axis=1)
-        ratios.append(np.where(med > 0, a.max(axis=1) / np.where(med > 0, med, 1), np.inf))
+        a = np.abs(ds.absmax.sel(layer=shared).values)  # [layer, channel]; NaN pads narrower layers
+        with np.errstate(all="ignore"):
+            med, top = np.nanmedian(a, axis=1), np.nanmax(a, axis=1)
+        ratios.append(np.where(med > 0, top / np.where(med > 0, med, 1), np.inf))
     r = np.stack(ratios, axis=1)  # [layer, 2]
     out = xr.Dataset(
         {"outlier_ratio": (("layer", "stage"), r, {"long_name": "largest channel absmax / median channel absmax",

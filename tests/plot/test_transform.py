@@ -14,7 +14,7 @@ def stats(rows: list[list[float]], names=("a", "b")) -> xr.Dataset:
 
 
 def test_outlier_change_and_figures():
-    before = stats([[1, 1, 1, 100], [2, 2, 2, 2]])
+    before = stats([[1, 1, 1, 100], [2, 2, np.nan, np.nan]])  # a narrower layer is NaN-padded
     after = stats([[1, 2, 3, 4], [2, 2, 2, 2]])
     ch = qviz.plot.outlier_change(before, after)
     assert ch.outlier_ratio.dims == ("layer", "stage") and list(ch.stage.values) == ["original", "rotated"]
