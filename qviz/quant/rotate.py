@@ -274,6 +274,22 @@ def rotate_(model: QvizModel | nn.Module, *, seed: int = 0, online: bool = True)
     return info
 
 
+def why_not_rotatable(model: Any) -> str | None:
+    """None when :func:`rotate` can fold ``model``, else the reason it cannot.
+
+    Examples
+    --------
+    >>> import torch
+    >>> why_not_rotatable(torch.nn.Linear(2, 2)).startswith("qviz.rotate cannot fold Linear")
+    True
+    """
+    try:
+        _decoder_parts(as_module(model))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def rotate(model: Any, *, seed: int = 0, online: bool = True) -> Any:
     """A rotated full-precision COPY of a Llama-family decoder; its output equals the original's.
 
