@@ -148,9 +148,10 @@ def format_bits(cfg: Any, *, row_length: int = DEFAULT_ROW_LENGTH) -> FormatBits
     if isinstance(cfg, QuantConfig):
         from qviz.quant.registry import method_for
 
-        rule = getattr(method_for(cfg), "format_bits", None)  # a method may declare its own format
+        rule = getattr(method_for(cfg), "format_bits", None)  # a method declares its own accounting
         if rule is not None:
-            return rule(cfg, row_length)
+            bits = rule(cfg, row_length)  # a FormatBits, or (code_bits, overhead_bits, overhead text)
+            return bits if isinstance(bits, FormatBits) else FormatBits(cfg.label, *bits)
         raise TypeError(f"qviz does not know the storage format of {type(cfg).__name__}; give it a format_bits rule.")
     raise TypeError(
         f"cfg must be a quantization config (qviz.RTN(...), qviz.BnbNF4(), ...) or one of "

@@ -18,7 +18,7 @@ from typing import Any
 
 # Submodules searched, in order, for a public figure function. A submodule must not
 # share its name with a function it exports: importing it would rebind the name.
-_SUBMODULES = ("_outliers", "quant", "methods", "_dashboard")
+_SUBMODULES = ("_outliers", "quant", "methods", "_dashboard", "transform")
 
 
 def __getattr__(name: str) -> Any:

@@ -159,7 +159,8 @@ def _load_builtin_methods() -> None:
     # Importing these modules runs their @register decorators.
     import importlib
 
-    for mod in ("qviz.quant.rtn", "qviz.quant.bnb", "qviz.quant.gguf", "qviz.quant.per_layer", "qviz.methods"):
+    for mod in ("qviz.quant.rtn", "qviz.quant.bnb", "qviz.quant.gguf", "qviz.quant.per_layer", "qviz.methods",
+                "qviz.quant.fp", "qviz.quant.hqq", "qviz.quant.rotate"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as err:

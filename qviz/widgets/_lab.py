@@ -65,6 +65,20 @@ USES: dict[str, tuple[str, ...]] = {
 }
 """Which controls each method reads (the others are greyed out)."""
 
+
+def _add_fp_formats() -> None:
+    # the floating-point formats and HQQ (qviz.quant.fp, qviz.quant.hqq): the FP8 granularity is the group box
+    from qviz.quant.fp import FP8, MXFP4, MXFP6, MXFP8, NVFP4
+    from qviz.quant.hqq import HQQ
+
+    for name, cls, uses in (("FP8", FP8, ("group_size",)), ("MXFP4", MXFP4, ()), ("MXFP6", MXFP6, ()),
+                            ("MXFP8", MXFP8, ()), ("NVFP4", NVFP4, ()), ("HQQ", HQQ, ("bits", "group_size"))):
+        METHODS[name] = cls
+        USES[name] = uses
+
+
+_add_fp_formats()
+
 SWEEP_BITS = (2, 3, 4, 5, 6, 7, 8)
 
 GGUF_BY_BITS = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: "Q8_0"}
@@ -145,6 +159,12 @@ def make_config(
             raise ValueError(f"GGUF has no {bits}-bit type; pick bits from {sorted(GGUF_BY_BITS)} "
                              f"({', '.join(GGUF_BY_BITS.values())}).")
         return GGUF(GGUF_BY_BITS[bits])
+    if method == "FP8":
+        return METHODS[method](granularity="channel" if gs is None else gs)
+    if method in ("MXFP4", "MXFP6", "MXFP8", "NVFP4"):
+        return METHODS[method]()
+    if method == "HQQ":
+        return METHODS[method](bits=bits, group_size=gs)
     if gs == "tensor":
         raise ValueError(f"{method} takes a group size or 'channel', not 'tensor'.")
     return METHODS[method](bits=bits, group_size=gs, symmetric=bool(symmetric))

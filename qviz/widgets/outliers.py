@@ -62,6 +62,46 @@ def top_table_rows(stats: xr.Dataset, layer: str, threshold: float) -> list[list
 TABLE_COLUMNS = ["rank", "channel", "absmax", "std", "kurtosis", "weight absmax", "over threshold", "layers in top-k"]
 
 
+def transform_views(model: Any, batch: Any) -> list[str]:
+    """The "model" toggle's choices: the original, and what :func:`qviz.rotate` / SmoothQuant can make of ``model``."""
+    if model is None or batch is None:
+        return ["original"]
+    from qviz.quant.rotate import why_not_rotatable
+
+    return ["original", *(["after rotation"] if why_not_rotatable(model) is None else []), "after smoothing"]
+
+
+def transformed_model(model: Any, batch: Any, view: str, names: list[str]) -> Any:
+    """A copy of ``model`` rotated (:func:`qviz.rotate`) or smoothed (SmoothQuant's fold, alpha 0.5, on ``batch``)."""
+    from qviz.models import QvizModel, load
+
+    model = model if isinstance(model, QvizModel) else load(model)
+    if view == "after rotation":
+        from qviz.quant.rotate import rotate
+
+        return rotate(model)
+    if view == "after smoothing":
+        import warnings
+
+        from qviz.quant.config import SmoothQuant
+        from qviz.quant.registry import method_for
+
+        cfg = SmoothQuant(alpha=0.5)
+        work = model.copy()
+        with warnings.catch_warnings():  # layers without a foldable predecessor keep their input: said in the docs
+            warnings.simplefilter("ignore")
+            method_for(cfg).prepare(work, cfg, batch, {n: work.module.get_submodule(n) for n in names
+                                                       if _is_linear(work.module.get_submodule(n))})
+        return work
+    raise ValueError(f"Unknown model view {view!r}; expected 'original', 'after rotation' or 'after smoothing'.")
+
+
+def _is_linear(module: Any) -> bool:
+    from qviz.models import layer_type
+
+    return layer_type(module) == "linear"
+
+
 class OutlierExplorer(Explorer):
     """Layer × channel outliers with a layer selector and an LLM.int8-style threshold slider.
 
@@ -94,6 +134,9 @@ class OutlierExplorer(Explorer):
         The statistics with the outlier summary for the current threshold and top-k.
     layer_select, threshold_slider, var_select, top_k_slider, log_toggle
         The controls (ipywidgets).
+    transform_toggle
+        "original" / "after rotation" (Llama-family decoders) / "after smoothing" (SmoothQuant's
+        fold, alpha 0.5): which model the statistics are of (the others are captured on first use).
     heatmap, tokens : HeatmapCanvas
         Layer × channel and token × channel maps, drawn on a canvas from binary buffers.
     profile : PlotPane
@@ -169,6 +212,11 @@ class OutlierExplorer(Explorer):
         self.top_k_slider = W.IntSlider(value=int(top_k), min=1, max=32, description="top-k",
                                         continuous_update=False, style=style)
         self.log_toggle = W.Checkbox(value=True, description="log colour scale", indent=False)
+        self._capture_args = {"layers": layers, "threshold": threshold, "top_k": top_k}
+        self._view = "original"
+        self._views: dict[str, tuple] = {}
+        self.transform_toggle = W.ToggleButtons(options=transform_views(model, batch), value="original",
+                                                description="model", style=style)
 
         self.heatmap = HeatmapCanvas(row_name="layer", col_name="channel", row_px=12, max_height=560,
                                      hint="hover for values · click a row to select that layer")
@@ -179,12 +227,13 @@ class OutlierExplorer(Explorer):
         controls = W.HBox([self.layer_select, self.var_select, self.log_toggle])
         knobs = W.HBox([self.threshold_slider, self.top_k_slider])
         super().__init__(
-            [controls, knobs, self.heatmap, self.profile, W.HTML("<b>Token × channel |activation|</b>"),
+            [controls, knobs, *([self.transform_toggle] if len(self.transform_toggle.options) > 1 else []), self.heatmap, self.profile, W.HTML("<b>Token × channel |activation|</b>"),
              self.tokens, W.HTML("<b>Top channels</b>"), self.table],
             note=self._note(), debounce=debounce,
         )
         self._refresh_guarded()
-        for ctrl in (self.layer_select, self.threshold_slider, self.var_select, self.top_k_slider, self.log_toggle):
+        for ctrl in (self.layer_select, self.threshold_slider, self.var_select, self.top_k_slider, self.log_toggle,
+                     self.transform_toggle):
             ctrl.observe(self._on_control, names="value")
         self.heatmap.observe(self._on_row_click, names="selected_row")
 
@@ -227,6 +276,20 @@ class OutlierExplorer(Explorer):
         self._load_samples_from(s)
         return self._samples.get(layer)
 
+    def _use_view(self, view: str) -> None:
+        """Switch the statistics (and token samples) to the original, rotated or smoothed model."""
+        if view == self._view:
+            return
+        self._views[self._view] = (self.model, self._base_stats, self._samples, self._sample_all_done)
+        if view not in self._views:
+            from qviz._capture import capture
+
+            model = transformed_model(self._views["original"][0], self.batch, view, self._names)
+            stats = capture(model, self.batch, progress=False, **self._capture_args)
+            self._views[view] = (model, stats.sel(layer=self._names), {}, False)
+        self.model, self._base_stats, self._samples, self._sample_all_done = self._views[view]
+        self._view = view
+
     def _on_row_click(self, change: dict[str, Any]) -> None:
         row = change["new"]
         if 0 <= row < len(self._names) and self._names[row] != self.layer_select.value:
@@ -243,6 +306,7 @@ class OutlierExplorer(Explorer):
             raise ValueError(f"threshold must be a positive number (LLM.int8 uses 6.0); got {threshold!r}.")
         if layer not in self._names:
             raise ValueError(f"Unknown layer {layer!r}; pick one of the {len(self._names)} captured layers.")
+        self._use_view(self.transform_toggle.value)
         # the canvases recolour from the threshold alone: send it first, the rest follows
         heat_threshold = threshold if var in ("absmax", "max", "min") else 0.0
         self.heatmap.threshold = heat_threshold

@@ -1,0 +1,197 @@
+"""Floating-point formats, HQQ and Hadamard rotation, measured in one run.
+
+Run ``python benchmarks/fp_formats.py [--model tiny-llama] [--n-calib 16] [--n-eval 32]``
+(any decoder ``qviz.load`` knows, e.g. ``smollm2-135m`` once that loader exists;
+``--kernels-only`` for part 1 alone). It prints:
+
+1. kernel speed on a 4096 x 4096 float32 matrix, as a ratio to ``np.copyto``
+   into a preallocated array (medians of interleaved repeats): FP8 E4M3
+   per-channel quantize, MXFP4 / MXFP8 quantize, NVFP4 quantize, and the MXFP4
+   dequantize;
+2. the max/median channel ratio of the input of every linear layer of the
+   model, original vs rotated (and after SmoothQuant's smoothing, alpha 0.5), and the
+   full-precision output error of the rotated model (relative, float32);
+3. mean KL to the full-precision model, perplexity change and same-top-1 on
+   held-out text, and the mean per-layer output error, for:
+   W4A4 naive / SmoothQuant / rotation / rotation + GPTQ (the QuaRot recipe);
+   W8A8 INT8 vs FP8 E4M3 dynamic per-token vs static per-tensor;
+   about 4.25-4.5 bits per weight: MXFP4, NVFP4, NF4, FP4, RTN g32 and g128, HQQ g64;
+   HQQ vs RTN at 4 and 3 bits (group 64, no calibration).
+
+Layers a format cannot hold (a row length that is not a multiple of its block)
+are left in full precision and listed. Nothing here is a fixed number: every
+figure is measured when the script runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+N = 4096
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def kernels(repeats: int = 5) -> None:
+    import kernels_numba.fp as kfp
+
+    x = np.random.default_rng(0).standard_normal((N, N)).astype(np.float32)
+    dst = np.empty_like(x)
+    scale = kfp.fp_scales(x, "e4m3")
+    codes, exps = kfp.mx_quantize(x, "e2m1")
+    cases = {
+        "FP8 e4m3 per-channel quantize": lambda: kfp.fp_quantize(x, scale, "e4m3"),
+        "MXFP4 quantize": lambda: kfp.mx_quantize(x, "e2m1"),
+        "MXFP8 quantize": lambda: kfp.mx_quantize(x, "e4m3"),
+        "NVFP4 quantize": lambda: kfp.nvfp4_quantize(x),
+        "MXFP4 dequantize": lambda: kfp.mx_dequantize(codes, exps, "e2m1"),
+    }
+    for fn in cases.values():  # compile / warm
+        fn()
+    print(f"\n1. kernels on a {N} x {N} float32 matrix (ratio to np.copyto; medians of {repeats} interleaved runs)")
+    for name, fn in cases.items():
+        copies, runs = [], []
+        for _ in range(repeats):
+            copies.append(_median_time(lambda: np.copyto(dst, x), 1))
+            runs.append(_median_time(fn, 1))
+        c, r = statistics.median(copies), statistics.median(runs)
+        print(f"   {name:32s} {r * 1e3:8.1f} ms  = {r / c:6.1f} x copy ({c * 1e3:.1f} ms)")
+
+
+def _linear_names(model) -> list[str]:
+    from qviz.models import layer_type, quantizable_layers
+
+    return [n for n, m in quantizable_layers(model).items() if layer_type(m) == "linear"]
+
+
+def outliers(model, calib) -> None:
+    import torch
+
+    import qviz
+    from qviz.quant.registry import method_for
+
+    names = _linear_names(model)
+    rot = qviz.rotate(model)
+    sq = qviz.SmoothQuant(alpha=0.5, w_bits=8, a_bits=8)
+    smooth = model.copy()
+    method_for(sq).prepare(smooth, sq, calib, {n: smooth.module.get_submodule(n) for n in names})
+    stats = {label: qviz.capture(m, calib, layers=names, progress=False)
+             for label, m in (("original", model), ("rotated", rot), ("smoothed", smooth))}
+    rot_ch = qviz.plot.outlier_change(stats["original"], stats["rotated"], ("original", "rotated"))
+    sm_ch = qviz.plot.outlier_change(stats["original"], stats["smoothed"], ("original", "smoothed"))
+    print(f"\n2. max/median channel absmax of each linear layer's input ({model.name}; rotation: {rot.rotation['residual']}, "
+          f"down_proj: {rot.rotation.get('online_down_proj', 'none')})")
+    print(f"   {'layer':44s} {'original':>9s} {'rotated':>9s} {'smoothed':>9s} {'rot. reduction':>15s}")
+    for i, layer in enumerate(rot_ch.layer.values):
+        r = rot_ch.outlier_ratio.values[i]
+        s = sm_ch.outlier_ratio.sel(layer=layer).values[1]
+        print(f"   {layer:44s} {r[0]:9.1f} {r[1]:9.1f} {s:9.1f} {rot_ch.reduction.values[i]:14.1f}x")
+    print(f"   median reduction by rotation {float(np.median(rot_ch.reduction.values)):.1f}x, "
+          f"by smoothing {float(np.median(sm_ch.reduction.values)):.1f}x")
+    texts = list(qviz.eval_data(model, n=8)[0])
+    inputs = model.prepare(texts)
+    with torch.no_grad():
+        y, y_rot = model.run(inputs).float(), rot.run(rot.prepare(texts)).float()
+    print(f"   rotated full-precision output error ||y_rot - y|| / ||y|| = {float((y_rot - y).norm() / y.norm()):.2e} "
+          f"({next(model.module.parameters()).dtype})")
+
+
+def _skips(model, cfg) -> list[str]:
+    """Layers whose row length the config's block or group does not divide."""
+    from qviz.models import weight_matrix
+
+    group = getattr(cfg, "group_size", None)
+    if not isinstance(group, int):
+        return []
+    root = model.module
+    return [n for n in _linear_names(model) if weight_matrix(root.get_submodule(n)).shape[1] % group]
+
+
+def quality(model, calib, texts, groups: dict[str, list]) -> None:
+    import qviz
+    from qviz.evaluate.accuracy import decoder_metrics
+
+    base = decoder_metrics(model, model, texts)
+    print(f"\n3. quality on {len(texts)} held-out texts of {model.name} (fp32 perplexity {base['perplexity']:.3f})")
+    for title, cfgs in groups.items():
+        print(f"   -- {title}")
+        print(f"   {'config':40s} {'mean KL':>9s} {'dPPL %':>8s} {'same top1':>9s} {'layer err':>10s} {'bits/w':>7s}")
+        for cfg in cfgs:
+            skip = _skips(model, cfg)
+            t0 = time.perf_counter()
+            try:
+                q = qviz.quantize(model, cfg, calib=calib, skip=skip or None, progress=False)
+            except ValueError as err:  # e.g. no layer whose row the group divides
+                print(f"   {cfg.label:40s} not run: {err}")
+                continue
+            r = decoder_metrics(q, model, texts)
+            err = qviz.layer_error(model, cfg, calib=calib, skip=skip or None)
+            note = f"  (full precision: {len(skip)} layers)" if skip else ""
+            print(f"   {cfg.label:40s} {r['kl_divergence']:9.4f} {100 * (r['perplexity'] / base['perplexity'] - 1):8.2f} "
+                  f"{r['agreement']:9.3f} {float(err.output_rel_err.mean()):10.4f} "
+                  f"{q.quantization.bits_per_weight:7.3f}  {time.perf_counter() - t0:5.0f}s{note}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-llama", help="a decoder qviz.load knows (default tiny-llama)")
+    ap.add_argument("--n-calib", type=int, default=16)
+    ap.add_argument("--n-eval", type=int, default=32)
+    ap.add_argument("--kernels-only", action="store_true")
+    ap.add_argument("--no-kernels", action="store_true")
+    ap.add_argument("--only", choices=("outliers", "w4a4", "w8a8", "4bit", "hqq"), action="append",
+                    help="run only these parts of 2-3 (repeatable)")
+    args = ap.parse_args()
+    if not args.no_kernels:
+        kernels()
+    if args.kernels_only:
+        return
+    import qviz
+
+    model = qviz.load(args.model)
+    if model.kind != "decoder":
+        raise SystemExit(f"{args.model} is a {model.kind}; this benchmark needs a decoder (tiny-llama, smollm2-135m).")
+    calib = qviz.calibration_data(model, n=args.n_calib)
+    texts = list(qviz.eval_data(model, n=args.n_eval)[0])
+    only = set(args.only or ("outliers", "w4a4", "w8a8", "4bit", "hqq"))
+    if "outliers" in only:
+        outliers(model, calib)
+    w4a4 = qviz.RTN(bits=4, group_size=None, symmetric=True, act_bits=4)
+    groups = {
+        "w4a4": ("W4A4 (per-channel weights, per-token activations)", [
+            w4a4, qviz.SmoothQuant(alpha=0.5, w_bits=4, a_bits=4, act_scheme="per-token"),
+            qviz.Rotated(w4a4), qviz.Rotated(qviz.GPTQ(bits=4, group_size=None, symmetric=True), act_bits=4)]),
+        "w8a8": ("W8A8", [
+            qviz.RTN(bits=8, group_size=None, symmetric=True, act_bits=8), qviz.FP8(act_bits=8),
+            qviz.FP8(act_bits=8, act_scheme="per-tensor", act_static=True)]),
+        "4bit": ("about 4.25-4.5 bits per weight", [
+            qviz.MXFP4(), qviz.NVFP4(), qviz.BnbNF4(blocksize=64), qviz.BnbFP4(blocksize=64),
+            qviz.RTN(bits=4, group_size=32), qviz.RTN(bits=4, group_size=128), qviz.HQQ(bits=4, group_size=64)]),
+        "hqq": ("HQQ vs RTN, no calibration", [
+            qviz.RTN(bits=4, group_size=64), qviz.HQQ(bits=4, group_size=64),
+            qviz.RTN(bits=3, group_size=64), qviz.HQQ(bits=3, group_size=64)]),
+    }
+    chosen = {title: cfgs for key, (title, cfgs) in groups.items() if key in only}
+    if chosen:
+        quality(model, calib, texts, chosen)
+
+
+if __name__ == "__main__":
+    main()

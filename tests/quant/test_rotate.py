@@ -1,0 +1,104 @@
+"""Hadamard rotations: exactness in float32, the architectures they fold, outliers spread, qviz.Rotated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import qviz
+from qviz.quant.config import config_from_json
+from qviz.quant.rotate import hadamard_matrix, random_hadamard
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def random_llama(hidden, inter, heads, kv, tie, outlier=None, spread=None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+                                   num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=tie)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:  # non-trivial norm scales, so the folding is exercised
+                p.uniform_(0.5, 1.5)
+        if outlier is not None:  # a massive-activation channel in the residual stream
+            model.model.embed_tokens.weight[:, outlier] = 6.0
+        if spread is not None:  # heavy-tailed channel scales (lognormal), as trained residual streams have
+            g = torch.Generator().manual_seed(0)
+            model.model.embed_tokens.weight.mul_(torch.exp(torch.randn(hidden, generator=g) * spread))
+    return model
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 12, 20, 24, 44, 48, 64, 176, 576, 1536])
+def test_hadamard_matrices(n):
+    h = hadamard_matrix(n)
+    assert torch.equal(h @ h.T, n * torch.eye(n, dtype=torch.float64)) and set(h.unique().tolist()) <= {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("n", [36, 64, 100])
+def test_rotation_is_orthogonal_with_or_without_a_hadamard(n):
+    q, kind = random_hadamard(n, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(q @ q.T, torch.eye(n, dtype=torch.float64))
+    assert kind.startswith("randomized Hadamard" if hadamard_matrix(n) is not None else "random orthogonal")
+
+
+@pytest.mark.parametrize(("hidden", "inter", "heads", "kv", "tie"), [
+    (64, 128, 4, 2, True),      # powers of two, tied lm_head
+    (48, 80, 4, 4, False),      # Paley sizes: 48 = 4 * 12, 80 = 4 * 20, head_dim 12
+    (36, 100, 3, 1, True),      # no Hadamard matrix: random orthogonal fallback, head_dim 12
+])
+def test_rotated_model_output_is_unchanged(hidden, inter, heads, kv, tie):
+    model = random_llama(hidden, inter, heads, kv, tie)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rot = qviz.rotate(model)
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel(rot(ids).logits, model(ids).logits) <= 1e-5
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
+    assert model.lm_head.weight is model.model.embed_tokens.weight or not tie
+    assert rot.lm_head.weight is not rot.model.embed_tokens.weight
+    assert type(rot.model.layers[0].mlp).__name__ == "RotatedMLP"
+
+
+def test_tiny_llama_and_refusals():
+    model = qviz.load("tiny-llama")
+    rot = qviz.rotate(model)
+    ids = torch.tensor([[2, 70, 71, 72, 33, 9]])
+    with torch.no_grad():
+        assert rel(rot.module(ids).logits, model.module(ids).logits) <= 1e-5
+    assert rot.rotation["online_down_proj"] == "randomized Hadamard 176"
+    with pytest.raises(ValueError, match="cannot fold GPT2LMHeadModel .architecture 'gpt2'.*LayerNorm"):
+        qviz.rotate("tiny-gpt2")
+    with pytest.raises(ValueError, match="cannot fold Sequential"):
+        qviz.rotate(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_rotation_spreads_an_outlier_channel():
+    model = random_llama(64, 128, 4, 2, False, outlier=5)
+    ids = torch.randint(0, 96, (8, 16), generator=torch.Generator().manual_seed(1))
+    layers = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.gate_proj"]
+    before = qviz.capture(model, ids, layers=layers, progress=False).outlier_ratio
+    after = qviz.capture(qviz.rotate(model), ids, layers=layers, progress=False).outlier_ratio
+    assert bool((before > 20).all()) and bool((after * 5 < before).all())
+
+
+def test_rotated_config_quantizes_on_the_rotated_copy():
+    model = qviz.load(random_llama(64, 128, 4, 2, False, spread=1.2), kind="module")
+    calib = torch.randint(0, 96, (8, 16), generator=torch.Generator().manual_seed(2))
+    naive = qviz.RTN(bits=8, group_size=None, symmetric=True, act_bits=4)
+    cfgs = [naive, qviz.Rotated(naive), qviz.Rotated(qviz.HQQ(bits=4, group_size=32), act_bits=8, act_type="fp")]
+    err = qviz.layer_error(model, cfgs, calib=calib, layers="*_proj")
+    by = err.output_rel_err.mean("layer")
+    assert float(by.sel(config="Rot+" + naive.label)) * 3 < float(by.sel(config=naive.label))
+    q = qviz.quantize(model, cfgs[2], calib=calib, progress=False)
+    assert type(q.module.model.layers[0].mlp).__name__ == "RotatedMLP"
+    assert q.quantization.layers["model.layers.0.mlp.down_proj"].bits_per_weight == 4 + 32 / 32
+    for cfg in cfgs[1:]:
+        assert config_from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="Both Rotated and its inner config"):
+        qviz.Rotated(naive, act_bits=8)
+    with pytest.raises(TypeError, match="Rotated wraps one weight config"):
+        qviz.Rotated(qviz.Rotated())
