@@ -520,8 +520,9 @@ def _cost_inputs(model: QvizModel, ref: Any) -> tuple[Any, int]:
         return ref["x"][:64], 1
     if model.kind == "text-encoder" and isinstance(ref, dict) and "queries" in ref:
         texts = list(ref["queries"][:16])
-    elif model.kind == "decoder" and isinstance(ref, dict) and "texts" in ref:
-        texts = list(ref["texts"][:16])
+    elif model.kind == "decoder" and isinstance(ref, dict) and "data" in ref:
+        ids = ref["data"]["input_ids"][:16, :128]  # [items, tokens] of the held-out chunks
+        return ids, int(ids.shape[1])
     else:
         from qviz.data import eval_data
 
