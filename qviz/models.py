@@ -176,7 +176,7 @@ class ByteTokenizer:
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         special = {self.bos_id: "<bos>", self.eos_id: "<eos>", self.pad_id: "<pad>"}
-        return [special.get(int(i), bytes([int(i)]).decode("latin-1")) for i in ids]
+        return [special[int(i)] if int(i) in special else bytes([int(i)]).decode("latin-1") for i in ids]
 
 
 # --------------------------------------------------------------------------- wrapper

