@@ -31,7 +31,7 @@ _LAZY: dict[str, str] = {
     "hooks": "qviz._hooks",
     "capture": "qviz._capture",
     "outlier_summary": "qviz.outliers",
-    "massive_activations": "qviz.massive_activations",
+    "massive_activations": "qviz.massive",
     # quantization
     "RTN": "qviz.quant.config",
     "BnbInt8": "qviz.quant.config",
