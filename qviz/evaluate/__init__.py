@@ -26,13 +26,15 @@ _LAZY = {
     "digits_accuracy": "qviz.evaluate.accuracy",
     "topic_accuracy": "qviz.evaluate.accuracy",
     "decoder_metrics": "qviz.evaluate.accuracy",
+    "decoder_quality": "qviz.evaluate.decoder",
+    "reference_log_probs": "qviz.evaluate.decoder",
     "Hardware": "qviz.evaluate.cost",
     "hardware_table": "qviz.evaluate.cost",
     "roofline": "qviz.evaluate.cost",
     "measure_latency": "qviz.evaluate.cost",
     "gemv_benchmark": "qviz.evaluate.cost",
 }
-_SUBMODULES = ("accuracy", "size", "cost", "compare")
+_SUBMODULES = ("accuracy", "size", "cost", "compare", "decoder")
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 

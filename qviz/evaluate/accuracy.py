@@ -280,14 +280,29 @@ class TopicTask(Task):
 
 @dataclass
 class PerplexityTask(Task):
-    """Perplexity, KL divergence to full precision and same-top-1 share on text, for decoders.
+    """llama.cpp-style perplexity, KL divergence, Δp and same-top-1 against full precision, for decoders.
+
+    The text is cut into token chunks (:func:`qviz.data.token_batches`); the
+    second half of each chunk is scored (:mod:`qviz.evaluate.decoder`). The
+    reference's log-probabilities are computed once (:meth:`reference`) and
+    reused for every config.
 
     Parameters
     ----------
     texts : list of str or None
-        The text; default: the first ``n`` held-out sentences (:func:`qviz.eval_data`).
+        Your own held-out text; default: the model's held-out text
+        (:func:`qviz.eval_data`: token batches for pretrained decoders, sentences
+        for the random-weight ones).
     n : int
-        How many held-out sentences when ``texts`` is None.
+        How many chunks (pretrained decoders, default text) or sentences
+        (random-weight decoders) to read.
+    seq_len : int
+        Tokens per chunk.
+    batch_size : int
+        Chunks per forward pass.
+    spill_to
+        Where the reference's log-probabilities live (see
+        :func:`~qviz.evaluate.decoder.reference_log_probs`).
 
     Examples
     --------
@@ -298,36 +313,50 @@ class PerplexityTask(Task):
     name: str = "perplexity"
     kinds: tuple[str, ...] = ("decoder",)
     texts: Sequence[str] | None = None
-    n: int = 32
-    batch_size: int = 8
-    metric_attrs: dict[str, dict[str, str]] = field(
-        default_factory=lambda: {
-            "accuracy": {"long_name": "next-token top-1 accuracy", "units": "fraction"},
-            "agreement": {"long_name": "same top-1 token as full precision", "units": "fraction"},
-            "perplexity": {"long_name": "perplexity", "units": "1"},
-            "kl_divergence": {"long_name": "mean KL(full precision ‖ quantized) per token", "units": "nat"},
-        }
-    )
+    n: int = 8
+    seq_len: int = 256
+    batch_size: int = 4
+    spill_to: Any = None
+    metric_attrs: dict[str, dict[str, str]] = field(default_factory=lambda: _decoder_attrs())
 
     def __post_init__(self) -> None:
         if self.texts is not None:
             if isinstance(self.texts, str) or not all(isinstance(t, str) for t in self.texts) or not self.texts:
                 raise TypeError("PerplexityTask texts must be a non-empty list of strings.")
+        for name in ("n", "seq_len", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"PerplexityTask {name} must be a positive int; got {v!r}.")
 
-    def _texts(self, model: QvizModel) -> list[str]:
+    def data(self, model: QvizModel) -> dict[str, torch.Tensor]:
+        """The token batches scored."""
+        from qviz.data import _token_decoder, eval_data, token_batches
+
         if self.texts is not None:
-            return list(self.texts)
-        from qviz.data import eval_data
-
-        return list(eval_data(model, n=self.n)[0])
+            return token_batches(model, list(self.texts), self.seq_len)
+        if _token_decoder(model):
+            return eval_data(model, n=self.n, seq_len=self.seq_len)[0]
+        return token_batches(model, eval_data(model, n=self.n)[0], self.seq_len)
 
     def reference(self, fp_model: QvizModel) -> dict[str, Any]:
+        from qviz.evaluate.decoder import reference_log_probs
+
         self.check(fp_model)
-        return {"model": fp_model, "texts": self._texts(fp_model)}
+        data = self.data(fp_model)
+        ref = reference_log_probs(fp_model, data, batch_size=self.batch_size, spill_to=self.spill_to)
+        return {"log_probs": ref, "data": data}
 
     def score_full(self, model: QvizModel, ref: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        from qviz.evaluate.decoder import decoder_quality
+
         self.check(model)
-        return decoder_metrics(model, ref["model"], ref["texts"], batch_size=self.batch_size), {}
+        return decoder_quality(model, ref["log_probs"], batch_size=self.batch_size), {}
+
+
+def _decoder_attrs() -> dict[str, dict[str, str]]:
+    from qviz.evaluate.decoder import METRIC_ATTRS
+
+    return {k: dict(v) for k, v in METRIC_ATTRS.items()}
 
 
 @torch.no_grad()

@@ -145,6 +145,9 @@ class _Context:
     n_tokens: int
     threads: int | None = 1
     attack: dict[str, Any] = field(default_factory=dict)
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 32
+    ref_answers: list[Any] = field(default_factory=list)
 
 
 def _default_calib(model: QvizModel, n: int | None) -> Any:
@@ -358,6 +361,9 @@ def _evaluate_config(ctx: _Context, cfg: Any) -> xr.Dataset:
             coords["layer"] = amp.layer.values
     elif "robustness" in ctx.metrics:
         notes["robustness"] = f"no attack is defined for a {model.kind!r} model; robustness was skipped"
+    if ctx.prompts:
+        data.update(_answers(ctx, q, cfg))
+        coords["prompt"] = ctx.prompts
     data["eval_seconds"] = (("config",), [time.perf_counter() - t0], {"long_name": "time to quantize and evaluate this config", "units": "s"})
     data["quantize_seconds"] = (("config",), [t_quant], {"long_name": "time to quantize", "units": "s"})
     if "hardware" not in {d for v in data.values() for d in v[0]}:
@@ -365,6 +371,23 @@ def _evaluate_config(ctx: _Context, cfg: Any) -> xr.Dataset:
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["notes"] = json.dumps(notes)
     return ds
+
+
+def _answers(ctx: _Context, q: QvizModel, cfg: Any) -> dict[str, Any]:
+    """Each prompt's greedy answer and the first generated token where it leaves full precision's."""
+    from qviz.generation import first_divergence, generate
+
+    answers = ctx.ref_answers if cfg is None else generate(q, ctx.prompts, ctx.max_new_tokens)
+    div = [first_divergence(a, r) for a, r in zip(answers, ctx.ref_answers, strict=True)]
+    return {
+        "answer": (("config", "prompt"), np.array([[a.text for a in answers]], dtype=object),
+                   {"long_name": f"greedy answer ({ctx.max_new_tokens} new tokens at most)"}),
+        "answer_tokens": (("config", "prompt"), np.array([[json.dumps(list(a.tokens)) for a in answers]], dtype=object),
+                          {"long_name": "the answer's tokens (JSON list of strings)"}),
+        "first_divergence": (("config", "prompt"), np.array([div], dtype=np.int64),
+                             {"long_name": "index of the first generated token that differs from full precision's (-1: none)",
+                              "units": "token"}),
+    }
 
 
 # --------------------------------------------------------------------------- driver
@@ -384,6 +407,8 @@ def compare(
     threads: int | None = 1,
     client: Any = None,
     progress: bool = True,
+    prompts: Sequence[str] | None = None,
+    max_new_tokens: int = 32,
 ) -> xr.Dataset:
     """Accuracy, size, cost and robustness of each config next to full precision, as one Dataset.
 
@@ -422,13 +447,22 @@ def compare(
         workers. None runs them here, one after another.
     progress
         Show a progress bar over configs.
+    prompts
+        Decoders: prompts each config answers (greedy, :func:`qviz.generate`);
+        adds ``answer``, ``answer_tokens`` and ``first_divergence`` on dims
+        ``config`` × ``prompt``.
+    max_new_tokens
+        Tokens per answer at most.
 
     Returns
     -------
     xr.Dataset
         dim ``config`` ("fp32" first) and, where a variable needs them,
         ``hardware``, ``attack`` × ``eps``, ``token_attack`` × ``n_tokens`` and
-        ``layer``. Variables: ``accuracy``, ``agreement`` (+ task extras),
+        ``layer``. Variables: ``accuracy``, ``agreement`` (+ task extras: for
+        decoders ``perplexity``, ``perplexity_stderr``, ``perplexity_ratio``,
+        ``kl_divergence`` with its median/p90/p99/p99.9/max, ``delta_p_*``; see
+        :mod:`qviz.evaluate.decoder`),
         ``size_bytes``, ``bits_per_weight``, ``serialized_bytes``, ``latency_ms``,
         ``throughput``, ``usd_per_1m``, ``kernel``, ``kernel_class``,
         ``roofline_tokens_per_s``, ``fits``, ``attack_success_rate``,
@@ -471,6 +505,12 @@ def compare(
     cost_inputs, n_tokens = _cost_inputs(model, ref)
     cost_mod._Threads(threads)  # validates
     ctx = _Context(model, t, ref, metrics, eps_arr, calib, hw, cost_inputs, n_tokens, threads)
+    if prompts is not None:
+        from qviz.generation import _check_max_new_tokens, _check_prompts, generate
+
+        ctx.prompts = _check_prompts(prompts)
+        ctx.max_new_tokens = _check_max_new_tokens(max_new_tokens)
+        ctx.ref_answers = generate(model, ctx.prompts, ctx.max_new_tokens)
     if "robustness" in metrics:
         _prepare_attacks(ctx, n_attack, attack_steps, seed=0)
     jobs: list[Any] = [None, *cfgs]
@@ -494,6 +534,12 @@ def compare(
         out["eps"].attrs = {"long_name": "attack strength ε", "units": EPS_UNITS.get(model.kind, "input units")}
     if "n_tokens" in out.coords:
         out["n_tokens"].attrs = {"long_name": "tokens substituted (at most)", "units": "tokens"}
+    if "prompt" in out.coords:
+        out["prompt"].attrs = {"long_name": "prompt (one user turn for chat models)"}
+    if getattr(t, "name", "") == "perplexity":
+        from qviz.models_gguf import reference_note
+
+        out.attrs["reference"] = reference_note(model)
     if "hardware" in out.dims:
         for k in ("memory_gb", "bandwidth_gbps", "usd_per_hour"):
             out[f"hardware_{k}"] = hw[k]
@@ -520,8 +566,9 @@ def _cost_inputs(model: QvizModel, ref: Any) -> tuple[Any, int]:
         return ref["x"][:64], 1
     if model.kind == "text-encoder" and isinstance(ref, dict) and "queries" in ref:
         texts = list(ref["queries"][:16])
-    elif model.kind == "decoder" and isinstance(ref, dict) and "texts" in ref:
-        texts = list(ref["texts"][:16])
+    elif model.kind == "decoder" and isinstance(ref, dict) and "data" in ref:
+        ids = ref["data"]["input_ids"][:16, :128]  # [items, tokens] of the held-out chunks
+        return ids, int(ids.shape[1])
     else:
         from qviz.data import eval_data
 

@@ -37,6 +37,15 @@ def quick_configs(model: Any) -> list[Any]:
     return [c for c in default_configs(model) if c.weight_bits == 4]
 
 
+def _decoder_args(model: Any, ctx: dict[str, Any]) -> dict[str, Any]:
+    """For decoders: the prompts each config answers (the decoder section shows them side by side)."""
+    if model.kind != "decoder":
+        return {}
+    from qviz.report_sections.decoder import MAX_NEW_TOKENS, PROMPTS
+
+    return {"prompts": list(ctx.get("decoder_prompts", PROMPTS)), "max_new_tokens": int(ctx.get("decoder_max_new_tokens", MAX_NEW_TOKENS))}
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -94,7 +103,7 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
         model, configs, task, calib=calib, metrics=ctx.get("compare_metrics"), hardware=ctx.get("hardware"),
         n_attack=ctx.get("compare_n_attack"), eps=ctx.get("compare_eps"),
         attack_steps=int(ctx.get("compare_attack_steps", 5)), threads=ctx.get("compare_timing_threads", 1),
-        progress=bool(ctx.get("progress", False)),
+        progress=bool(ctx.get("progress", False)), **_decoder_args(model, ctx),
     )
     datasets["comparison"] = cmp
     proj = projection_table(70e9)
