@@ -148,17 +148,17 @@ class _ChannelStats:
 
     def finalize(self) -> dict[str, np.ndarray]:
         """Per-channel summary; same definitions as ``kernels_numba.finalize_channel_stats``."""
-        n = self.count.cpu().numpy()
-        m2, m3, m4 = (t.cpu().numpy() for t in (self.m2, self.m3, self.m4))
+        n, lo, hi, amax, mean, m2, m3, m4 = torch.stack(  # one copy to the host
+            [self.count, self.min, self.max, self.absmax, self.mean, self.m2, self.m3, self.m4]).cpu().numpy()
         has = n > 0
         pos = has & (m2 > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             return {
                 "count": n,
-                "min": np.where(has, self.min.cpu().numpy(), np.nan),
-                "max": np.where(has, self.max.cpu().numpy(), np.nan),
-                "absmax": np.where(has, self.absmax.cpu().numpy(), np.nan),
-                "mean": np.where(has, self.mean.cpu().numpy(), np.nan),
+                "min": np.where(has, lo, np.nan),
+                "max": np.where(has, hi, np.nan),
+                "absmax": np.where(has, amax, np.nan),
+                "mean": np.where(has, mean, np.nan),
                 "std": np.sqrt(np.where(has, m2 / np.where(has, n, 1), np.nan)),
                 "skewness": np.where(pos, np.sqrt(n) * m3 / np.where(pos, m2, 1) ** 1.5, np.nan),
                 "kurtosis": np.where(pos, n * m4 / np.where(pos, m2, 1) ** 2, np.nan),
@@ -204,10 +204,59 @@ class _NumbaChannelStats:
         return out
 
 
+class _TritonChannelStats(_ChannelStats):
+    """The CUDA accumulator: one Triton launch per layer and batch (:mod:`qviz.gpu.stats`), no host sync.
+
+    Padding rows are masked out in the kernel instead of being gathered away (a boolean index
+    would wait for the device); the NaN/Inf count stays on the device until :meth:`finalize`.
+    """
+
+    takes_row_mask = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hist = torch.zeros(self.n_channels * self.n_bins, dtype=torch.int32, device=self.device)
+        self._bad = torch.zeros(1, dtype=torch.int32, device=self.device)
+
+    @property
+    def n_nonfinite(self) -> int:  # type: ignore[override]
+        """NaN/Inf values skipped (read from the device)."""
+        return int(self._bad.item())
+
+    @n_nonfinite.setter
+    def n_nonfinite(self, value: int) -> None:  # the dataclass __init__ sets the field; the count lives on the device
+        pass
+
+    @torch.no_grad()
+    def batch_stats(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> Any:  # type: ignore[override]
+        """Summary of one batch ``x`` ``[rows, channels]`` (rows where ``row_mask`` is False left out)."""
+        from qviz.gpu.stats import channel_stats
+
+        return channel_stats(x.detach(), row_mask, self, accumulate=False)
+
+    def merge(self, b: Any) -> None:  # type: ignore[override]
+        """Fold a batch summary into the running statistics."""
+        from qviz.gpu.stats import merge_summary
+
+        merge_summary(b, self)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> None:  # type: ignore[override]
+        """Fold the batch ``x`` into the running statistics (one launch)."""
+        from qviz.gpu.stats import channel_stats
+
+        if x.shape[0]:
+            channel_stats(x.detach(), row_mask, self, accumulate=True)
+
+
 def _accumulator(n_channels: int, n_bins: int, lo: float, hi: float, device: torch.device) -> Any:
-    """Numba on the CPU (one fused pass), torch reductions on an accelerator."""
+    """Numba on the CPU (one fused pass), Triton on CUDA, torch reductions on other accelerators."""
     if device.type == "cpu":
         return _NumbaChannelStats(n_channels, n_bins, lo, hi)
+    from qviz.gpu import _has_triton
+
+    if device.type == "cuda" and _has_triton():
+        return _TritonChannelStats(n_channels, n_bins, lo, hi, device)
     return _ChannelStats(n_channels, n_bins, lo, hi, device)
 
 
@@ -219,6 +268,14 @@ def _to_rows(x: torch.Tensor, channels_first: bool, mask: torch.Tensor | None) -
     if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
         return x[mask]  # [real tokens, channels]
     return x.reshape(-1, x.shape[-1])
+
+
+def _rows_and_mask(x: torch.Tensor, channels_first: bool, mask: torch.Tensor | None,
+                   gather: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(rows [rows, channels], row mask or None)``: padding gathered away (``gather``) or returned as a mask."""
+    if gather or channels_first or mask is None or x.dim() != 3 or x.shape[:2] != mask.shape:
+        return _to_rows(x, channels_first, mask), None
+    return x.reshape(-1, x.shape[-1]), mask.reshape(-1)
 
 
 def _channels_first(module: nn.Module, ltype: str) -> bool:
@@ -400,17 +457,21 @@ def capture(
             role[name] = "alias"
             role[shared[0]] = "source"
             return
-        rows = _to_rows(x, chan_first[name], state["mask"])  # [rows, channels]
+        masked = getattr(acc[name], "takes_row_mask", False)  # the GPU kernel masks padding rows itself
+        rows, row_mask = _rows_and_mask(x, chan_first[name], state["mask"], gather=not masked)  # [rows, channels]
         if rows.shape[-1] != channels[name] or rows.shape[0] == 0:
             return  # a norm applied over another axis; nothing per-channel to say
+        extra = (row_mask,) if masked else ()
         if first_batch or role[name] != "alone":
-            batch_stats = acc[name].batch_stats(rows)
+            batch_stats = acc[name].batch_stats(rows, *extra)
             acc[name].merge(batch_stats)
             state["seen"][key] = (name, batch_stats)
             role.setdefault(name, "alone")
         else:
-            acc[name].update(rows)
+            acc[name].update(rows, *extra)
         if name in samples and sampled_tokens[name] < max_sample_tokens:
+            if row_mask is not None:
+                rows = rows[row_mask.reshape(-1)]
             take = rows[: max_sample_tokens - sampled_tokens[name]].detach().float().cpu()
             samples[name].append(take)
             sampled_tokens[name] += take.shape[0]

@@ -22,15 +22,14 @@ word read once at the end (one host synchronisation per call), then raised as th
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from kernels_numba._common import F16_MAX, F16_MIN_SUBNORMAL
+from qviz.gpu._math import rint as _rint
 
 _FLAG_NONFINITE = 1
 _FLAG_OVERFLOW = 2
@@ -39,24 +38,6 @@ MAX_GROUP = 16384  # widest group one program holds in registers
 
 
 # ----------------------------------------------------------------------------- JIT helpers
-
-if os.environ.get("TRITON_INTERPRET") == "1":  # Triton's CPU interpreter (numpy) has no libdevice
-
-    @triton.jit
-    def _rint(v):
-        """Round half to even by the 1.5 * 2**(mantissa bits) trick (numpy evaluates it unfused)."""
-        if v.dtype == tl.float64:
-            return (v + 6755399441055744.0) - 6755399441055744.0
-        return (v + 12582912.0) - 12582912.0
-
-else:
-
-    @triton.jit
-    def _rint(v):
-        """Round half to even (``rint``), float32 or float64."""
-        return libdevice.rint(v)
-
-
 
 @triton.jit
 def _pow2(k):
@@ -121,7 +102,7 @@ def _rtn_groups_kernel(x_ptr, xhat_ptr, codes_ptr, scale_ptr, zero_ptr, flag_ptr
         else:
             scale = _store_scale_f16((hi - lo) / (QMAX * 1.0), QMAX * 1.0)
             zero = tl.minimum(tl.maximum(_rint(-lo / scale), 0.0), QMAX * 1.0)
-        bad = tl.maximum(bad, tl.max(tl.where(gmask & (scale > 65504.0), 2, 0), axis=0))
+        bad = bad | tl.max(tl.where(gmask & (scale > 65504.0), 2, 0), axis=0)
         s32 = scale.to(tl.float32)
         z32 = zero.to(tl.float32)
         tl.store(scale_ptr + g, s32, mask=gmask)
