@@ -171,7 +171,7 @@ def matmul(n: int, batch: int, copy_gbps: float) -> dict[str, dict[str, float]]:
         w_hat, codes, qp = fake_quantize_codes(w, PerGroup(128), 4)
         packed = pack_int4_groups(codes, 128)
         s16, z = qp.scale.half(), qp.zero
-        int4_bytes = packed.numel() + 3 * s16.numel()
+        int4_bytes = 4 * packed.numel() + 3 * s16.numel()
         record("qviz triton int4 (g128)", lambda: int4_linear(x16, packed, s16, z, 128), int4_bytes)
         tg = attempt("tinygemm pack", lambda: tinygemm_pack(codes, qp.scale, qp.zero, 128))
         if tg is not None:

@@ -1,15 +1,15 @@
 """A weight-only INT4 matrix product on the GPU (Triton): packed 4-bit codes, float16 group scales, uint8 zeros.
 
 The weight is qviz's RTN ``[out, in]`` (asymmetric, ``w_hat = (code - zero) * scale`` per group of
-``group`` input columns), stored in a layout made for the kernel: inside each group of a row, byte
-``i`` holds column ``i`` in its low nibble and column ``i + group/2`` in its high nibble, so one
-load of ``group/2`` bytes unpacks into two contiguous half-groups with no shuffle. Storage is the
-same as any packed INT4: ``in/2`` bytes per row plus 2 bytes per scale and 1 per zero point.
+``group`` input columns), stored as int32 words of 8 codes (nibble ``t`` of word ``w`` is column
+``8w + t``): one 4-byte load per 8 weights, unpacked by shifts. Storage is that of any packed
+INT4: ``in/2`` bytes per row plus 2 bytes per float16 scale and 1 per zero point.
 
 * :func:`int4_linear` computes ``y = x @ w_hat.T`` for float16 ``x`` ``[tokens, in]``: at one
   token a GEMV (each program reduces ``BLOCK_N`` output rows over ``in``, using
   ``sum((q - z) x) s = (sum(q x) - z sum(x)) s`` per group, in float32), at more tokens a GEMM
-  on the tensor cores (float16 dequantized tiles, float32 accumulation).
+  on the tensor cores (float16 dequantized tiles of 16 words, one K=16 product per nibble
+  position, float32 accumulation).
 * :class:`Int4Linear` is the ``nn.Module`` the cost section swaps in for RTN w4 layers on CUDA.
 
 Batch-1 decoding reads every weight once, so this kernel's floor is the packed bytes over the
@@ -26,8 +26,8 @@ import triton.language as tl
 from torch import nn
 
 _GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPI": gpi}, num_warps=w, num_stages=st)
-                 for bn, gpi, w, st in [(8, 4, 4, 3), (16, 2, 4, 3), (16, 4, 4, 3), (32, 2, 8, 3), (32, 4, 8, 2),
-                                        (64, 1, 8, 3), (8, 8, 4, 2), (16, 8, 8, 2)]]
+                 for bn, gpi, w, st in [(4, 4, 4, 3), (8, 2, 4, 3), (8, 4, 4, 3), (16, 2, 4, 3), (16, 4, 8, 3),
+                                        (32, 1, 4, 3), (32, 2, 8, 2), (4, 8, 4, 2)]]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(16, 64, 4, 3), (32, 64, 4, 3), (32, 128, 4, 3), (64, 64, 4, 3),
                                        (32, 32, 4, 4), (16, 128, 8, 3)]]
@@ -38,78 +38,86 @@ _GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_
 def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
                  GPI: tl.constexpr):
     # K (the row length) is a compile-time constant: the group loop's trip count
-    # x [K] float16; p [N, K/2] uint8 (group-split nibbles); s [N, K/GROUP] float16; z like s, uint8; y [N]
-    HALF: tl.constexpr = GROUP // 2
+    # x [K] float16; p [N, K/8] int32 words (nibble t of word w = column 8w + t);
+    # s [N, K/GROUP] float16; z like s, uint8; y [N] float16
+    WPG: tl.constexpr = GROUP // 8  # words per group
+    NG: tl.constexpr = K // GROUP
+    KW: tl.constexpr = K // 8
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nm = n < N
-    n_groups = K // GROUP
+    wi = tl.arange(0, GPI * WPG)
     gi = tl.arange(0, GPI)
-    j = tl.arange(0, HALF)
     acc = tl.zeros((BLOCK_N,), tl.float32)
-    for g0 in range(0, n_groups, GPI):
-        g = g0 + gi  # [GPI]
-        gm = g < n_groups
-        # x halves of each group: [GPI, HALF]
-        xo = g[:, None] * GROUP + j[None, :]
-        x_lo = tl.load(x_ptr + xo, mask=gm[:, None], other=0.0).to(tl.float32)
-        x_hi = tl.load(x_ptr + xo + HALF, mask=gm[:, None], other=0.0).to(tl.float32)
-        # packed bytes [BLOCK_N, GPI, HALF]
-        po = n.to(tl.int64)[:, None, None] * (K // 2) + (g[None, :, None] * HALF + j[None, None, :])
-        p = tl.load(p_ptr + po, mask=nm[:, None, None] & gm[None, :, None], other=0).to(tl.int32)
-        q_lo = (p & 15).to(tl.float32)
-        q_hi = (p >> 4).to(tl.float32)
-        qx = tl.sum(q_lo * x_lo[None, :, :] + q_hi * x_hi[None, :, :], axis=2)  # [BLOCK_N, GPI]
-        xs = tl.sum(x_lo + x_hi, axis=1)  # [GPI]
-        so = n[:, None] * n_groups + g[None, :]
-        sm = nm[:, None] & gm[None, :]
-        s = tl.load(s_ptr + so, mask=sm, other=0.0).to(tl.float32)
+    for g0 in range(0, NG, GPI):
+        w = g0 * WPG + wi  # [GPI * WPG] word index in the row
+        wm = w < KW
+        words = tl.load(p_ptr + n.to(tl.int64)[:, None] * KW + w[None, :], mask=nm[:, None] & wm[None, :], other=0)
+        qx = tl.zeros((BLOCK_N, GPI * WPG), tl.float32)
+        xs = tl.zeros((GPI * WPG,), tl.float32)
+        for t in tl.static_range(8):
+            xt = tl.load(x_ptr + w * 8 + t, mask=wm, other=0.0).to(tl.float32)
+            qx += ((words >> (4 * t)) & 15).to(tl.float32) * xt[None, :]
+            xs += xt
+        qg = tl.sum(tl.reshape(qx, (BLOCK_N, GPI, WPG)), axis=2)  # [BLOCK_N, GPI]: sum(q x) per group
+        xg = tl.sum(tl.reshape(xs, (GPI, WPG)), axis=1)  # [GPI]: sum(x) per group
+        g = g0 + gi
+        sm = nm[:, None] & (g < NG)[None, :]
+        so = n[:, None] * NG + g[None, :]
+        sc = tl.load(s_ptr + so, mask=sm, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + so, mask=sm, other=0).to(tl.float32)
-        acc += tl.sum((qx - z * xs[None, :]) * s, axis=1)
+        acc += tl.sum((qg - z * xg[None, :]) * sc, axis=1)  # sum((q - z) x) s = (sum(q x) - z sum(x)) s
     tl.store(y_ptr + n, acc.to(tl.float16), mask=nm)
 
 
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "GROUP"])
 @triton.jit
-def _gemm_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, M, N, K: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr):
-    # x [M, K] float16; p, s, z as in _gemv_kernel; y [M, N] float16
-    HALF: tl.constexpr = GROUP // 2
+def _gemm_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, M, N, K: tl.constexpr, GROUP: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # x [M, K] float16; p, s, z as in _gemv_kernel; y [M, N] float16. K in steps of 128 columns (16 words):
+    # for each nibble position t, the 16 columns 8w + t make one K=16 tensor-core product.
+    WPG: tl.constexpr = GROUP // 8
+    NG: tl.constexpr = K // GROUP
+    KW: tl.constexpr = K // 8
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mm = m < M
     nm = n < N
-    j = tl.arange(0, HALF)
-    n_groups = K // GROUP
+    wi = tl.arange(0, 16)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for g in range(0, n_groups):
-        xo = m.to(tl.int64)[:, None] * K + g * GROUP + j[None, :]
-        x_lo = tl.load(x_ptr + xo, mask=mm[:, None], other=0.0)  # [BLOCK_M, HALF] float16
-        x_hi = tl.load(x_ptr + xo + HALF, mask=mm[:, None], other=0.0)
-        po = n.to(tl.int64)[None, :] * (K // 2) + g * HALF + j[:, None]  # [HALF, BLOCK_N]: transposed tile
-        p = tl.load(p_ptr + po, mask=nm[None, :], other=0).to(tl.int32)
-        s = tl.load(s_ptr + n * n_groups + g, mask=nm, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + n * n_groups + g, mask=nm, other=0).to(tl.float32)
-        w_lo = (((p & 15).to(tl.float32) - z[None, :]) * s[None, :]).to(tl.float16)
-        w_hi = (((p >> 4).to(tl.float32) - z[None, :]) * s[None, :]).to(tl.float16)
-        acc = tl.dot(x_lo, w_lo, acc)
-        acc = tl.dot(x_hi, w_hi, acc)
+    for w0 in range(0, KW, 16):
+        w = w0 + wi  # [16] word indices
+        wmask = nm[None, :] & (w < KW)[:, None]
+        words = tl.load(p_ptr + n.to(tl.int64)[None, :] * KW + w[:, None], mask=wmask, other=0)  # [16, BLOCK_N]
+        so = n[None, :] * NG + (w // WPG)[:, None]  # the group of each word
+        sc = tl.load(s_ptr + so, mask=wmask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + so, mask=wmask, other=0).to(tl.float32)
+        for t in tl.static_range(8):
+            wt = ((((words >> (4 * t)) & 15).to(tl.float32) - z) * sc).to(tl.float16)  # [16, BLOCK_N]
+            xt = tl.load(x_ptr + m.to(tl.int64)[:, None] * K + (w * 8 + t)[None, :],
+                         mask=mm[:, None] & (w < KW)[None, :], other=0.0)
+            acc = tl.dot(xt, wt, acc)
     yo = m.to(tl.int64)[:, None] * N + n[None, :]
     tl.store(y_ptr + yo, acc.to(tl.float16), mask=mm[:, None] & nm[None, :])
 
 
 def pack_int4_groups(codes: torch.Tensor, group: int) -> torch.Tensor:
-    """Pack uint8 codes ``[out, in]`` (0..15) into the kernel's layout ``[out, in/2]`` uint8.
+    """Pack uint8 codes ``[out, in]`` (0..15) into the kernels' layout: int32 words ``[out, in/8]``.
+
+    Nibble ``t`` (bits ``4t .. 4t+3``) of word ``w`` is column ``8w + t``; a group of ``group``
+    columns (a multiple of 16, dividing ``in``) is ``group/8`` whole words.
 
     Examples
     --------
-    >>> pack_int4_groups(torch.tensor([[1, 2, 3, 4]], dtype=torch.uint8), 4).tolist()
-    [[49, 66]]
+    >>> hex(int(pack_int4_groups(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8] * 2], dtype=torch.uint8), 16)[0, 0]) & 0xFFFFFFFF)
+    '0x87654321'
     """
     out_f, in_f = codes.shape
-    if group % 2 or in_f % group:
-        raise ValueError(f"group={group} must be even and divide the row length {in_f}.")
-    g = codes.reshape(out_f, in_f // group, 2, group // 2)  # [out, n_groups, lo/hi half, group/2]
-    return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(out_f, in_f // 2).contiguous()
+    if group % 16 or in_f % group:
+        raise ValueError(f"group={group} must be a multiple of 16 and divide the row length {in_f}.")
+    c = codes.to(torch.int64).reshape(out_f, in_f // 8, 8)
+    shifts = torch.arange(0, 32, 4, device=codes.device, dtype=torch.int64)
+    words = (c << shifts).sum(-1)  # [out, in/8], < 2**32
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
 
 
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
@@ -148,7 +156,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.group = int(group)
         self.out_features, self.in_features = codes.shape
-        self.register_buffer("packed", pack_int4_groups(codes, group))  # [out, in/2] uint8
+        self.register_buffer("packed", pack_int4_groups(codes, group))  # [out, in/8] int32
         self.register_buffer("scale", scale.to(torch.float16).contiguous())  # [out, in/group]
         self.register_buffer("zero", zero.to(torch.uint8).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float16).clone())
@@ -163,7 +171,7 @@ class Int4Linear(nn.Module):
     @property
     def nbytes(self) -> int:
         """Stored bytes: packed codes, float16 scales, uint8 zeros."""
-        return self.packed.numel() + 2 * self.scale.numel() + self.zero.numel()
+        return 4 * self.packed.numel() + 2 * self.scale.numel() + self.zero.numel()
 
 
 def int4_layer(module: nn.Module, group: int) -> Int4Linear | None:
@@ -175,7 +183,7 @@ def int4_layer(module: nn.Module, group: int) -> Int4Linear | None:
     if not isinstance(module, nn.Linear) or not available(module.weight):
         return None
     w = module.weight.detach().float()  # [out, in]
-    if w.shape[1] % group or group % 2:
+    if w.shape[1] % group or group % 16:
         return None
     _, codes, qp = fake_quantize_codes(w, PerGroup(group), 4, symmetric=False)
     return Int4Linear(codes, qp.scale, qp.zero, group, module.bias)

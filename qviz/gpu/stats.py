@@ -43,14 +43,16 @@ def _chan_merge(na, ma, m2a, m3a, m4a, nb, mb, m2b, m3b, m4b):
 
 
 @triton.jit
-def _channel_kernel(x_ptr, mask_ptr, rows, chans, stride, lo_edge, bins_per_unit, bad_ptr, hist_ptr,
-                    count_ptr, mean_ptr, m2_ptr, m3_ptr, m4_ptr, min_ptr, max_ptr, amax_ptr,
+def _channel_kernel(x_ptr, mask_ptr, rows, chans, stride, lo_edge, bins_per_unit, bad_ptr, hist_ptr, st_ptr,
                     N_BINS: tl.constexpr, HAS_MASK: tl.constexpr, ACCUMULATE: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     # x [rows, chans] (row stride ``stride``), any float dtype; mask [rows] bool; bad [1] int32
-    # state (or batch summary) [chans] float64; hist [chans * N_BINS] int32
+    # st [8, chans] float64 state (or batch summary): count, min, max, absmax, mean, m2, m3, m4
+    # hist [chans * N_BINS] int32
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < chans
+    count_ptr, min_ptr, max_ptr, amax_ptr = st_ptr, st_ptr + chans, st_ptr + 2 * chans, st_ptr + 3 * chans
+    mean_ptr, m2_ptr, m3_ptr, m4_ptr = st_ptr + 4 * chans, st_ptr + 5 * chans, st_ptr + 6 * chans, st_ptr + 7 * chans
     if ACCUMULATE:
         na = tl.load(count_ptr + c, mask=cm, other=0.0)
         ma = tl.load(mean_ptr + c, mask=cm, other=0.0)
@@ -106,29 +108,31 @@ def _channel_kernel(x_ptr, mask_ptr, rows, chans, stride, lo_edge, bins_per_unit
 
 
 @triton.jit
-def _merge_kernel(s_ptr, bhist_ptr, count_ptr, mean_ptr, m2_ptr, m3_ptr, m4_ptr, min_ptr, max_ptr, amax_ptr,
-                  hist_ptr, chans, N_BINS: tl.constexpr, BINS_P2: tl.constexpr, BLOCK_C: tl.constexpr):
-    # s [8, chans] float64 batch summary (count, mean, m2, m3, m4, min, max, absmax) -> state [chans], in place
+def _merge_kernel(s_ptr, bhist_ptr, st_ptr, hist_ptr, chans, N_BINS: tl.constexpr, BINS_P2: tl.constexpr,
+                  BLOCK_C: tl.constexpr):
+    # s [8, chans] float64 batch summary -> st [8, chans] running state, in place (rows as in _channel_kernel)
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < chans
     na, ma, m2a, m3a, m4a = _chan_merge(
-        tl.load(count_ptr + c, mask=cm, other=0.0), tl.load(mean_ptr + c, mask=cm, other=0.0),
-        tl.load(m2_ptr + c, mask=cm, other=0.0), tl.load(m3_ptr + c, mask=cm, other=0.0),
-        tl.load(m4_ptr + c, mask=cm, other=0.0),
-        tl.load(s_ptr + c, mask=cm, other=0.0), tl.load(s_ptr + chans + c, mask=cm, other=0.0),
-        tl.load(s_ptr + 2 * chans + c, mask=cm, other=0.0), tl.load(s_ptr + 3 * chans + c, mask=cm, other=0.0),
-        tl.load(s_ptr + 4 * chans + c, mask=cm, other=0.0))
-    tl.store(count_ptr + c, na, mask=cm)
-    tl.store(mean_ptr + c, ma, mask=cm)
-    tl.store(m2_ptr + c, m2a, mask=cm)
-    tl.store(m3_ptr + c, m3a, mask=cm)
-    tl.store(m4_ptr + c, m4a, mask=cm)
-    tl.store(min_ptr + c, tl.minimum(tl.load(min_ptr + c, mask=cm, other=0.0),
-                                     tl.load(s_ptr + 5 * chans + c, mask=cm, other=0.0)), mask=cm)
-    tl.store(max_ptr + c, tl.maximum(tl.load(max_ptr + c, mask=cm, other=0.0),
-                                     tl.load(s_ptr + 6 * chans + c, mask=cm, other=0.0)), mask=cm)
-    tl.store(amax_ptr + c, tl.maximum(tl.load(amax_ptr + c, mask=cm, other=0.0),
-                                      tl.load(s_ptr + 7 * chans + c, mask=cm, other=0.0)), mask=cm)
+        tl.load(st_ptr + c, mask=cm, other=0.0), tl.load(st_ptr + 4 * chans + c, mask=cm, other=0.0),
+        tl.load(st_ptr + 5 * chans + c, mask=cm, other=0.0), tl.load(st_ptr + 6 * chans + c, mask=cm, other=0.0),
+        tl.load(st_ptr + 7 * chans + c, mask=cm, other=0.0),
+        tl.load(s_ptr + c, mask=cm, other=0.0), tl.load(s_ptr + 4 * chans + c, mask=cm, other=0.0),
+        tl.load(s_ptr + 5 * chans + c, mask=cm, other=0.0), tl.load(s_ptr + 6 * chans + c, mask=cm, other=0.0),
+        tl.load(s_ptr + 7 * chans + c, mask=cm, other=0.0))
+    lo = tl.minimum(tl.load(st_ptr + chans + c, mask=cm, other=0.0), tl.load(s_ptr + chans + c, mask=cm, other=0.0))
+    hi = tl.maximum(tl.load(st_ptr + 2 * chans + c, mask=cm, other=0.0),
+                    tl.load(s_ptr + 2 * chans + c, mask=cm, other=0.0))
+    am = tl.maximum(tl.load(st_ptr + 3 * chans + c, mask=cm, other=0.0),
+                    tl.load(s_ptr + 3 * chans + c, mask=cm, other=0.0))
+    tl.store(st_ptr + c, na, mask=cm)
+    tl.store(st_ptr + chans + c, lo, mask=cm)
+    tl.store(st_ptr + 2 * chans + c, hi, mask=cm)
+    tl.store(st_ptr + 3 * chans + c, am, mask=cm)
+    tl.store(st_ptr + 4 * chans + c, ma, mask=cm)
+    tl.store(st_ptr + 5 * chans + c, m2a, mask=cm)
+    tl.store(st_ptr + 6 * chans + c, m3a, mask=cm)
+    tl.store(st_ptr + 7 * chans + c, m4a, mask=cm)
     b = tl.arange(0, BINS_P2)
     hoff = c[:, None] * N_BINS + b[None, :]
     hm = cm[:, None] & (b[None, :] < N_BINS)
@@ -136,34 +140,34 @@ def _merge_kernel(s_ptr, bhist_ptr, count_ptr, mean_ptr, m2_ptr, m3_ptr, m4_ptr,
              mask=hm)
 
 
-def _launch(rows: torch.Tensor, row_mask: torch.Tensor | None, n_bins: int, lo: float, hi: float,
-            bad: torch.Tensor, hist: torch.Tensor, targets: tuple, accumulate: bool) -> None:
+def _launch(rows: torch.Tensor, row_mask: torch.Tensor | None, state: Any, hist: torch.Tensor, st: torch.Tensor,
+            accumulate: bool) -> None:
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n_rows, chans = rows.shape
     mask = row_mask.reshape(-1) if row_mask is not None else rows
     _channel_kernel[(triton.cdiv(chans, BLOCK_C),)](
-        rows, mask, n_rows, chans, rows.stride(0), float(lo), float(n_bins / (hi - lo)), bad, hist, *targets,
-        N_BINS=n_bins, HAS_MASK=row_mask is not None, ACCUMULATE=accumulate, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
-        num_warps=4)
+        rows, mask, n_rows, chans, rows.stride(0), state.lo, state.n_bins / (state.hi - state.lo), state._bad, hist,
+        st, N_BINS=state.n_bins, HAS_MASK=row_mask is not None, ACCUMULATE=accumulate, BLOCK_R=BLOCK_R,
+        BLOCK_C=BLOCK_C, num_warps=4)
 
 
 def channel_stats(rows: torch.Tensor, row_mask: torch.Tensor | None, state: Any, *, accumulate: bool) -> Any:
     """Statistics of one batch ``rows`` ``[rows, channels]`` (CUDA; rows where ``row_mask`` is False left out).
 
-    ``state`` holds float64 ``count, mean, m2, m3, m4, min, max, absmax`` ``[channels]``, an int32
-    ``hist`` ``[channels * n_bins]``, an int32 ``bad`` ``[1]`` counter and ``n_bins``, ``lo``, ``hi``.
-    ``accumulate=True`` folds the batch into ``state`` and returns None; otherwise the batch
-    summary (``[8, channels]`` float64 and its histogram) is returned for :func:`merge_summary`.
+    ``state`` holds ``_state``, float64 ``[8, channels]`` rows count, min, max, absmax, mean, M2,
+    M3, M4; an int32 ``hist`` ``[channels * n_bins]``; an int32 ``_bad`` ``[1]`` counter; and
+    ``n_bins``, ``lo``, ``hi`` (the log10 histogram range). ``accumulate=True`` folds the batch
+    into ``state`` and returns None; otherwise the batch summary (``[8, channels]`` and its
+    histogram) is returned for :func:`merge_summary`.
     """
     if accumulate:
-        targets = (state.count, state.mean, state.m2, state.m3, state.m4, state.min, state.max, state.absmax)
-        _launch(rows, row_mask, state.n_bins, state.lo, state.hi, state._bad, state.hist, targets, True)
+        _launch(rows, row_mask, state, state.hist, state._state, True)
         return None
     chans = rows.shape[1]
     summary = torch.empty((8, chans), dtype=torch.float64, device=rows.device)
     hist = torch.zeros(chans * state.n_bins, dtype=torch.int32, device=rows.device)
-    _launch(rows, row_mask, state.n_bins, state.lo, state.hi, state._bad, hist, tuple(summary.unbind(0)), False)
+    _launch(rows, row_mask, state, hist, summary, False)
     return summary, hist
 
 
@@ -172,9 +176,8 @@ def merge_summary(batch: Any, state: Any) -> None:
     summary, hist = batch
     chans = summary.shape[1]
     _merge_kernel[(triton.cdiv(chans, MERGE_BLOCK_C),)](
-        summary, hist, state.count, state.mean, state.m2, state.m3, state.m4, state.min, state.max, state.absmax,
-        state.hist, chans, N_BINS=state.n_bins, BINS_P2=triton.next_power_of_2(state.n_bins), BLOCK_C=MERGE_BLOCK_C,
-        num_warps=4)
+        summary, hist, state._state, state.hist, chans, N_BINS=state.n_bins,
+        BINS_P2=triton.next_power_of_2(state.n_bins), BLOCK_C=MERGE_BLOCK_C, num_warps=4)
 
 
 __all__ = ["BLOCK_C", "BLOCK_R", "channel_stats", "merge_summary"]
