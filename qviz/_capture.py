@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -497,6 +498,8 @@ def capture(
         # shared nothing then folds its batches straight into its running state.
         key = (x.data_ptr(), tuple(x.shape), x.dtype)
         shared = state["seen"].get(key)
+        if shared is not None and shared[2]() is not x:  # a freed tensor's memory, reused by another one
+            shared = None
         if name not in acc:
             acc[name] = _accumulator(channels[name], n_bins, lo, hi, x.device)
         first_batch = name not in role
@@ -513,7 +516,7 @@ def capture(
         if first_batch or role[name] != "alone":
             batch_stats = acc[name].batch_stats(rows, *extra)
             acc[name].merge(batch_stats)
-            state["seen"][key] = (name, batch_stats)
+            state["seen"][key] = (name, batch_stats, weakref.ref(x))  # the tensor itself, not just its address
             role.setdefault(name, "alone")
         else:
             acc[name].update(rows, *extra)

@@ -83,9 +83,9 @@ def test_quantize_keeps_the_model_on_cuda(llamas, calib, cfg):
     devices = {p.device.type for p in q_gpu.module.parameters()} | {b.device.type for b in q_gpu.module.buffers()}
     assert devices == {"cuda"}, devices
     ids = _ids(cpu_model, calib, "cpu")
-    ref = cpu_model.run(ids).float()
-    err_cpu = float((q_cpu.run(ids).float() - ref).norm() / ref.norm())
-    err_gpu = float((q_gpu.run(ids.cuda()).float().cpu() - ref).norm() / ref.norm())
+    ref = cpu_model.run(cpu_model.prepare(ids)).float()
+    err_cpu = float((q_cpu.run(q_cpu.prepare(ids)).float() - ref).norm() / ref.norm())
+    err_gpu = float((q_gpu.run(q_gpu.prepare(ids)).float().cpu() - ref).norm() / ref.norm())
     assert abs(err_gpu - err_cpu) <= 0.1 * err_cpu + 1e-4, (err_cpu, err_gpu)
 
 
