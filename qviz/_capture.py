@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,22 +149,9 @@ class _ChannelStats:
 
     def finalize(self) -> dict[str, np.ndarray]:
         """Per-channel summary; same definitions as ``kernels_numba.finalize_channel_stats``."""
-        n = self.count.cpu().numpy()
-        m2, m3, m4 = (t.cpu().numpy() for t in (self.m2, self.m3, self.m4))
-        has = n > 0
-        pos = has & (m2 > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return {
-                "count": n,
-                "min": np.where(has, self.min.cpu().numpy(), np.nan),
-                "max": np.where(has, self.max.cpu().numpy(), np.nan),
-                "absmax": np.where(has, self.absmax.cpu().numpy(), np.nan),
-                "mean": np.where(has, self.mean.cpu().numpy(), np.nan),
-                "std": np.sqrt(np.where(has, m2 / np.where(has, n, 1), np.nan)),
-                "skewness": np.where(pos, np.sqrt(n) * m3 / np.where(pos, m2, 1) ** 1.5, np.nan),
-                "kurtosis": np.where(pos, n * m4 / np.where(pos, m2, 1) ** 2, np.nan),
-                "hist": self.hist.reshape(self.n_channels, self.n_bins).cpu().numpy(),
-            }
+        state = torch.stack(  # one copy to the host
+            [self.count, self.min, self.max, self.absmax, self.mean, self.m2, self.m3, self.m4]).cpu().numpy()
+        return _summary_from(state, self.hist.reshape(self.n_channels, self.n_bins).cpu().numpy())
 
 
 class _NumbaChannelStats:
@@ -204,10 +192,106 @@ class _NumbaChannelStats:
         return out
 
 
+class _TritonChannelStats(_ChannelStats):
+    """The CUDA accumulator: one Triton launch per layer and batch (:mod:`qviz.gpu.stats`), no host sync.
+
+    Padding rows are masked out in the kernel instead of being gathered away (a boolean index
+    would wait for the device); the NaN/Inf count stays on the device until :meth:`finalize`.
+    """
+
+    takes_row_mask = True
+
+    def __post_init__(self) -> None:
+        c, dev = self.n_channels, self.device
+        # one [8, channels] float64 block, so that the summary crosses to the host in one copy
+        self._state = torch.zeros((8, c), dtype=torch.float64, device=dev)
+        self._state[1] = float("inf")
+        self._state[2] = float("-inf")
+        self.count, self.min, self.max, self.absmax, self.mean, self.m2, self.m3, self.m4 = self._state.unbind(0)
+        self.hist = torch.zeros(c * self.n_bins, dtype=torch.int32, device=dev)
+        self._bad = torch.zeros(1, dtype=torch.int32, device=dev)
+        self._host: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    @property
+    def n_nonfinite(self) -> int:  # type: ignore[override]
+        """NaN/Inf values skipped (read from the device unless :func:`_fetch_all` brought it over)."""
+        return self._host[2] if self._host is not None else int(self._bad.item())
+
+    @n_nonfinite.setter
+    def n_nonfinite(self, value: int) -> None:  # the dataclass __init__ sets the field; the count lives on the device
+        pass
+
+    @torch.no_grad()
+    def batch_stats(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> Any:  # type: ignore[override]
+        """Summary of one batch ``x`` ``[rows, channels]`` (rows where ``row_mask`` is False left out)."""
+        from qviz.gpu.stats import channel_stats
+
+        return channel_stats(x.detach(), row_mask, self, accumulate=False)
+
+    def merge(self, b: Any) -> None:  # type: ignore[override]
+        """Fold a batch summary into the running statistics."""
+        from qviz.gpu.stats import merge_summary
+
+        merge_summary(b, self)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> None:  # type: ignore[override]
+        """Fold the batch ``x`` into the running statistics (one launch)."""
+        from qviz.gpu.stats import channel_stats
+
+        if x.shape[0]:
+            channel_stats(x.detach(), row_mask, self, accumulate=True)
+
+    def finalize(self) -> dict[str, np.ndarray]:
+        """Per-channel summary, from the host copy :func:`_fetch_all` made (or one made now)."""
+        if self._host is None:
+            _fetch_all([self])
+        state, hist, _ = self._host
+        return _summary_from(state, hist.reshape(self.n_channels, self.n_bins))
+
+
+def _fetch_all(accs: list[Any]) -> None:
+    """Copy the state of every GPU accumulator to the host in three transfers (not three per layer)."""
+    gpu = [a for a in accs if isinstance(a, _TritonChannelStats) and a._host is None]
+    if not gpu:
+        return
+    states = torch.cat([a._state for a in gpu], dim=1).cpu().numpy()  # [8, sum of channels]
+    hists = torch.cat([a.hist for a in gpu]).cpu().numpy()
+    bad = torch.cat([a._bad for a in gpu]).cpu().numpy()
+    c0 = h0 = 0
+    for i, a in enumerate(gpu):
+        c1, h1 = c0 + a.n_channels, h0 + a.n_channels * a.n_bins
+        a._host = (states[:, c0:c1], hists[h0:h1], int(bad[i]))
+        c0, h0 = c1, h1
+
+
+def _summary_from(state: np.ndarray, hist: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-channel summary of float64 ``[count, min, max, absmax, mean, m2, m3, m4]`` rows."""
+    n, lo, hi, amax, mean, m2, m3, m4 = state
+    has = n > 0
+    pos = has & (m2 > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "count": n,
+            "min": np.where(has, lo, np.nan),
+            "max": np.where(has, hi, np.nan),
+            "absmax": np.where(has, amax, np.nan),
+            "mean": np.where(has, mean, np.nan),
+            "std": np.sqrt(np.where(has, m2 / np.where(has, n, 1), np.nan)),
+            "skewness": np.where(pos, np.sqrt(n) * m3 / np.where(pos, m2, 1) ** 1.5, np.nan),
+            "kurtosis": np.where(pos, n * m4 / np.where(pos, m2, 1) ** 2, np.nan),
+            "hist": hist,
+        }
+
+
 def _accumulator(n_channels: int, n_bins: int, lo: float, hi: float, device: torch.device) -> Any:
-    """Numba on the CPU (one fused pass), torch reductions on an accelerator."""
+    """Numba on the CPU (one fused pass), Triton on CUDA, torch reductions on other accelerators."""
     if device.type == "cpu":
         return _NumbaChannelStats(n_channels, n_bins, lo, hi)
+    from qviz.gpu import _has_triton
+
+    if device.type == "cuda" and _has_triton():
+        return _TritonChannelStats(n_channels, n_bins, lo, hi, device)
     return _ChannelStats(n_channels, n_bins, lo, hi, device)
 
 
@@ -219,6 +303,14 @@ def _to_rows(x: torch.Tensor, channels_first: bool, mask: torch.Tensor | None) -
     if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
         return x[mask]  # [real tokens, channels]
     return x.reshape(-1, x.shape[-1])
+
+
+def _rows_and_mask(x: torch.Tensor, channels_first: bool, mask: torch.Tensor | None,
+                   gather: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(rows [rows, channels], row mask or None)``: padding gathered away (``gather``) or returned as a mask."""
+    if gather or channels_first or mask is None or x.dim() != 3 or x.shape[:2] != mask.shape:
+        return _to_rows(x, channels_first, mask), None
+    return x.reshape(-1, x.shape[-1]), mask.reshape(-1)
 
 
 def _channels_first(module: nn.Module, ltype: str) -> bool:
@@ -249,8 +341,8 @@ def _channels_of(module: nn.Module, ltype: str) -> int:
     raise TypeError(f"qviz cannot tell the channel count of {type(module).__name__}.")
 
 
-def _weight_channel_absmax(module: nn.Module, ltype: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Per input-channel and per output-channel absmax of a layer's weight."""
+def _weight_channel_absmax(module: nn.Module, ltype: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per input-channel and per output-channel absmax of a layer's weight (float32, on its device)."""
     if getattr(module, "weight", None) is None or ltype == "norm":
         return None, None
     if not module.weight.is_floating_point() or ltype == "linear":
@@ -263,13 +355,27 @@ def _weight_channel_absmax(module: nn.Module, ltype: str) -> tuple[np.ndarray | 
         return wm.abs().amax(0).cpu().numpy(), wm.abs().amax(1).cpu().numpy()
     w = module.weight.detach().float()
     if ltype == "embedding":
-        return w.abs().amax(0).cpu().numpy(), None  # per embedding dim; vocab rows are not channels
+        return w.abs().amax(0), None  # per embedding dim; vocab rows are not channels
     if ltype in ("conv2d", "conv1d"):
         dims_in = [d for d in range(w.dim()) if d != 1]
         dims_out = [d for d in range(w.dim()) if d != 0]
-        return w.abs().amax(dims_in).cpu().numpy(), w.abs().amax(dims_out).cpu().numpy()
+        return w.abs().amax(dims_in), w.abs().amax(dims_out)
     wm = weight_matrix(module).float()  # [out, in]
-    return wm.abs().amax(0).cpu().numpy(), wm.abs().amax(1).cpu().numpy()
+    return wm.abs().amax(0), wm.abs().amax(1)
+
+
+def _to_host(tensors: list[torch.Tensor | None]) -> list[np.ndarray | None]:
+    """1-D tensors to numpy, those on one accelerator in a single copy."""
+    out: list[np.ndarray | None] = [None if t is None else t for t in tensors]
+    on_dev = [i for i, t in enumerate(tensors) if t is not None and t.device.type != "cpu"]
+    if on_dev:
+        flat = torch.cat([tensors[i].to(tensors[on_dev[0]].device) for i in on_dev]).cpu().numpy()
+        start = 0
+        for i in on_dev:
+            n = tensors[i].numel()
+            out[i] = flat[start : start + n]
+            start += n
+    return [t.numpy() if isinstance(t, torch.Tensor) else t for t in out]
 
 
 def _progress(iterable: Any, enabled: bool, total: int | None, desc: str) -> Any:
@@ -404,6 +510,8 @@ def capture(
         # shared nothing then folds its batches straight into its running state.
         key = (x.data_ptr(), tuple(x.shape), x.dtype)
         shared = state["seen"].get(key)
+        if shared is not None and shared[2]() is not x:  # a freed tensor's memory, reused by another one
+            shared = None
         if name not in acc:
             acc[name] = _accumulator(channels[name], n_bins, lo, hi, x.device)
         first_batch = name not in role
@@ -412,17 +520,21 @@ def capture(
             role[name] = "alias"
             role[shared[0]] = "source"
             return
-        rows = _to_rows(x, chan_first[name], state["mask"])  # [rows, channels]
+        masked = getattr(acc[name], "takes_row_mask", False)  # the GPU kernel masks padding rows itself
+        rows, row_mask = _rows_and_mask(x, chan_first[name], state["mask"], gather=not masked)  # [rows, channels]
         if rows.shape[-1] != channels[name] or rows.shape[0] == 0:
             return  # a norm applied over another axis; nothing per-channel to say
+        extra = (row_mask,) if masked else ()
         if first_batch or role[name] != "alone":
-            batch_stats = acc[name].batch_stats(rows)
+            batch_stats = acc[name].batch_stats(rows, *extra)
             acc[name].merge(batch_stats)
-            state["seen"][key] = (name, batch_stats)
+            state["seen"][key] = (name, batch_stats, weakref.ref(x))  # the tensor itself, not just its address
             role.setdefault(name, "alone")
         else:
-            acc[name].update(rows)
+            acc[name].update(rows, *extra)
         if name in samples and sampled_tokens[name] < max_sample_tokens:
+            if row_mask is not None:
+                rows = rows[row_mask.reshape(-1)]
             take = rows[: max_sample_tokens - sampled_tokens[name]].detach().float().cpu()
             samples[name].append(take)
             sampled_tokens[name] += take.shape[0]
@@ -459,6 +571,7 @@ def capture(
     width = max(channels.values())
     for name in names:  # layers that never ran report NaN statistics
         acc.setdefault(name, _accumulator(channels[name], n_bins, lo, hi, torch.device("cpu")))
+    _fetch_all([acc[name] for name in names])  # GPU statistics cross to the host together
     finals = {name: acc[name].finalize() for name in names}
 
     def padded(key: str) -> np.ndarray:
@@ -470,9 +583,11 @@ def capture(
     hist = np.zeros((len(names), width, n_bins), dtype=np.int32)
     w_in = np.full((len(names), width), np.nan)
     w_out_list = {}
+    pairs = [_weight_channel_absmax(selected[name], ltypes[name]) for name in names]
+    host = _to_host([t for pair in pairs for t in pair])
     for i, name in enumerate(names):
         hist[i, : channels[name]] = finals[name]["hist"]
-        a_in, a_out = _weight_channel_absmax(selected[name], ltypes[name])
+        a_in, a_out = host[2 * i], host[2 * i + 1]
         if a_in is not None and a_in.shape[0] == channels[name]:
             w_in[i, : channels[name]] = a_in
         if a_out is not None:

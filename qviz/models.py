@@ -273,6 +273,7 @@ class QvizModel:
         """Turn raw inputs into what the module takes, on the module's device.
 
         Texts (a ``str`` or a list of ``str``) are tokenized for text models;
+        an integer tensor for a text model is token ids ``[batch, tokens]`` (no padding);
         arrays become float tensors; dicts of tensors (already tokenized) and
         tensors are moved to the device.
         """
@@ -299,6 +300,9 @@ class QvizModel:
                 raise ValueError("The batch is empty (a tensor with 0 elements). Pass at least one input.")
             if raw.is_floating_point():
                 return raw.to(device=device, dtype=self.dtype)
+            if self.kind in ("decoder", "text-encoder"):  # token ids [batch, tokens]: every token is real
+                ids = raw.reshape(1, -1) if raw.dim() == 1 else raw
+                return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
             return raw.to(device)
         if isinstance(raw, dict):
             return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in raw.items()}

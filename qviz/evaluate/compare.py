@@ -323,15 +323,18 @@ def _evaluate_config(ctx: _Context, cfg: Any) -> xr.Dataset:
                 runner = km
         c = cost_mod.measure_latency(runner, ctx.cost_inputs, batch_size=16, repeats=3, threads=ctx.threads)
         per_item_tokens = ctx.n_tokens
-        cpu = [h for h in ctx.hardware.hardware.values if str(h).startswith("this CPU")]
-        price = float(ctx.hardware.usd_per_hour.sel(hardware=cpu[0])) if cpu else math.nan
+        on_gpu = model.device.type == "cuda"  # priced on the hardware row of the device that ran it
+        row = cost_mod.gpu_row_name(ctx.hardware) if on_gpu else next(
+            (str(h) for h in ctx.hardware.hardware.values if str(h).startswith("this CPU")), None)
+        where = "this GPU" if on_gpu else "this CPU"
+        price = float(ctx.hardware.usd_per_hour.sel(hardware=row)) if row else math.nan
         rate = c["throughput"] * per_item_tokens  # tokens (or images) per second
-        data["latency_ms"] = (("config",), [c["latency_ms"]], {"long_name": f"batch-1 latency per {c['item']} (median, this machine)", "units": "ms"})
-        data["throughput"] = (("config",), [c["throughput"]], {"long_name": f"throughput at batch 16 ({c['item']}s/s, this machine)", "units": f"{c['item']}/s"})
+        data["latency_ms"] = (("config",), [c["latency_ms"]], {"long_name": f"batch-1 latency per {c['item']} (median, {where})", "units": "ms"})
+        data["throughput"] = (("config",), [c["throughput"]], {"long_name": f"throughput at batch 16 ({c['item']}s/s, {where})", "units": f"{c['item']}/s"})
         data["usd_per_1m"] = (("config",), [cost_mod.usd_per_1m_tokens(rate, price) if price == price else math.nan],
-                              {"long_name": f"USD per million {'tokens' if per_item_tokens > 1 else c['item'] + 's'} on this CPU (measured throughput)", "units": "USD"})
+                              {"long_name": f"USD per million {'tokens' if per_item_tokens > 1 else c['item'] + 's'} on {where} (measured throughput)", "units": "USD"})
         data["usd_per_1k_queries"] = (("config",), [cost_mod.usd_per_1k_queries(c["throughput"], price) if price == price else math.nan],
-                                      {"long_name": f"USD per thousand {c['item']}s on this CPU (measured throughput)", "units": "USD"})
+                                      {"long_name": f"USD per thousand {c['item']}s on {where} (measured throughput)", "units": "USD"})
         data["kernel"] = (("config",), np.array([c["kernel"]], dtype=object), {"long_name": "what ran in the timed forward"})
         data["kernel_class"] = (("config",), np.array([c["kernel_class"]], dtype=object), {"long_name": "real kernel or simulated"})
         table = cost_mod.cost_table(float(size["total_bytes"]), ctx.hardware, n_params=float(model.n_params()))

@@ -48,6 +48,7 @@ __all__ = [
     "cost_table",
     "fits_on",
     "gemv_benchmark",
+    "gpu_row_name",
     "hardware_table",
     "kernel_class",
     "kernel_model",
@@ -163,6 +164,59 @@ def _this_cpu() -> Hardware:
     )
 
 
+# Typical on-demand cloud prices (USD per GPU-hour, rounded, 2025 list figures) and dense 16-bit TFLOP/s
+# (vendor datasheets) of GPUs a "this GPU" row may be; matched by substring of the device name.
+_GPU_FIGURES = (
+    ("H200", 3.50, 989.0), ("H100", 2.50, 989.0), ("A100", 1.50, 312.0), ("L40S", 1.00, 362.0),
+    ("L4", 0.80, 121.0), ("A10G", 1.00, 125.0), ("4090", 0.40, 165.0), ("T4", 0.35, 65.0),
+)
+
+
+def _this_gpu() -> Hardware | None:
+    """A measured row for the CUDA device in use (None without one): memory, copy bandwidth, list price."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    src = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")  # 256 MiB, several times any L2
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = math.inf
+    for _ in range(5):
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    bandwidth = 2 * src.numel() / best / 1e9  # a copy reads and writes each byte
+    del src, dst
+    price, tflops, source = 0.0, None, "price unknown for this GPU: edit usd_per_hour"
+    for key, usd, tf in _GPU_FIGURES:
+        if key in props.name:
+            price, tflops, source = usd, tf, "price: typical on-demand cloud rate; TFLOP/s: vendor datasheet"
+            break
+    return Hardware(f"this GPU ({props.name})", memory_gb=round(props.total_memory / 1e9, 1),
+                    bandwidth_gbps=round(bandwidth, 1), usd_per_hour=price, tflops=tflops,
+                    note=f"memory and bandwidth measured here (device-to-device copy); {source}")
+
+
+def gpu_row_name(hardware: xr.Dataset) -> str | None:
+    """The name of the ``this GPU (...)`` row of a hardware table, or None.
+
+    Examples
+    --------
+    >>> gpu_row_name(hardware_table([{"name": "this GPU (NVIDIA H200)", "memory_gb": 141, "bandwidth_gbps": 4300,
+    ...                                "usd_per_hour": 3.5}]))
+    'this GPU (NVIDIA H200)'
+    """
+    rows = [str(h) for h in hardware.hardware.values if str(h).startswith("this GPU")]
+    return rows[0] if rows else None
+
+
 DEFAULT_HARDWARE: tuple[Hardware, ...] = (
     Hardware("consumer GPU (RTX 4090)", memory_gb=24, bandwidth_gbps=1008, usd_per_hour=0.40, tflops=165,
              note="NVIDIA list figures; price: typical community-cloud rental"),
@@ -204,7 +258,9 @@ def hardware_table(rows: Any = None, *, include_this_cpu: bool = True) -> xr.Dat
         DataFrame with columns ``name, memory_gb, bandwidth_gbps, usd_per_hour``
         (``tflops``, ``note`` optional), or a Dataset from this function (edited).
     include_this_cpu
-        Put a measured row for this machine first (when ``rows`` is None).
+        Put a measured row for this machine first (when ``rows`` is None), and one for its CUDA
+        GPU after it where there is one (memory and device-to-device copy bandwidth measured,
+        a typical cloud price by the GPU's name).
 
     Examples
     --------
@@ -228,7 +284,8 @@ def hardware_table(rows: Any = None, *, include_this_cpu: bool = True) -> xr.Dat
         rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
                 for rec in frame.to_dict("records")]
     if rows is None:
-        table = ([_this_cpu()] if include_this_cpu else []) + list(DEFAULT_HARDWARE)
+        gpu = _this_gpu() if include_this_cpu else None
+        table = ([_this_cpu()] if include_this_cpu else []) + ([gpu] if gpu is not None else []) + list(DEFAULT_HARDWARE)
     else:
         if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or not rows:
             raise TypeError("rows must be a non-empty list of Hardware rows or dicts, a DataFrame or a hardware Dataset.")
@@ -463,12 +520,19 @@ def _numba_linear_class() -> type:
 
 
 def _numba_layer(module: Any, cfg: Any) -> Any | None:
-    """A Numba GEMV replacement for weight-only RTN (INT4 asymmetric with even groups, or INT8 per row)."""
+    """A real-kernel replacement for weight-only RTN: on the CPU the Numba GEMV (INT4 asymmetric with even
+    groups, or INT8 per row), on CUDA the Triton INT4 kernel (:mod:`qviz.gpu.int4`; w4 asymmetric groups)."""
     from qviz.models import layer_type, weight_matrix
     from qviz.quant.config import RTN
 
     if not isinstance(cfg, RTN) or cfg.act_bits is not None or layer_type(module) != "linear":
         return None
+    if module.weight.device.type == "cuda":  # the Triton INT4 kernel (weight-only w4, asymmetric, even groups)
+        if cfg.bits != 4 or cfg.symmetric or cfg.clip_search or not isinstance(cfg.group_size, int):
+            return None
+        from qviz.gpu.int4 import int4_layer
+
+        return int4_layer(module, cfg.group_size)
     import kernels_numba as kn
 
     w = weight_matrix(module).float().cpu().numpy()  # [out, in]
@@ -553,13 +617,17 @@ def model_kernel(model: Any) -> str:
     return "; ".join(distinct)
 
 
-def _timeit(fn: Any, repeats: int, min_time: float = 0.0) -> list[float]:
-    fn()  # warm-up (JIT, caches)
+def _timeit(fn: Any, repeats: int, min_time: float = 0.0, sync: Any = None) -> list[float]:
+    """Wall times of ``fn()`` after a warm-up; ``sync()`` (a device synchronisation) closes each timed call."""
+    done = sync or (lambda: None)
+    fn()  # warm-up (JIT, caches, autotuning)
+    done()
     times = []
     start = time.perf_counter()
     while len(times) < repeats or (time.perf_counter() - start) < min_time:
         t0 = time.perf_counter()
         fn()
+        done()
         times.append(time.perf_counter() - t0)
         if len(times) >= 10 * repeats:
             break
@@ -635,9 +703,11 @@ def measure_latency(
     n_many = len(inputs[:batch_size])
     mask = qm.token_mask(one)
     tokens = int(mask.sum()) if mask is not None else 1
+    torch = _torch()
+    sync = torch.cuda.synchronize if qm.device.type == "cuda" else None  # CUDA runs asynchronously
     with _Threads(threads):
-        lat = statistics.median(_timeit(lambda: qm.run(one), repeats, min_time=0.2))
-        thr = statistics.median(_timeit(lambda: qm.run(many), max(1, repeats // 2)))
+        lat = statistics.median(_timeit(lambda: qm.run(one), repeats, min_time=0.2, sync=sync))
+        thr = statistics.median(_timeit(lambda: qm.run(many), max(1, repeats // 2), sync=sync))
     kernel = model_kernel(qm)
     default_item = {"text-encoder": "sentence", "decoder": "sequence", "image-classifier": "image"}.get(qm.kind, "input")
     return {

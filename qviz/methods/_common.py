@@ -150,6 +150,8 @@ def range_params(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool)
     >>> float(p.scale[0]), float(p.zero[0])
     (0.199951171875, 5.0)
     """
+    if lo.device.type != "cpu":  # on the device, with the torch twin of the same rounding (no host copy)
+        return _range_params_on_device(lo, hi, bits, symmetric)
     lo64 = np.minimum(lo.detach().double().cpu().numpy(), 0.0)
     hi64 = np.maximum(hi.detach().double().cpu().numpy(), 0.0)
     qmax = (1 << bits) - 1
@@ -163,6 +165,16 @@ def range_params(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool)
         zero = np.clip(np.rint(-lo64 / scale.astype(np.float64)), 0, qmax).astype(np.float32)
         qmin = 0
     return QRange(torch.from_numpy(scale), torch.from_numpy(zero), qmin, qmax)
+
+
+def _range_params_on_device(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> QRange:
+    """:func:`range_params` for tensors on an accelerator: the same numbers, computed where they live."""
+    from qviz.quant.primitives import _params_from_range
+
+    zero_t = torch.zeros((), dtype=lo.dtype, device=lo.device)
+    lo, hi = torch.minimum(lo.detach(), zero_t), torch.maximum(hi.detach(), zero_t)
+    scale, zero = _params_from_range(lo, hi, 1.0, bits, symmetric)
+    return QRange(scale.float(), zero.float(), 1 if symmetric else 0, (1 << bits) - 1)
 
 
 def group_params(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> QRange:
@@ -194,8 +206,9 @@ def quantize_with(w: torch.Tensor, p: QRange, group_size: int | None) -> tuple[t
 def rtn_quantize(
     w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, clip_search: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RTN-quantize ``w`` ``[rows, cols]`` with the numba kernels: ``(w_hat, codes, scale, zero)``.
+    """RTN-quantize ``w`` ``[rows, cols]``: ``(w_hat, codes, scale, zero)``, all on ``w``'s device.
 
+    The numba kernels on the CPU, the fused GPU kernel on an accelerator (same numbers).
     ``scale``/``zero`` are ``[rows, n_groups]`` (float32 / uint8); ``w`` is not modified.
 
     Examples
@@ -204,6 +217,13 @@ def rtn_quantize(
     >>> codes.tolist()
     [[0, 5, 8, 15]]
     """
+    if w.device.type != "cpu":  # the GPU kernel of the same arithmetic; everything stays on w's device
+        from qviz.quant.granularity import PerChannel, PerGroup
+        from qviz.quant.primitives import fake_quantize_codes
+
+        g = PerChannel() if group_size is None else PerGroup(int(group_size))
+        w_hat, codes, qp = fake_quantize_codes(w.detach().float(), g, bits, symmetric=symmetric, clip_search=clip_search)
+        return w_hat, codes, qp.scale, qp.zero
     import kernels_numba
 
     x = np.ascontiguousarray(w.detach().float().cpu().numpy())
@@ -212,8 +232,8 @@ def rtn_quantize(
     return (
         torch.from_numpy(w_hat).to(w.device),
         torch.from_numpy(codes).to(w.device),
-        torch.from_numpy(np.ascontiguousarray(qp.scale)),
-        torch.from_numpy(np.ascontiguousarray(qp.zero)),
+        torch.from_numpy(np.ascontiguousarray(qp.scale)).to(w.device),
+        torch.from_numpy(np.ascontiguousarray(qp.zero)).to(w.device),
     )
 
 

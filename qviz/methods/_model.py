@@ -49,7 +49,7 @@ def input_absmax(model: QvizModel, calib: Any, names: Sequence[str], *, batch_si
         x = input_matrix(module, inputs[0].detach(), mask[0]).float()  # [tokens, in]
         if x.shape[0] == 0:
             return
-        amax = x.abs().amax(0).cpu()
+        amax = x.abs().amax(0)  # stays on the layer's device: no host sync per layer
         out[name] = amax if name not in out else torch.maximum(out[name], amax)
 
     with hooks(model, fn, layers=names, include_norms=False):
@@ -99,27 +99,27 @@ def _scales_columns_(module: nn.Module, s: torch.Tensor) -> None:
     w = module.weight.data
     conv1d = _conv1d()
     if conv1d is not None and isinstance(module, conv1d):  # [in, out]
-        w.mul_(s.to(w.dtype)[:, None])
+        w.mul_(s.to(w.device, w.dtype)[:, None])
     else:  # [out, in]
-        w.mul_(s.to(w.dtype)[None, :])
+        w.mul_(s.to(w.device, w.dtype)[None, :])
 
 
 def _divide_outputs_(module: nn.Module, s: torch.Tensor) -> None:
     """Divide a norm's or linear layer's output channels by ``s`` (in place)."""
     inv = (1.0 / s.double()).float()
     if is_norm(module):
-        module.weight.data.mul_(inv.to(module.weight.dtype))
+        module.weight.data.mul_(inv.to(module.weight.device, module.weight.dtype))
         if getattr(module, "bias", None) is not None:
-            module.bias.data.mul_(inv.to(module.bias.dtype))
+            module.bias.data.mul_(inv.to(module.bias.device, module.bias.dtype))
         return
     w = module.weight.data
     conv1d = _conv1d()
     if conv1d is not None and isinstance(module, conv1d):  # [in, out]
-        w.mul_(inv.to(w.dtype)[None, :])
+        w.mul_(inv.to(w.device, w.dtype)[None, :])
     else:
-        w.mul_(inv.to(w.dtype)[:, None])
+        w.mul_(inv.to(w.device, w.dtype)[:, None])
     if getattr(module, "bias", None) is not None:
-        module.bias.data.mul_(inv.to(module.bias.dtype))
+        module.bias.data.mul_(inv.to(module.bias.device, module.bias.dtype))
 
 
 def fold_scale_(predecessor: nn.Module, layers: Iterable[nn.Module], s: torch.Tensor) -> None:

@@ -139,7 +139,7 @@ def awq_search(
     """
     W = check_matrix(W, "W").detach().float()
     out, cols = W.shape
-    X = check_matrix(X, "X", cols=cols).detach().float()
+    X = check_matrix(X, "X", cols=cols).detach().float().to(W.device)  # [tokens, in], where W is
     bits = check_bits(bits)
     gs = check_group(group_size, cols)
     if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
@@ -157,7 +157,7 @@ def awq_search(
     act_mean = X.abs().mean(0)  # [in]
     alphas = np.arange(n_grid) / n_grid
     losses = np.empty(n_grid)
-    best = (np.inf, 0.0, torch.ones(cols))
+    best = (np.inf, 0.0, torch.ones(cols, device=W.device))
     for k, alpha in enumerate(alphas):
         s = awq_scales(act_mean, alpha)  # [in]
         w_hat = rtn_quantize(W * s, bits, group_size, symmetric)[0] / s
@@ -170,13 +170,13 @@ def awq_search(
     Xs = X / s  # [tokens, in]
     ng = cols // gs
     ratios = 1.0 - np.arange(n_clip) * (max_shrink / n_clip)
-    chosen = torch.ones(out, ng)
+    chosen = torch.ones(out, ng, device=W.device)
     clip_loss = np.full(n_clip, np.nan)
     if clip:
         Xg = Xs.reshape(tokens, ng, gs).transpose(0, 1)  # [n_groups, tokens, gs]
         Gg = Xg.transpose(1, 2) @ Xg if gs < tokens else None  # [n_groups, gs, gs]
         amax = Ws.abs().reshape(out, ng, gs).amax(-1)  # [out, n_groups]
-        best_err = torch.full((out, ng), np.inf, dtype=torch.float64)
+        best_err = torch.full((out, ng), np.inf, dtype=torch.float64, device=W.device)
         for k, ratio in enumerate(ratios):
             clamped = _clamp_groups(Ws, amax * float(ratio), gs)
             err = _clip_errors(Ws - rtn_quantize(clamped, bits, group_size, symmetric)[0], Xg, Gg, gs)
@@ -188,7 +188,7 @@ def awq_search(
     rel = _sq_err(W - final.weight_hat, X, G) / ref
     clip_kept = True
     if clip and rel > best[0]:  # the per-group search ignores cross-group terms; never let it hurt overall
-        chosen = torch.ones(out, ng)
+        chosen = torch.ones(out, ng, device=W.device)
         rel, clip_kept = float(best[0]), False
 
     cfg = {"bits": bits, "group_size": group_size, "symmetric": bool(symmetric), "n_grid": n_grid,
@@ -196,9 +196,9 @@ def awq_search(
     return xr.Dataset(
         {
             "loss": ("alpha", losses, {"long_name": "relative output error ‖XWᵀ−XŴᵀ‖²/‖XWᵀ‖²", "units": "1"}),
-            "act_mean": ("channel", act_mean.numpy(), {"long_name": "mean |X| per input channel", "units": "1"}),
-            "scale": ("channel", s.numpy(), {"long_name": "chosen AWQ scale s", "units": "1"}),
-            "clip_ratio": (("row", "group"), chosen.numpy(), {"long_name": "chosen clipping ratio", "units": "1"}),
+            "act_mean": ("channel", act_mean.cpu().numpy(), {"long_name": "mean |X| per input channel", "units": "1"}),
+            "scale": ("channel", s.cpu().numpy(), {"long_name": "chosen AWQ scale s", "units": "1"}),
+            "clip_ratio": (("row", "group"), chosen.cpu().numpy(), {"long_name": "chosen clipping ratio", "units": "1"}),
             "clip_loss": ("ratio", clip_loss, {"long_name": "groups' relative output error at each clip ratio", "units": "1"}),
             "best_alpha": ((), best_alpha, {"long_name": "chosen alpha", "units": "1"}),
             "rtn_rel_err": ((), float(losses[0]), {"long_name": "RTN relative output error (alpha=0, no clip)", "units": "1"}),
@@ -240,6 +240,7 @@ def _apply(W: torch.Tensor, s: torch.Tensor, clip: torch.Tensor, bits: int, grou
            symmetric: bool) -> AWQApplied:
     out, cols = W.shape
     gs = cols if group_size is None else group_size
+    s, clip = s.to(W.device), clip.to(W.device)  # a search result's arrays come from the host
     Ws = W * s
     amax = Ws.abs().reshape(out, cols // gs, gs).amax(-1)
     clamped = _clamp_groups(Ws, amax * clip, gs)
@@ -342,7 +343,7 @@ class AWQMethod(Method):
         nbytes = weight_nbytes(out, cols, cfg.bits, cfg.group_size, cfg.symmetric)
         folded = state["folded"].get(name)
         if folded is not None:
-            res = _apply(W, torch.ones(cols), folded["clip"], cfg.bits, cfg.group_size, cfg.symmetric)
+            res = _apply(W, torch.ones(cols, device=W.device), folded["clip"], cfg.bits, cfg.group_size, cfg.symmetric)
             replacement = replacement_for(module, res.weight_scaled_hat)
             weight_hat = res.weight_scaled_hat  # the layer's basis: its weight and inputs are already scaled
             info = {"awq_alpha": folded["alpha"], "awq_folded": 1.0, "awq_rel_err": folded["rel_err"],

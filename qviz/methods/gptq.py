@@ -73,7 +73,8 @@ class GPTQResult(NamedTuple):
     Attributes
     ----------
     weight_hat : torch.Tensor
-        ``[out, in]`` float32 dequantized weight, in the original column order.
+        ``[out, in]`` float32 dequantized weight, in the original column order, on ``W``'s device
+        (as are ``codes``, ``scale`` and ``zero``).
     codes : torch.Tensor
         ``[out, in]`` uint8 codes; ``weight_hat = (codes - zero) * scale`` per group.
     scale : torch.Tensor
@@ -279,11 +280,12 @@ def gptq_quantize_weight(
         if i2 < cols:  # the lazy batch update of every later column, in place: W[:, i2:] -= err @ U[i1:i2, i2:]
             Wt[:, i2:].addmm_(torch.from_numpy(err), Ut[i1:i2, i2:], alpha=-1.0)
     inv = np.argsort(perm)
+    dev = W.device  # the column loop runs on the CPU (numba); the results go back to W's device
     return GPTQResult(
-        weight_hat=torch.from_numpy(np.ascontiguousarray(Q[:, inv])),
-        codes=torch.from_numpy(np.ascontiguousarray(codes[:, inv])),
-        scale=torch.from_numpy(scale),
-        zero=torch.from_numpy(zero.astype(np.uint8)),
+        weight_hat=torch.from_numpy(np.ascontiguousarray(Q[:, inv])).to(dev),
+        codes=torch.from_numpy(np.ascontiguousarray(codes[:, inv])).to(dev),
+        scale=torch.from_numpy(scale).to(dev),
+        zero=torch.from_numpy(zero.astype(np.uint8)).to(dev),
         loss=float(loss.sum()),
     )
 

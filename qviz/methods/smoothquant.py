@@ -106,9 +106,10 @@ def smoothing_ranges(act_absmax: torch.Tensor, W: torch.Tensor, alpha: float) ->
             f"W must be the layer's [out, in] weight with in = {act_absmax.shape[0]} channels; "
             f"got {tuple(getattr(W, 'shape', ()))}."
         )
-    w_abs = W.detach().abs().amax(0).float()
-    s = smoothing_factors(act_absmax.float(), w_abs, alpha)
-    act = torch.stack([act_absmax.float(), act_absmax.float() / s]).numpy()  # [stage, channel]
+    w_abs = W.detach().abs().amax(0).float().cpu()  # [in]: a reduction, so the Dataset is built on the host
+    act_absmax = act_absmax.float().cpu()
+    s = smoothing_factors(act_absmax, w_abs, alpha)
+    act = torch.stack([act_absmax, act_absmax / s]).numpy()  # [stage, channel]
     wts = torch.stack([w_abs, w_abs * s]).numpy()
 
     def ratio(v: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from torch import nn
 from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
 from qviz.quant.config import RTN, BnbFP4, BnbNF4, QuantConfig
-from qviz.quant.primitives import check_tensor, count_nonfinite, fake_quantize_with_stats
+from qviz.quant.primitives import check_tensor, count_nonfinite, fake_quantize_values
 from qviz.quant.registry import Method, method_for
 
 MAX_ROWS = 4096
@@ -90,8 +90,11 @@ class QuantizedTensor:
         return _restore(self._dequant(), self._like)
 
 
-def _as_2d(weight: Any, name: str = "weight") -> tuple[torch.Tensor, Any]:
-    """Check ``weight`` and return ``(float32 torch [rows, cols] on its device, like-info)``."""
+def _as_2d(weight: Any, name: str = "weight", *, check_finite: bool = True) -> tuple[torch.Tensor, Any]:
+    """Check ``weight`` and return ``(float32 torch [rows, cols] on its device, like-info)``.
+
+    ``check_finite=False`` leaves the NaN/Inf check to a GPU kernel that makes it in its own pass.
+    """
     if isinstance(weight, np.ndarray):
         t = torch.from_numpy(np.ascontiguousarray(weight)) if weight.dtype != object else None
     elif isinstance(weight, torch.Tensor):
@@ -114,7 +117,10 @@ def _as_2d(weight: Any, name: str = "weight") -> tuple[torch.Tensor, Any]:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); expected at least one value to quantize.")
     like = (isinstance(weight, np.ndarray), tuple(t.shape), weight.dtype, getattr(weight, "device", None))
     t2 = t.reshape(1, -1) if t.ndim == 1 else t.reshape(t.shape[0], -1)  # [rows, cols]
-    check_tensor(t2, name)  # type, emptiness, NaN/Inf with the count
+    if check_finite:
+        check_tensor(t2, name)  # type, emptiness, NaN/Inf with the count
+    elif not t2.is_floating_point():
+        check_tensor(t2, name)  # the clear dtype error (the tensor is not floating, so no NaN pass runs)
     return t2.float(), like
 
 
@@ -185,8 +191,10 @@ def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
 
     RTN runs the fused one-pass Numba kernel; NF4/FP4 without double
     quantization run the Numba kernel that reproduces bitsandbytes' arithmetic
-    (equal results, tested); LLM.int8 and double-quantized NF4/FP4 run
-    bitsandbytes itself. The input is not modified.
+    (equal results, tested); on CUDA both run their Triton twins
+    (:mod:`qviz.gpu.fakequant`, bit-identical, one read and one write of the
+    weights); LLM.int8 and double-quantized NF4/FP4 run bitsandbytes itself.
+    The input is not modified.
 
     Parameters
     ----------
@@ -203,22 +211,29 @@ def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
     >>> w_hat.dtype, bool(np.abs(w_hat - w).max() < 0.02)
     (dtype('float32'), True)
     """
+    from qviz.gpu import available
+
+    on_gpu = available(weight)  # the fused Triton kernels check NaN/Inf in their own single pass
     if isinstance(cfg, RTN):
         method_for(cfg)  # a registered config (always true for RTN)
-        w, like = _as_2d(weight)
-        w_hat, _ = fake_quantize_with_stats(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
-                                            clip_search=cfg.clip_search)
+        w, like = _as_2d(weight, check_finite=not on_gpu)
+        w_hat = fake_quantize_values(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
+                                     clip_search=cfg.clip_search, check_finite=not on_gpu)
         warn_if_zeroed("the tensor", w, w_hat, cfg)
         return _restore(w_hat, like)
     if isinstance(cfg, (BnbNF4, BnbFP4)) and not cfg.double_quant:
         method_for(cfg)
-        w, like = _as_2d(weight)
+        w, like = _as_2d(weight, check_finite=not on_gpu)
         if w.device.type == "cpu":  # the Numba kernel: bitsandbytes' arithmetic, one fused pass
             import kernels_numba as kn
 
             w_hat, _ = kn.fake_quantize_4bit(np.ascontiguousarray(w.numpy()), cfg.blocksize, cfg.quant_type)
             warn_if_zeroed("the tensor", w, torch.from_numpy(w_hat), cfg)
             return _restore(torch.from_numpy(w_hat), like)
+        if on_gpu:  # the Triton twin of that kernel, bit-identical
+            from qviz.gpu.fakequant import codebook_blocks
+
+            return _restore(codebook_blocks(w, cfg.blocksize, cfg.quant_type).x_hat, like)
     return quantize_tensor(weight, cfg).dequantize()
 
 

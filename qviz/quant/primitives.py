@@ -15,9 +15,10 @@ They follow the conventions of :mod:`kernels_numba.rtn` exactly:
   an all-zero group gets scale 1, a float16 underflow becomes ``2**-24``.
 
 Where the work runs: numpy arrays and CPU torch tensors go to the Numba
-kernels of :mod:`kernels_numba` (one fused pass); CUDA tensors (or
-``backend="torch"``) run a vectorised torch version of the same arithmetic,
-which gives the same codes. Inputs are never written to.
+kernels of :mod:`kernels_numba` (one fused pass); CUDA tensors go to the fused
+Triton kernel of :mod:`qviz.gpu.fakequant` (one pass, bit-identical); a clip
+search on CUDA, or ``backend="torch"``, runs a vectorised torch version of the
+same arithmetic, which gives the same codes. Inputs are never written to.
 
 Examples
 --------
@@ -266,6 +267,9 @@ def choose_qparams(
     bits = check_bits(bits)
     shape = (int(x.shape[0]), int(x.shape[1]))
     granularity = check_granularity(granularity, shape)
+    if _use_gpu_kernel(x, backend, clip_search):
+        res = _gpu_rtn(x, granularity, bits, bool(symmetric), write_xhat=False)
+        return QParams(res.scale, res.zero, bits, bool(symmetric), granularity, shape)
     if _use_torch(x, backend):
         scale, zero = _torch_qparams(x, granularity, bits, bool(symmetric), bool(clip_search))
         return QParams(scale, zero, bits, bool(symmetric), granularity, shape)
@@ -299,6 +303,9 @@ def quantize(x: Any, qparams: QParams, *, backend: str = "auto") -> Any:
             f"x has shape {tuple(x.shape)} but the qparams were chosen for {qparams.shape}. "
             "Call choose_qparams on a tensor of this shape."
         )
+    if _use_gpu_kernel(x, backend, False):
+        return _gpu_rtn(x, qparams.granularity, qparams.bits, qparams.symmetric, params=qparams,
+                        write_xhat=False, write_codes=True).codes
     if _use_torch(x, backend):
         return _torch_codes(x, qparams)
     import kernels_numba as kn
@@ -383,6 +390,9 @@ def fake_quantize_with_stats(
     bits = check_bits(bits)
     shape = (int(x.shape[0]), int(x.shape[1]))
     granularity = check_granularity(granularity, shape)
+    if _use_gpu_kernel(x, backend, clip_search):
+        res = _gpu_rtn(x, granularity, bits, bool(symmetric), write_stats=True)
+        return res.x_hat, Stats(*res.stats, x.numel())
     if _use_torch(x, backend):
         qp = choose_qparams(x, granularity, bits, symmetric=symmetric, clip_search=clip_search, backend="torch")
         x_hat = _torch_dequant(_torch_codes(x, qp), qp)
@@ -400,6 +410,117 @@ def fake_quantize_with_stats(
 
         x_hat = torch.from_numpy(x_hat).to(x.device)
     return x_hat, stats
+
+
+def fake_quantize_values(
+    x: Any,
+    granularity: Granularity,
+    bits: int,
+    *,
+    symmetric: bool = False,
+    clip_search: bool = False,
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> Any:
+    """``dequantize(quantize(x))`` alone (float32 ``[rows, cols]``, same array type as ``x``): no error sums.
+
+    On CUDA this is one read and one write of ``x`` (the fused kernel). ``check_finite=False``
+    skips the separate NaN/Inf pass where the kernel checks for itself (CUDA), the caller having
+    checked everything else.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fake_quantize_values(np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32), PerChannel(), 4).round(2)
+    array([[-1. ,  0. ,  0.6,  2. ]], dtype=float32)
+    """
+    if _use_gpu_kernel(x, backend, clip_search):
+        if check_finite:
+            check_tensor(x)
+        bits = check_bits(bits)
+        granularity = check_granularity(granularity, (int(x.shape[0]), int(x.shape[1])))
+        return _gpu_rtn(x, granularity, bits, bool(symmetric)).x_hat
+    return fake_quantize_with_stats(x, granularity, bits, symmetric=symmetric, clip_search=clip_search,
+                                    backend=backend)[0]
+
+
+def fake_quantize_codes(
+    x: Any,
+    granularity: Granularity,
+    bits: int,
+    *,
+    symmetric: bool = False,
+    clip_search: bool = False,
+    backend: str = "auto",
+) -> tuple[Any, Any, QParams]:
+    """``(x_hat, codes, qparams)`` of ``x`` in one pass where a fused kernel can (CUDA), else the trio.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x_hat, codes, qp = fake_quantize_codes(np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32), PerChannel(), 4)
+    >>> codes
+    array([[ 0,  5,  8, 15]], dtype=uint8)
+    """
+    check_tensor(x)
+    bits = check_bits(bits)
+    shape = (int(x.shape[0]), int(x.shape[1]))
+    granularity = check_granularity(granularity, shape)
+    if _use_gpu_kernel(x, backend, clip_search):
+        res = _gpu_rtn(x, granularity, bits, bool(symmetric), write_codes=True)
+        qp = QParams(res.scale, res.zero, bits, bool(symmetric), granularity, shape)
+        return res.x_hat, res.codes, qp
+    qp = choose_qparams(x, granularity, bits, symmetric=symmetric, clip_search=clip_search, backend=backend)
+    codes = quantize(x, qp, backend=backend)
+    return dequantize(codes, qp, backend=backend), codes, qp
+
+
+# --------------------------------------------------------------------------- GPU kernel path
+
+
+def _use_gpu_kernel(x: Any, backend: str, clip_search: bool) -> bool:
+    """The fused Triton kernel serves CUDA tensors under ``backend="auto"`` (the clip search stays in torch)."""
+    if backend != "auto" or clip_search or not _is_torch(x):
+        return False
+    from qviz.gpu import available
+
+    return available(x)
+
+
+def _gpu_rtn(x: Any, g: Granularity, bits: int, symmetric: bool, *, params: QParams | None = None,
+             write_xhat: bool = True, write_codes: bool = False, write_stats: bool = False) -> Any:
+    """Run :func:`qviz.gpu.fakequant.rtn_groups` on ``x`` ``[rows, cols]``; scale/zero come back ``[rows, n_groups]``."""
+    import torch
+
+    from qviz.gpu.fakequant import MAX_GROUP, GroupResult, rtn_groups
+
+    rows, cols = (int(s) for s in x.shape)
+    xf = x.detach().float().contiguous()
+    scale = zero = None
+    if params is not None:
+        scale, zero = params.scale, params.zero
+    elif isinstance(g, PerTensor):  # one scale from the whole tensor's range (torch), then the kernel applies it
+        check_tensor(xf)
+        zero_t = torch.zeros((), dtype=xf.dtype, device=xf.device)
+        lo = torch.minimum(xf.amin(), zero_t).reshape(1, 1)
+        hi = torch.maximum(xf.amax(), zero_t).reshape(1, 1)
+        s64, z64 = _params_from_range(lo, hi, 1.0, bits, symmetric)
+        scale, zero = s64.float(), z64.to(torch.uint8)
+    group = cols if isinstance(g, (PerChannel, PerTensor)) else g.size
+    if group > MAX_GROUP:  # wider rows than one program holds: the torch twin of the arithmetic
+        qp = params or QParams(*_torch_qparams(xf, g, bits, symmetric, False), bits, symmetric, g, (rows, cols))
+        codes = _torch_codes(xf, qp)
+        x_hat = _torch_dequant(codes, qp)
+        stats = None
+        if write_stats:
+            d = x_hat.double() - xf.double()
+            stats = (float((d * d).sum()), float((xf.double() ** 2).sum()), float(d.abs().max()))
+        return GroupResult(x_hat, codes, qp.scale, qp.zero, stats)
+    res = rtn_groups(xf, group, bits, symmetric, scale=scale, zero=zero, write_xhat=write_xhat,
+                     write_codes=write_codes, write_stats=write_stats)
+    if scale is not None:  # given (or per-tensor) parameters come back as they went in
+        return res._replace(scale=scale, zero=zero)
+    return res._replace(scale=res.scale.reshape(rows, cols // group), zero=res.zero.reshape(rows, cols // group))
 
 
 # --------------------------------------------------------------------------- torch path

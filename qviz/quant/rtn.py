@@ -79,8 +79,11 @@ class RTNMethod(Method):
                        state: Any) -> LayerQuant:
         """Fake-quantize the layer's weight in one fused pass and build its replacement module."""
         w = weight_matrix(module).float()  # [out, in]
+        # on the layer's device (the fused GPU kernel on CUDA, bit-identical to Numba); a clip search
+        # runs in Numba, whose float64 error sums pick the ratio the CPU picks
+        src = w.cpu() if cfg.clip_search else w
         w_hat, stats = fake_quantize_with_stats(
-            w.cpu(), cfg.granularity, cfg.bits, symmetric=cfg.symmetric, clip_search=cfg.clip_search
+            src, cfg.granularity, cfg.bits, symmetric=cfg.symmetric, clip_search=cfg.clip_search
         )
         w_hat = w_hat.to(w.device)  # [out, in] float32
         new = fake_quant_module(module, w_hat, cfg.act_bits, cfg.act_scheme)
