@@ -13,7 +13,7 @@ JupyterLab. This script does the same, with no other install step:
 
 Binder gives a session 1-2 GB; the tour must stay under 2 GB.
 
-Run: python benchmarks/binder.py [--work /tmp/qviz-binder] [--notebook notebooks/00_tour.ipynb]
+Run: python benchmarks/binder.py [--work /tmp/qviz-binder] [--notebook notebooks/00_tour.ipynb] [--reuse]
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/qviz-binder"))
     parser.add_argument("--notebook", default="notebooks/00_tour.ipynb")
-    parser.add_argument("--reuse", action="store_true", help="skip steps 1-3 (an environment built before)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the environment an earlier run made (step 2): copy the tree anew, run postBuild, measure")
     args = parser.parse_args(argv)
     repo, venv, home = args.work / "repo", args.work / "venv", args.work / "home"
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "HF_HUB_OFFLINE": "1",
@@ -89,19 +90,19 @@ def main(argv=None) -> int:
     for key in ("PIP_FIND_LINKS", "PIP_CERT", "PIP_DEFAULT_TIMEOUT"):  # this machine's registry set-up
         if key in os.environ:
             env[key] = os.environ[key]
+    t0 = time.perf_counter()
+    args.work.mkdir(parents=True, exist_ok=True)
+    copy_tree(repo)
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir()
     if not args.reuse:
-        args.work.mkdir(parents=True, exist_ok=True)
-        copy_tree(repo)
-        if home.exists():
-            shutil.rmtree(home)
-        home.mkdir()
         if venv.exists():
             shutil.rmtree(venv)
-        t0 = time.perf_counter()
         run([sys.executable, "-m", "venv", str(venv)])
         run([venv / "bin" / "pip", "install", "--no-cache-dir", "-r", "binder/requirements.txt"], cwd=repo, env=env)
-        run(["bash", "binder/postBuild"], cwd=repo, env=env)
-        print(f"built in {time.perf_counter() - t0:.0f} s", flush=True)
+    run(["bash", "binder/postBuild"], cwd=repo, env=env)
+    print(f"built in {time.perf_counter() - t0:.0f} s", flush=True)
     run([venv / "bin" / "python", "-c", MEASURE, args.notebook], cwd=repo, env=env)
     return 0
 
