@@ -61,8 +61,10 @@ __all__ = [
     "error_amplification",
     "fgsm",
     "pgd",
+    "retrieval_success_counts",
     "retrieval_success_rate",
     "straight_through",
+    "success_counts",
     "success_rate",
     "token_substitution",
 ]
@@ -615,15 +617,31 @@ def success_rate(
     >>> success_rate(net, x, x, y)
     0.0
     """
+    flipped, correct = success_counts(model, x, x_adv, y)
+    return flipped / correct if correct else float("nan")
+
+
+def success_counts(
+    model: QvizModel | nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
+) -> tuple[int, int]:
+    """``(flipped, correct)``: the counts behind :func:`success_rate` (its sample size is ``correct``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    >>> x = torch.rand(8, 1, 2, 2)
+    >>> success_counts(net, x, x, net(x).argmax(-1))
+    (0, 8)
+    """
     qm = _as_qviz(model)
     x, y = _check_batch(x, y)
     if x_adv.shape != x.shape:
         raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}; got {tuple(x_adv.shape)}.")
     correct = _predict(qm, x) == y
-    if not correct.any():
-        return float("nan")
     flipped = _predict(qm, x_adv) != y
-    return float((flipped & correct).sum()) / float(correct.sum())
+    return int((flipped & correct).sum()), int(correct.sum())
 
 
 # --------------------------------------------------------------------------- text: retrieval attacks
@@ -770,13 +788,27 @@ def retrieval_success_rate(
     >>> retrieval_success_rate(m, clean, adv, idx, targets)                  # doctest: +SKIP
     0.4
     """
+    moved, right = retrieval_success_counts(model, clean, adversarial, index, targets)
+    return moved / right if right else float("nan")
+
+
+def retrieval_success_counts(
+    model: QvizModel, clean: dict[str, torch.Tensor], adversarial: dict[str, torch.Tensor], index: torch.Tensor, targets: Any
+) -> tuple[int, int]:
+    """``(moved, right)``: the counts behind :func:`retrieval_success_rate` (its sample size is ``right``).
+
+    Examples
+    --------
+    >>> import qviz
+    >>> m = qviz.load("minilm")                                              # doctest: +SKIP
+    >>> retrieval_success_counts(m, clean, adv, idx, targets)                # doctest: +SKIP
+    (4, 10)
+    """
     qm = _as_qviz(model)
     targets = torch.as_tensor(targets, dtype=torch.long)
     right = _retrieve(qm, clean, index.float()) == targets
-    if not right.any():
-        return float("nan")
     moved = _retrieve(qm, adversarial, index.float()) != targets
-    return float((moved & right).sum()) / float(right.sum())
+    return int((moved & right).sum()), int(right.sum())
 
 
 def token_substitution(

@@ -44,6 +44,7 @@ import xarray as xr
 from qviz._errors import did_you_mean
 from qviz.evaluate import accuracy as acc
 from qviz.evaluate import cost as cost_mod
+from qviz.evaluate import intervals
 from qviz.evaluate import size as size_mod
 from qviz.models import QvizModel, load
 
@@ -213,6 +214,7 @@ def _image_robustness(ctx: _Context, q: QvizModel) -> dict[str, Any]:
     n_active = int((ctx.eps > 0).sum())
     x, y = a["x"], a["y"]
     zero = R.success_rate(q, x, x, y)
+    n_correct = R.success_counts(q, x, x, y)[1]  # the sample size of every rate below
     rates: dict[str, list[float]] = {}
     crafted = {"FGSM L∞ white-box (STE)": None, "PGD L∞ white-box (STE)": None, "PGD L∞ transfer from fp32": a["fp_adv"]}
     if n_active:
@@ -222,7 +224,7 @@ def _image_robustness(ctx: _Context, q: QvizModel) -> dict[str, Any]:
         active = [R.success_rate(q, x, chunk, y) for chunk in _chunks(adv, n_active)] if n_active else []
         rates[name] = _per_eps(ctx, active, zero)
     amp = R.error_amplification(q, x, a["amp_adv"]) if n_active else None
-    return {"attack": rates, "amplification": amp}
+    return {"attack": rates, "amplification": amp, "n": n_correct}
 
 
 def _text_robustness(ctx: _Context, q: QvizModel, index: torch.Tensor) -> dict[str, Any]:
@@ -233,6 +235,7 @@ def _text_robustness(ctx: _Context, q: QvizModel, index: torch.Tensor) -> dict[s
     queries, targets = a["queries"], a["targets"]
     clean_inputs = q.prepare(queries)
     zero = R.retrieval_success_rate(q, clean_inputs, clean_inputs, index, targets)
+    n_right = R.retrieval_success_counts(q, clean_inputs, clean_inputs, index, targets)[1]  # every rate's sample size
     rates: dict[str, list[float]] = {}
     names = ("PGD L2 embedding white-box (STE)", "PGD L2 embedding transfer from fp32")
     if n_active:
@@ -259,7 +262,7 @@ def _text_robustness(ctx: _Context, q: QvizModel, index: torch.Tensor) -> dict[s
         amp = R.error_amplification(
             q, {"inputs_embeds": e0, "attention_mask": mask}, {"inputs_embeds": e0 + a["amp_delta"], "attention_mask": mask}
         )
-    return {"attack": rates, "tokens": tokens, "amplification": amp}
+    return {"attack": rates, "tokens": tokens, "amplification": amp, "n": n_right}
 
 
 def _chunks_dict(d: dict[str, torch.Tensor], n_chunks: int) -> list[dict[str, torch.Tensor]]:
@@ -305,6 +308,8 @@ def _evaluate_config(ctx: _Context, cfg: Any) -> xr.Dataset:
         if "accuracy" in ctx.metrics:
             for k, v in scores.items():
                 data[k] = (("config",), [v], ctx.task.metric_attrs.get(k, {"long_name": k, "units": "1"}))
+            data["accuracy_n"] = (("config",), [_sample_size(scores, ctx.ref)],
+                                  {"long_name": "items the accuracy and agreement are shares of", "units": "1"})
     size = size_mod.model_size(q)
     if "size" in ctx.metrics:
         data["size_bytes"] = (("config",), [size["total_bytes"]], {"long_name": "model size as stored (every byte)", "units": "B"})
@@ -349,6 +354,8 @@ def _evaluate_config(ctx: _Context, cfg: Any) -> xr.Dataset:
         names = list(rob["attack"])
         data["attack_success_rate"] = (("config", "attack", "eps"), np.array([[rob["attack"][n] for n in names]]),
                                        {"long_name": "attack success rate (share of correct inputs flipped)", "units": "fraction"})
+        data["attack_n"] = (("config",), [rob["n"]],
+                            {"long_name": "attacked inputs the config gets right when clean (the rates' sample size)", "units": "1"})
         coords["attack"] = names
         coords["eps"] = ctx.eps
         if "tokens" in rob:
@@ -560,7 +567,18 @@ def compare(
         "timing_threads": "as set" if threads is None else int(threads),
         "title": f"qviz.compare on {model.name}",
     })
-    return out
+    return intervals.annotate(out)
+
+
+def _sample_size(scores: dict[str, Any], ref: Any) -> float:
+    """How many items a task's accuracy is a share of: its own count where it gives one, else the reference's labels."""
+    for key in ("n", "n_tokens"):
+        if key in scores:
+            return float(scores[key])
+    for key in ("y", "labels"):
+        if isinstance(ref, dict) and key in ref:
+            return float(len(ref[key]))
+    return math.nan
 
 
 def _cost_inputs(model: QvizModel, ref: Any) -> tuple[Any, int]:

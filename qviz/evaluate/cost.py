@@ -54,6 +54,7 @@ __all__ = [
     "kernel_model",
     "measure_latency",
     "measure_memory_bandwidth",
+    "offload_roofline",
     "roofline",
     "usd_per_1k_queries",
     "usd_per_1m_tokens",
@@ -450,6 +451,69 @@ def cost_table(
             "usd_per_1m_tokens": usd.assign_attrs(long_name="cost per million tokens (roofline)", units="USD"),
             "fits": fits_on(model_bytes, hw, headroom=headroom),
         }
+    )
+
+
+def offload_roofline(
+    model_bytes: Any, device: str, *, host_bandwidth_gbps: float, hardware: Any = None, headroom: float = 0.2
+) -> xr.Dataset:
+    """Batch-1 decode tokens/s on ``device`` when the weights that do not fit live in host memory.
+
+    The device keeps as many weight bytes as fit beside ``headroom`` (the
+    share :func:`fits_on` reserves for activations and the KV cache); the rest
+    is read from the host once per token at ``host_bandwidth_gbps`` (the CPU's
+    memory bandwidth when the CPU computes those layers, as llama.cpp does; the
+    PCIe link when they are streamed to the device). Per token::
+
+        seconds = on_device_bytes / device_bandwidth + offloaded_bytes / host_bandwidth
+
+    Parameters
+    ----------
+    model_bytes
+        Weight bytes (a number or an ``xr.DataArray`` over ``config``).
+    device
+        A row name of the hardware table.
+    host_bandwidth_gbps
+        GB/s at which the offloaded bytes are read.
+
+    Returns
+    -------
+    xr.Dataset
+        ``on_device_gb``, ``offloaded_gb``, ``tokens_per_s`` (with offloading),
+        ``tokens_per_s_if_it_fit`` (the plain memory roof) and ``fits``.
+
+    Examples
+    --------
+    >>> hw = hardware_table([{"name": "gpu", "memory_gb": 24, "bandwidth_gbps": 1000, "usd_per_hour": 0.4}])
+    >>> r = offload_roofline(40e9, "gpu", host_bandwidth_gbps=50, hardware=hw)
+    >>> float(r.offloaded_gb), round(float(r.tokens_per_s), 2)
+    (20.0, 2.38)
+    """
+    hw = _as_table(hardware)
+    if device not in hw.hardware.values:
+        names = [str(n) for n in hw.hardware.values]
+        raise ValueError(f"Unknown hardware row {device!r}.{did_you_mean(device, names)} Rows: {', '.join(names)}.")
+    host = float(_positive(host_bandwidth_gbps, "host_bandwidth_gbps"))
+    if not isinstance(headroom, (int, float)) or headroom < 0:
+        raise ValueError(f"headroom must be a number >= 0 (share of the model size kept free); got {headroom!r}.")
+    mb = model_bytes if isinstance(model_bytes, xr.DataArray) else xr.DataArray(_positive(model_bytes, "model_bytes"))
+    _positive(mb.values, "model_bytes")
+    row = hw.sel(hardware=device)
+    capacity = float(row.memory_gb) * 1e9 / (1 + headroom)  # weight bytes the device holds
+    on_device = np.minimum(mb, capacity)
+    offloaded = mb - on_device
+    seconds = on_device / (float(row.bandwidth_gbps) * 1e9) + offloaded / (host * 1e9)
+    return xr.Dataset(
+        {
+            "on_device_gb": (on_device / 1e9).assign_attrs(long_name=f"weights on {device}", units="GB"),
+            "offloaded_gb": (offloaded / 1e9).assign_attrs(long_name="weights read from host memory", units="GB"),
+            "tokens_per_s": (1 / seconds).assign_attrs(
+                long_name=f"batch-1 decode estimate, offloading at {host:g} GB/s", units="tokens/s"),
+            "tokens_per_s_if_it_fit": (float(row.bandwidth_gbps) * 1e9 / mb).assign_attrs(
+                long_name="batch-1 decode estimate if every weight fit (memory roof)", units="tokens/s"),
+            "fits": fits_on(mb, hw, headroom=headroom).sel(hardware=device, drop=True),
+        },
+        attrs={"device": device, "host_bandwidth_gbps": host, "headroom": float(headroom)},
     )
 
 

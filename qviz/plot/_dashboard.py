@@ -91,6 +91,7 @@ def _pareto_traces(cmp: xr.Dataset) -> list[go.Scatter]:
             marker={"size": 12 if front[i] else 9, "color": colors[n], "symbol": "circle" if front[i] else "circle-open",
                     "line": {"width": 2, "color": colors[n]}},
             name=n, legendgroup=n, showlegend=False,
+            error_y=_interval_bars(cmp, "accuracy", {"config": n}),
             hovertemplate=f"{n}<br>size %{{x:.3f}} MB<br>accuracy %{{y:.4f}}<br>{float(bits[i]):.3f} bits/weight"
                           + ("<br>on the Pareto front" if front[i] else "") + "<extra></extra>",
         ))
@@ -170,9 +171,19 @@ def _attack_traces(cmp: xr.Dataset) -> list[go.Scatter]:
             traces.append(go.Scatter(
                 x=da.eps.values, y=y, mode="lines+markers", name=f"{c} · {attack}",
                 line={"color": colors[str(c)], "dash": _DASH[j % len(_DASH)]}, legendgroup=str(c),
+                error_y=_interval_bars(cmp, "attack_success_rate", {"config": c, "attack": attack}),
                 hovertemplate=f"{c}<br>{attack}<br>ε %{{x}}<br>success %{{y:.2f}}<extra></extra>",
             ))
     return traces
+
+
+def _interval_bars(cmp: xr.Dataset, var: str, where: dict[str, object]) -> dict[str, object] | None:
+    """Plotly ``error_y`` for the 95% interval of ``var`` where the Dataset carries one."""
+    if f"{var}_low" not in cmp:
+        return None
+    y, low, high = (np.atleast_1d(cmp[f"{var}{s}"].sel(where).values).astype(float) for s in ("", "_low", "_high"))
+    return {"type": "data", "symmetric": False, "array": np.nan_to_num(high - y).tolist(),
+            "arrayminus": np.nan_to_num(y - low).tolist(), "thickness": 1, "width": 3}
 
 
 def attack_curves(cmp: xr.Dataset) -> go.Figure:
@@ -263,7 +274,9 @@ def _summary_columns(cmp: xr.Dataset) -> list[tuple[str, list[str]]]:
         ("kernel_class", "kernel", "str"),
     ]
     for var, title, kind in spec:
-        if var in cmp:
+        if var in cmp and f"{var}_low" in cmp:
+            cols.append((f"{title} [95% CI]{_n_header(cmp, var)}", _rate_cells(cmp, var, {})))
+        elif var in cmp:
             cols.append((title, [_fmt(v, kind) for v in cmp[var].values]))
     if "attack_success_rate" in cmp:
         da = cmp.attack_success_rate
@@ -271,8 +284,40 @@ def _summary_columns(cmp: xr.Dataset) -> list[tuple[str, list[str]]]:
         e = eps[len(eps) // 2] if len(eps) else None
         for attack in da.attack.values:
             if "PGD" in str(attack) and e is not None:
-                cols.append((f"{attack} @ ε={e:g}", [_fmt(v, "frac") for v in da.sel(attack=attack, eps=e).values]))
+                where = {"attack": attack, "eps": e}
+                if "attack_success_rate_low" in cmp:
+                    cols.append((f"{attack} @ ε={e:g} [95% CI] (n)", _rate_cells(cmp, "attack_success_rate", where, with_n=True)))
+                else:
+                    cols.append((f"{attack} @ ε={e:g}", [_fmt(v, "frac") for v in da.sel(where).values]))
     return cols
+
+
+def _n_header(cmp: xr.Dataset, var: str) -> str:
+    """`` (n=359)`` when every config's rate is a share of the same number of items."""
+    from qviz.evaluate.intervals import RATE_SAMPLES
+
+    n = cmp.get(RATE_SAMPLES.get(var, ""))
+    values = {float(v) for v in np.atleast_1d(n.values)} if n is not None else set()
+    return f" (n={int(values.pop())})" if len(values) == 1 and all(math.isfinite(v) for v in values) else ""
+
+
+def _rate_cells(cmp: xr.Dataset, var: str, where: dict[str, object], with_n: bool = False) -> list[str]:
+    """``0.933 [0.904, 0.954] *`` per config: the rate, its 95% interval, * where it differs from fp32 beyond the noise."""
+    from qviz.evaluate.intervals import RATE_SAMPLES
+
+    rate, low, high = (cmp[f"{var}{s}"].sel(where).values for s in ("", "_low", "_high"))
+    beyond = cmp[f"{var}_exceeds_noise"].sel(where).values if f"{var}_exceeds_noise" in cmp else np.zeros(len(rate), bool)
+    n = cmp[RATE_SAMPLES[var]].values if with_n and RATE_SAMPLES.get(var) in cmp else None
+    cells = []
+    for i, r in enumerate(rate):
+        if not math.isfinite(float(r)):
+            cells.append("—")
+            continue
+        cell = f"{float(r):.3f} [{float(low[i]):.2f}, {float(high[i]):.2f}]"
+        if n is not None:
+            cell += f" (n={int(n[i])})"
+        cells.append(cell + (" *" if bool(beyond[i]) else ""))
+    return cells
 
 
 def _summary_trace(cmp: xr.Dataset) -> go.Table:
@@ -293,7 +338,8 @@ def summary_table(cmp: xr.Dataset) -> go.Figure:
     """
     _check(cmp, (), "summary_table")
     fig = go.Figure(_summary_trace(cmp))
-    fig.update_layout(title=f"Summary — {cmp.attrs.get('model', '')}", height=80 + 30 * cmp.sizes["config"])
+    note = " · [95% Wilson interval], * differs from fp32 beyond the noise (Newcombe)" if "accuracy_low" in cmp else ""
+    fig.update_layout(title=f"Summary — {cmp.attrs.get('model', '')}{note}", height=80 + 30 * cmp.sizes["config"])
     return fig
 
 

@@ -74,6 +74,36 @@ def gemv_html(ds: Any) -> str:
     return _table(rows, ["weight [out x in]", *[str(k) for k in ds.kernel.values]])
 
 
+SMOKE_WIDTH = 0.3
+"""An attack section whose widest 95% interval is wider than this is labelled a smoke run."""
+
+
+def _noise_html(cmp: Any) -> str:
+    """What the rates rest on: sample sizes, interval widths, which differences exceed the noise; a smoke-run label."""
+    parts = []
+    if "accuracy_n" in cmp:
+        n = cmp.accuracy_n.values
+        beyond = [str(c) for c in cmp.config.values if "accuracy_exceeds_noise" in cmp
+                  and bool(cmp.accuracy_exceeds_noise.sel(config=c))]
+        parts.append(
+            f"Accuracy is a share of {int(np.nanmax(n)) if np.isfinite(n).any() else '?'} held-out items; the summary "
+            "gives each rate its 95% Wilson interval and marks with * a config that differs from fp32 by more than "
+            "the noise (Newcombe's interval for the difference excludes 0): "
+            + (html.escape(", ".join(beyond)) if beyond else "none does") + ".")
+    if "attack_success_rate_low" in cmp:
+        width = float(np.nanmax((cmp.attack_success_rate_high - cmp.attack_success_rate_low).values))
+        n = cmp.attack_n.values
+        sizes = ", ".join(f"{html.escape(str(c))} {int(k)}" for c, k in zip(cmp.config.values, n, strict=True))
+        text = (f"Attack success rates are shares of the attacked inputs each config gets right when clean ({sizes}); "
+                f"the widest 95% interval is {width:.2f} wide.")
+        if width > SMOKE_WIDTH:
+            text = ("<b>Smoke run:</b> too few attacked inputs for the success rates to tell configs apart; the attack "
+                    "section shows that the attacks run, not how robust the configs are (qviz report --thorough "
+                    "attacks more inputs). " + text)
+        parts.append(text)
+    return "".join(f"<p>{p}</p>" for p in parts)
+
+
 def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]]:
     """Compare configs on the model's held-out task; the dashboard, attack curves, size and kernel tables.
 
@@ -123,6 +153,7 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
         f"<p>Attacks: {cmp.attrs.get('attack_inputs', '?')} inputs per config, {cmp.attrs.get('attack_steps', '?')} PGD steps; "
         f"{'the quick report compares the two 4-bit formats at reduced sizes (timings with all cores): qviz report --thorough compares RTN 8/4/3/2-bit, LLM.int8 and NF4 at full size' if ctx.get('compare_quick_configs') else 'full-size comparison'}.</p>"
     )
+    intro += _noise_html(cmp)
     items: list[tuple[str, Any]] = [("Comparison", intro), ("Dashboard", plot.dashboard(cmp))]
     if "latency_ms" in cmp:
         items.append(("Throughput, measured", plot.cost_bars(cmp, "throughput")))

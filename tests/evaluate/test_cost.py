@@ -101,3 +101,34 @@ def test_gemv_benchmark_small_and_errors():
 def test_kernel_class():
     assert C.kernel_class("real kernel: bitsandbytes Linear4bit (nf4)") == "real kernel"
     assert C.kernel_class("simulated W8A8 (fake-quant)") == "simulated"
+
+
+def test_offload_roofline_by_hand():
+    import xarray as xr
+
+    from qviz.evaluate.cost import hardware_table, offload_roofline
+
+    hw = hardware_table([{"name": "gpu", "memory_gb": 24, "bandwidth_gbps": 1000, "usd_per_hour": 0.4}])
+    sizes = xr.DataArray([10e9, 40e9], dims="config", coords={"config": ["small", "big"]})
+    r = offload_roofline(sizes, "gpu", host_bandwidth_gbps=50, hardware=hw)
+    # small: all 10 GB on the device; big: 24 / 1.2 = 20 GB there, 20 GB read from the host per token
+    np.testing.assert_allclose(r.offloaded_gb.values, [0.0, 20.0])
+    np.testing.assert_allclose(r.tokens_per_s.values, [100.0, 1 / (20 / 1000 + 20 / 50)])
+    np.testing.assert_allclose(r.tokens_per_s_if_it_fit.values, [100.0, 25.0])
+    assert r.fits.values.tolist() == [True, False]
+    # no headroom: 24 GB stay on the device
+    assert float(offload_roofline(40e9, "gpu", host_bandwidth_gbps=50, hardware=hw, headroom=0).offloaded_gb) == 16.0
+
+
+def test_offload_roofline_bad_input():
+    import xarray as xr
+
+    from qviz.evaluate.cost import hardware_table, offload_roofline
+
+    hw = hardware_table([{"name": "gpu", "memory_gb": 24, "bandwidth_gbps": 1000, "usd_per_hour": 0.4}])
+    with pytest.raises(ValueError, match="Unknown hardware row 'gpv'.*gpu"):
+        offload_roofline(1e9, "gpv", host_bandwidth_gbps=50, hardware=hw)
+    with pytest.raises(ValueError, match="host_bandwidth_gbps must be finite and > 0"):
+        offload_roofline(1e9, "gpu", host_bandwidth_gbps=0, hardware=hw)
+    with pytest.raises(ValueError, match="model_bytes must be finite"):
+        offload_roofline(-1.0, "gpu", host_bandwidth_gbps=50, hardware=hw)

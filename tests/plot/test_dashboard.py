@@ -107,3 +107,24 @@ def test_bad_input():
         D.pareto(xr.Dataset({"accuracy": ("x", [1.0])}))
     with pytest.raises(ValueError, match="has no 'attack_success_rate'"):
         D.attack_curves(_cmp()[["accuracy"]])
+
+
+def test_summary_and_curves_show_the_intervals():
+    from qviz.evaluate.intervals import annotate, wilson
+
+    ds = _cmp()
+    ds["accuracy_n"] = ("config", [200, 200, 200, 200])
+    ds["attack_n"] = ("config", [20, 20, 20, 8])
+    ds["attack_success_rate"] = (ds.attack_success_rate * ds.attack_n).round().clip(max=ds.attack_n) / ds.attack_n
+    ds = annotate(ds)
+    header = [h for h in D.summary_table(ds).data[0].header.values]
+    cells = dict(zip(header, D.summary_table(ds).data[0].cells.values))
+    acc = cells["accuracy [95% CI] (n=200)"]
+    _, low, high = wilson(190, 200)
+    assert acc[2] == f"0.950 [{low:.2f}, {high:.2f}]"          # 0.95 vs 0.98: within the noise of 200
+    assert acc[3].endswith(" *")                                 # 0.40 vs 0.98: beyond it
+    attack = [v for h, v in cells.items() if h.startswith("PGD white-box (STE) @")][0]
+    assert "(n=8)" in attack[3]
+    curve = [t for t in D.attack_curves(ds).data if t.name == "RTN w2 · PGD white-box (STE)"][0]
+    assert curve.error_y.array is not None and len(curve.error_y.arrayminus) == 3
+    assert D.attack_curves(_cmp()).data[0].error_y.array is None  # no counts, no bars
