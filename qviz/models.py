@@ -612,8 +612,16 @@ def check_materialized(model: QvizModel | nn.Module, what: str) -> None:
 
 def available_memory() -> int:
     """Bytes of memory the system can still give this process (``MemAvailable``)."""
-    import psutil
-
+    try:
+        import psutil
+    except ImportError:  # psutil is optional: the kernel's own figure, else the free pages
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     return int(psutil.virtual_memory().available)
 
 
