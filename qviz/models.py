@@ -564,8 +564,8 @@ def check_batch(model: QvizModel, inputs: Any) -> None:
         raise ValueError(f"{where} does not fit. {expected_input(model)}")
     if kind == "conv1d" and (x.dim() != 3 or x.shape[1] != layer.in_channels):
         raise ValueError(f"{where} does not fit. {expected_input(model)}")
-    if kind == "linear" and type(model.module).__name__ != "Sequential" and model.module is not layer:
-        return  # a custom forward may reshape before its first linear layer
+    if kind == "linear" and not isinstance(model.module, nn.Sequential) and model.module is not layer:
+        return  # a custom forward may reshape before its first linear layer (torch's error is translated in forward)
     if kind == "linear":
         cols = layer.in_features if hasattr(layer, "in_features") else weight_matrix(layer).shape[1]
         if x.dim() < 2 or x.shape[-1] != cols:

@@ -39,6 +39,7 @@ from torch import nn
 
 import qviz
 from qviz._checks import _field_types
+from qviz.models import as_module
 from qviz.quant.registry import known_config_types
 
 CLASSES = {
@@ -684,7 +685,7 @@ def _n_hooks(module: nn.Module) -> int:
 
 def _check(case: Case, ctx: Any) -> None:
     model = getattr(ctx, case.model) if case.model else None
-    module = qviz.models.as_module(model) if model is not None else None
+    module = as_module(model) if model is not None else None
     before = (_digest(module), module.training) if module is not None else None
     with pytest.raises(Exception) as info:
         case.call(ctx)
