@@ -579,8 +579,8 @@ def check_batch(model: QvizModel, inputs: Any) -> None:
         raise ValueError(f"{where} does not fit. {expected_input(model)}")
     if kind == "conv1d" and (x.dim() != 3 or x.shape[1] != layer.in_channels):
         raise ValueError(f"{where} does not fit. {expected_input(model)}")
-    if kind == "linear" and type(model.module).__name__ != "Sequential" and model.module is not layer:
-        return  # a custom forward may reshape before its first linear layer
+    if kind == "linear" and not isinstance(model.module, nn.Sequential) and model.module is not layer:
+        return  # a custom forward may reshape before its first linear layer (torch's error is translated in forward)
     if kind == "linear":
         cols = layer.in_features if hasattr(layer, "in_features") else weight_matrix(layer).shape[1]
         if x.dim() < 2 or x.shape[-1] != cols:
@@ -627,8 +627,16 @@ def check_materialized(model: QvizModel | nn.Module, what: str) -> None:
 
 def available_memory() -> int:
     """Bytes of memory the system can still give this process (``MemAvailable``)."""
-    import psutil
-
+    try:
+        import psutil
+    except ImportError:  # psutil is optional: the kernel's own figure, else the free pages
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     return int(psutil.virtual_memory().available)
 
 

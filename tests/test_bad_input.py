@@ -39,6 +39,7 @@ from torch import nn
 
 import qviz
 from qviz._checks import _field_types
+from qviz.models import as_module
 from qviz.quant.registry import known_config_types
 
 CLASSES = {
@@ -682,10 +683,9 @@ def _n_hooks(module: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.cls}:{c.id}" for c in CASES])
-def test_bad_input(case: Case, ctx: Ctx) -> None:
+def _check(case: Case, ctx: Any) -> None:
     model = getattr(ctx, case.model) if case.model else None
-    module = qviz.models.as_module(model) if model is not None else None
+    module = as_module(model) if model is not None else None
     before = (_digest(module), module.training) if module is not None else None
     with pytest.raises(Exception) as info:
         case.call(ctx)
@@ -699,6 +699,20 @@ def test_bad_input(case: Case, ctx: Ctx) -> None:
     if module is not None:
         assert (_digest(module), module.training) == before, "the model changed"
         assert _n_hooks(module) == 0, "a hook was left behind"
+
+
+CONFIG_CASES = [c for c in CASES if c.cls == "config"]
+OTHER_CASES = [c for c in CASES if c.cls != "config"]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c.id for c in CONFIG_CASES])
+def test_bad_config_field(case: Case) -> None:
+    _check(case, None)
+
+
+@pytest.mark.parametrize("case", OTHER_CASES, ids=[f"{c.cls}:{c.id}" for c in OTHER_CASES])
+def test_bad_input(case: Case, ctx: Ctx) -> None:
+    _check(case, ctx)
 
 
 def test_catalogue_covers_every_class_and_config_type(capsys) -> None:

@@ -74,7 +74,7 @@ def _widget_update(model, calib):
 
 
 def _report(model, calib, tmp_path):
-    return qviz.report.build_report(model, tmp_path / "r.html", sections=["outliers", "quant"], quiet=True,
+    return qviz.report.build_report(model, tmp_path / "r.html", sections=["outliers"], quiet=True,
                                     progress=False)
 
 
@@ -114,8 +114,9 @@ def test_capture_memory_does_not_grow_with_tokens():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512))
     proc = psutil.Process()
+    qviz.capture(net, torch.randn(64, 512), progress=False)  # imports and JIT compilation happen before measuring
     peaks = {}
-    for n_batches in (4, 64):  # 4 MB and 64 MB of activations streamed through
+    for n_batches in (4, 32):  # 4 MB and 32 MB of input streamed through (twice that in activations)
         gc.collect()
         base = proc.memory_info().rss
         peak = [0]
@@ -128,9 +129,9 @@ def test_capture_memory_does_not_grow_with_tokens():
         stats = qviz.capture(net, batches(), progress=False)
         assert int(stats["count"].sel(layer="0").values[0]) == n_batches * 512
         peaks[n_batches] = peak[0]
-    print(f"\ncapture peak RSS growth: {peaks[4] / 1e6:.1f} MB over 2k tokens, {peaks[64] / 1e6:.1f} MB over 32k tokens")
-    # 16x the tokens (60 MB more activations) may not cost more than a few MB more memory
-    assert peaks[64] < peaks[4] + 16e6, peaks
+    print(f"\ncapture peak RSS growth: {peaks[4] / 1e6:.1f} MB over 2k tokens, {peaks[32] / 1e6:.1f} MB over 16k tokens")
+    # 8x the tokens (56 MB more activations) may not cost more than a few MB more memory
+    assert peaks[32] < peaks[4] + 12e6, peaks
 
 
 def test_a_model_larger_than_free_memory_is_refused_before_allocating(monkeypatch, tmp_path):
@@ -151,10 +152,16 @@ def test_a_model_larger_than_free_memory_is_refused_before_allocating(monkeypatc
 
 
 def test_the_memory_check_uses_the_real_figures():
-    free = qviz.models.available_memory()
+    from qviz import models
+
+    free = models.available_memory()
     assert 0 < free <= psutil.virtual_memory().total
-    with pytest.raises(MemoryError, match=f"{free / 1e9:.0f}"):
-        qviz.models.check_fits_in_memory(free * 10, "A test")
+    with pytest.raises(MemoryError, match=r"A test needs about [\d.]+ GB, but only [\d.]+ GB") as info:
+        models.check_fits_in_memory(free * 10, "A test")
+    import re
+
+    need, have = (float(v) * 1e9 for v in re.findall(r"([\d.]+) GB", str(info.value)))
+    assert need == pytest.approx(free * 10, rel=0.01) and have == pytest.approx(free, rel=0.3)
 
 
 # --------------------------------------------------------------------------- untrusted input
@@ -268,7 +275,7 @@ def test_multihead_attention_out_proj_is_left_in_full_precision(cfg):
     net = _WithAttention()
     q = qviz.quantize(net, cfg, progress=False)
     assert "attn.out_proj" in q.quantization.skipped
-    assert "MultiheadAttention reads out_proj.weight" in q.quantization.skipped["attn.out_proj"]
+    assert "MultiheadAttention, which reads out_proj.weight directly" in q.quantization.skipped["attn.out_proj"]
     assert "head" in q.quantization.layers
     x = torch.randn(2, 3, 16)
     assert q.module(x).shape == (2, 3, 4)
@@ -315,6 +322,12 @@ def test_grouped_convolutions_are_left_out_of_gptq_with_the_reason():
     assert np.isnan(err.output_rel_err.sel(layer="0").item()) if "0" in err.layer.values else True
 
 
+def _float_copy(net: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(net).float()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_models_in_layer_error_and_the_explorer(dtype):
     torch.manual_seed(0)
@@ -322,9 +335,8 @@ def test_half_precision_models_in_layer_error_and_the_explorer(dtype):
     x = torch.randn(32, 32)
     err = qviz.layer_error(net, qviz.RTN(bits=4, group_size=None), calib=x)
     assert np.isfinite(err.output_rel_err.values).all() and err.attrs["model_dtype"] == str(dtype).split(".")[1]
-    ref = qviz.layer_error(nn.Sequential(*[m.float() if hasattr(m, "weight") else m for m in
-                                           [nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)]]), qviz.RTN(bits=4), calib=x)
-    assert ref.sizes == err.sizes
+    ref = qviz.layer_error(_float_copy(net), qviz.RTN(bits=4, group_size=None), calib=x)
+    np.testing.assert_allclose(err.weight_mse.values, ref.weight_mse.values, rtol=1e-6)  # measured in float32
     assert net[0].weight.dtype == dtype  # the model itself was not upcast
     ex = qviz.widgets.QuantExplorer(net, x, group_size=None, debounce=0, background=True)
     ex.flush()

@@ -304,7 +304,7 @@ class SmoothQuant(QuantConfig):
 
     alpha: float = 0.5
     w_bits: int = 8
-    a_bits: int = 8
+    a_bits: int | None = 8
     act_scheme: str = "per-tensor"
     fold: str = "auto"
     act_static: bool = False
