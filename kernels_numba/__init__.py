@@ -11,10 +11,12 @@ pack    bit packing of 2-8 bit codes
 nf4     bitsandbytes-identical NF4/FP4 blockwise formats
 stats   streaming per-channel activation statistics
 gemv    batch-1 INT4/INT8 matrix-vector products on packed weights
+gguf    llama.cpp's GGUF block formats (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL), byte-exact
 """
 
 from ._common import ErrorStats
 from .gemv import gemv_int4, gemv_int8
+from .gguf import GGUF_TYPES, dequantize_gguf, quantize_gguf, unpack_gguf
 from .nf4 import (
     codebook_4bit,
     dequantize_4bit,
@@ -75,4 +77,9 @@ __all__ = [
     # gemv
     "gemv_int4",
     "gemv_int8",
+    # gguf
+    "GGUF_TYPES",
+    "quantize_gguf",
+    "dequantize_gguf",
+    "unpack_gguf",
 ]

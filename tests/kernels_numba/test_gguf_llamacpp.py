@@ -1,0 +1,57 @@
+"""kernels_numba.gguf against llama.cpp's own C quantizers (ggml_quantize_chunk in libggml-base).
+
+The library comes with llama-cpp-python (``pip install 'qviz[llamacpp]'``, built from
+source) or from any llama.cpp build named by ``QVIZ_LIBGGML=/path/to/libggml-base.so``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from kernels_numba.gguf import GGUF_TYPES, quantize_gguf
+
+
+def _libggml() -> ctypes.CDLL:
+    path = os.environ.get("QVIZ_LIBGGML")
+    if not path:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or spec.origin is None:
+            pytest.skip("llama.cpp is not available: install llama-cpp-python (pip install 'qviz[llamacpp]') "
+                        "or set QVIZ_LIBGGML to a libggml-base.so")
+        found = sorted(pathlib.Path(spec.origin).parent.glob("lib/libggml-base.*"))
+        if not found:
+            pytest.skip("llama-cpp-python is installed without libggml-base (a build without shared ggml libraries)")
+        path = str(found[0])
+    lib = ctypes.CDLL(path)
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    return lib
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return _libggml()
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True])
+@pytest.mark.parametrize("name", list(GGUF_TYPES))
+def test_bytes_equal_llama_cpp(lib, name, with_imatrix):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((48, 1024)) * 0.02).astype(np.float32)
+    x[:, rng.integers(0, 1024, 4)] *= 20  # outlier columns
+    x[0, :256] = 0.0
+    qw = (rng.random(1024) ** 3 * 5).astype(np.float32) if with_imatrix else None
+    t = GGUF_TYPES[name]
+    want = np.zeros((x.shape[0], x.shape[1] // t.block * t.type_size), np.uint8)
+    lib.ggml_quantize_init(t.ggml_type)
+    lib.ggml_quantize_chunk(t.ggml_type, x.ctypes.data, want.ctypes.data, 0, x.shape[0], x.shape[1],
+                            None if qw is None else qw.ctypes.data)
+    np.testing.assert_array_equal(quantize_gguf(x, name, qw), want)
