@@ -11,6 +11,7 @@ pack    bit packing of 2-8 bit codes
 nf4     bitsandbytes-identical NF4/FP4 blockwise formats
 stats   streaming per-channel activation statistics
 gemv    batch-1 INT4/INT8 matrix-vector products on packed weights
+fp      FP8/FP6/FP4 element formats, OCP MX blocks (E8M0 per 32) and NVFP4 (import kernels_numba.fp)
 """
 
 from ._common import ErrorStats
