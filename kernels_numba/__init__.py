@@ -12,6 +12,7 @@ nf4     bitsandbytes-identical NF4/FP4 blockwise formats
 stats   streaming per-channel activation statistics
 gemv    batch-1 INT4/INT8 matrix-vector products on packed weights
 gguf    llama.cpp's GGUF block formats (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL), byte-exact
+fp      FP8/FP6/FP4 element formats, OCP MX blocks (E8M0 per 32) and NVFP4 (import kernels_numba.fp)
 """
 
 from ._common import ErrorStats

@@ -27,6 +27,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -98,7 +99,12 @@ class HQQ(_ActFields):
     @property
     def label(self) -> str:
         g = {None: "ch", "tensor": "tensor"}.get(self.group_size, f"g{self.group_size}")  # type: ignore[arg-type]
-        return f"HQQ w{self.bits} {g}{self._act_label()}"
+        text = f"HQQ w{self.bits} {g}"
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("lp_norm", "beta", "kappa", "iters"):  # solver settings name the config only when changed
+            if getattr(self, name) != defaults[name]:
+                text += f" {name}={getattr(self, name):g}"
+        return text + self._act_label()
 
 
 def _num(v: Any) -> bool:

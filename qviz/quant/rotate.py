@@ -408,7 +408,8 @@ class Rotated(_ActFields):
 
     @property
     def label(self) -> str:
-        return f"Rot+{self.inner.label}{'' if self.online else ' offline'}{self._act_label()}"
+        seed = f" seed {self.seed}" if self.seed else ""
+        return f"Rot+{self.inner.label}{'' if self.online else ' offline'}{seed}{self._act_label()}"
 
 
 def _default_inner() -> QuantConfig:

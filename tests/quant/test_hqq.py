@@ -66,6 +66,7 @@ def test_storage_and_drivers():
     err = qviz.layer_error(net, [qviz.HQQ(bits=4, group_size=32), qviz.HQQ(bits=4, group_size=32, act_bits=8)],
                            calib=torch.randn(16, 64))
     assert err.sizes["config"] == 2 and bool((err.output_rel_err > 0).all())
+    assert qviz.HQQ(lp_norm=0.5).label == "HQQ w4 g64 lp_norm=0.5"
     for bad in ({"bits": 1}, {"group_size": 0}, {"lp_norm": 1.5}, {"kappa": 0.5}, {"iters": 0}):
         with pytest.raises(ValueError, match="HQQ"):
             qviz.HQQ(**bad)
