@@ -90,13 +90,13 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
     if model.kind != "decoder":
         return []
     items: list[tuple[str, Any]] = []
-    note = html.escape(reference_note(model))
+    note = html.escape(reference_note(model), quote=False)
     extra = ""
     if model.gguf_types:
         extra = (" Every number below compares a config with these dequantized weights, not with the original bf16 "
                  "checkpoint: a 4-bit config re-quantizes weights that were already 4-bit, so its error here is the "
                  "error added on top of the GGUF's own, and a format on the GGUF's grid can come out nearly lossless.")
-    items.append(("Reference", f"<p><b>{note}</b>.{html.escape(extra)}</p>"))
+    items.append(("Reference", f"<p><b>{note}</b>.{html.escape(extra, quote=False)}</p>"))
     cmp = ctx["datasets"].get("comparison")
     if cmp is not None and "perplexity" in cmp:
         n = int(cmp.n_scored_tokens.sel(config="fp32")) if "n_scored_tokens" in cmp else 0
