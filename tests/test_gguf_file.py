@@ -113,3 +113,16 @@ def test_export_refuses_other_architectures(tmp_path):
         qviz.export_gguf(qviz.models.load(nn.Sequential(nn.Linear(4, 4))), tmp_path / "x.gguf")
     with pytest.raises(TypeError, match="takes a qviz model"):
         qviz.export_gguf(nn.Linear(4, 4), tmp_path / "x.gguf")
+
+
+def test_q4_1_is_a_fixed_point_of_smollm2s_own_weights():
+    # the file's Q4_1 weights, dequantized and quantized again by qviz, give the file's bytes back
+    from kernels_numba.gguf import quantize_gguf
+    from qviz.gguf_file import _open_reader
+
+    reader = _open_reader(smollm2_gguf())
+    tensors = [t for t in reader.tensors if t.tensor_type.name == "Q4_1"][:14]  # the first two blocks' matrices
+    weights = read_gguf_tensors(smollm2_gguf(), [t.name for t in tensors])
+    for t in tensors:
+        again = quantize_gguf(weights[t.name], "Q4_1")
+        np.testing.assert_array_equal(again, np.asarray(t.data).reshape(again.shape))
