@@ -352,7 +352,7 @@ def _weight_channel_absmax(module: nn.Module, ltype: str) -> tuple[torch.Tensor 
             wm = dequantized_weight(module)  # [out, in]: also right for int8 codes and packed 4-bit weights
         except TypeError:
             return None, None
-        return wm.abs().amax(0).cpu().numpy(), wm.abs().amax(1).cpu().numpy()
+        return wm.abs().amax(0), wm.abs().amax(1)  # tensors: _to_host moves them together
     w = module.weight.detach().float()
     if ltype == "embedding":
         return w.abs().amax(0), None  # per embedding dim; vocab rows are not channels
