@@ -120,6 +120,11 @@ def jupyter(tmp_path_factory, request) -> JupyterServer:
     settings = home / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+    # render every cell: with JupyterLab's default windowing, outputs far down a long notebook are not
+    # in the page until scrolled to, and a test looking for them waits in vain
+    nb_settings = home / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    nb_settings.mkdir(parents=True)
+    (nb_settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     cmd.append(f"--LabApp.user_settings_dir={home / 'lab-settings'}")
     log = home / "jupyter.log"
     fh = open(log, "w")
