@@ -43,8 +43,10 @@ def test_evil_layer_name_is_escaped_in_the_report_and_the_static_picture(browser
 
     model = qviz.load(EvilNames())
     x = torch.randn(32, 16)
-    monkeypatch.setattr(data, "calibration_data", lambda m, n=64: x)
+    # qviz's public name first: it is resolved lazily from qviz.data, and resolving it after qviz.data
+    # is patched would make monkeypatch "restore" the fake, for every later test in the session
     monkeypatch.setattr(qviz, "calibration_data", lambda m, n=64: x)
+    monkeypatch.setattr(data, "calibration_data", lambda m, n=64: x)
     res = qviz.report.build_report(model, tmp_path / "r.html", sections=["outliers"], quiet=True, progress=False)
     static = tmp_path / "static.html"
     ex = qviz.widgets.QuantExplorer(model, x, group_size=None, debounce=0, background=False)
