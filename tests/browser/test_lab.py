@@ -258,8 +258,12 @@ def test_saved_notebook_shows_a_picture_without_running(page, jupyter, executed_
         restored: [...document.querySelectorAll('.qviz-heatmap')].filter(h => Number(h.dataset.qvizDraws) > 0).length,
     })""")
     TIMINGS["saved_notebook_picture"] = shown
-    target = page.locator(".qviz-static img:visible" if shown["static"] else ".qviz-heatmap:visible").first
-    target.scroll_into_view_if_needed()
+    # scroll to the very element found above (a locator's first match can be another, hidden copy)
+    page.evaluate("""() => {
+        const img = [...document.querySelectorAll('.qviz-static img')].find(i => i.offsetParent !== null && i.naturalWidth > 100);
+        const heat = [...document.querySelectorAll('.qviz-heatmap')].find(h => Number(h.dataset.qvizDraws) > 0);
+        (img || heat).scrollIntoView();
+    }""")
     page.screenshot(path=str(artifacts / "lab-saved-notebook-no-run.png"))
 
 
