@@ -53,7 +53,7 @@ def test_nonfinite_values_are_counted_not_crashed_on():
     assert acc.n_nonfinite == 2
     assert out["count"].tolist() == [49, 49, 50]
     clean = x[:, 0][torch.isfinite(x[:, 0])].double().numpy()
-    np.testing.assert_allclose(out["mean"][0], clean.mean(), rtol=1e-6)
+    np.testing.assert_allclose(out["mean"][0], clean.mean(), rtol=1e-5)  # float64 sums, no reassociation
     assert np.isfinite(out["absmax"]).all()
 
 
