@@ -91,8 +91,12 @@ class QuantConfig:
         raise NotImplementedError
 
     def to_json(self) -> str:
-        """The config as a JSON string (``{"method": ..., fields...}``), for Dataset attrs."""
-        return json.dumps({"method": type(self).__name__, **dataclasses.asdict(self)})
+        """The config as a JSON string (``{"method": ..., fields...}``), for Dataset attrs.
+
+        A field holding another config (``Rotated.inner``, ``PerLayer``'s rules) is written as
+        that config's own JSON object, so :func:`config_from_json` rebuilds it.
+        """
+        return json.dumps(_json_value(self))
 
     def replace(self, **changes: Any) -> QuantConfig:
         """A copy with some fields changed (validated again)."""
@@ -102,6 +106,37 @@ class QuantConfig:
     def weight_bits(self) -> int | None:
         """Nominal bits of a weight code (None when not a fixed integer width)."""
         return getattr(self, "bits", None)
+
+
+def _json_value(value: Any) -> Any:
+    """A config (at any depth of tuples, lists and dicts) as plain JSON data with its ``"method"`` key."""
+    if isinstance(value, QuantConfig):
+        return {"method": type(value).__name__,
+                **{f.name: _json_value(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
+
+
+def _from_json_value(value: Any, types: dict[str, type]) -> Any:
+    """Inverse of :func:`_json_value`: every object with a ``"method"`` key becomes its config."""
+    if isinstance(value, list):
+        return [_from_json_value(v, types) for v in value]
+    if not isinstance(value, dict):
+        return value
+    data = {k: _from_json_value(v, types) for k, v in value.items()}
+    if "method" not in data:
+        return data
+    name = data.pop("method")
+    if name not in types:
+        raise ValueError(f"Unknown config type {name!r}; known: {', '.join(sorted(types))}.")
+    fields = [f.name for f in dataclasses.fields(types[name])]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{name} has no field(s) {unknown}; its fields are {fields}. Was the JSON written by another qviz version?")
+    return types[name](**data)
 
 
 def config_from_json(text: str) -> QuantConfig:
@@ -120,15 +155,7 @@ def config_from_json(text: str) -> QuantConfig:
         raise ValueError(f"config_from_json takes the JSON text of QuantConfig.to_json(); got {str(text)[:60]!r} ({err}).") from err
     if not isinstance(data, dict) or "method" not in data:
         raise ValueError(f'config JSON must be an object with a "method" key, e.g. {RTN().to_json()!r}; got {str(text)[:60]!r}.')
-    name = data.pop("method")
-    types = {t.__name__: t for t in known_config_types()}
-    if name not in types:
-        raise ValueError(f"Unknown config type {name!r}; known: {', '.join(sorted(types))}.")
-    fields = [f.name for f in dataclasses.fields(types[name])]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{name} has no field(s) {unknown}; its fields are {fields}. Was the JSON written by another qviz version?")
-    return types[name](**data)
+    return _from_json_value(data, {t.__name__: t for t in known_config_types()})
 
 
 @dataclass(frozen=True)

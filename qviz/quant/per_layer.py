@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from qviz.quant.config import QuantConfig, config_from_json
+from qviz.quant.config import QuantConfig
 from qviz.quant.registry import LayerQuant, Method, method_for, register
 
 
@@ -48,8 +47,6 @@ def _as_config(value: Any, where: str) -> QuantConfig | None:
         if value is not None:
             method_for(value)  # TypeError listing the known configs
         return value
-    if isinstance(value, Mapping) and "method" in value:  # from to_json
-        return config_from_json(json.dumps(dict(value)))
     raise TypeError(f"PerLayer {where} must be a quantization config (qviz.RTN(...), qviz.GGUF(...)) or None; "
                     f"got {type(value).__name__} {value!r}.")
 
@@ -73,8 +70,8 @@ class PerLayer(QuantConfig):
     'GGUF Q4_K; *.v_proj: GGUF Q6_K'
     """
 
-    rules: Any = ()
-    default: Any = None
+    rules: Mapping | tuple | list = ()
+    default: QuantConfig | None = None
     method: ClassVar[str] = "per-layer"
 
     def __post_init__(self) -> None:
@@ -111,14 +108,6 @@ class PerLayer(QuantConfig):
     @property
     def weight_bits(self) -> int | None:
         return None if self.default is None else self.default.weight_bits
-
-    def to_json(self) -> str:
-        """JSON with every sub-config in its own ``to_json`` form (so :func:`config_from_json` rebuilds it)."""
-        def enc(c: QuantConfig | None) -> Any:
-            return None if c is None else json.loads(c.to_json())
-
-        return json.dumps({"method": "PerLayer", "rules": [[p, enc(c)] for p, c in self.rules],
-                           "default": enc(self.default)})
 
     def replace(self, **changes: Any) -> QuantConfig:
         return dataclasses.replace(self, **changes)

@@ -39,8 +39,6 @@ True
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -377,10 +375,6 @@ class Rotated(_ActFields):
     method: ClassVar[str] = "rotated"
 
     def __post_init__(self) -> None:
-        if isinstance(self.inner, str):  # from to_json
-            from qviz.quant.config import config_from_json
-
-            object.__setattr__(self, "inner", config_from_json(self.inner))
         if not isinstance(self.inner, QuantConfig) or isinstance(self.inner, Rotated):
             raise TypeError(f"Rotated wraps one weight config such as qviz.GPTQ(bits=4); got {self.inner!r}.")
         method_for(self.inner)
@@ -392,11 +386,6 @@ class Rotated(_ActFields):
         if self.act_bits is not None and getattr(self.inner, "act_bits", None) is not None:
             raise ValueError(f"Both Rotated and its inner config {self.inner.label!r} quantize activations; "
                              "set act_bits on one of them.")
-
-    def to_json(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        data["inner"] = self.inner.to_json()
-        return json.dumps({"method": "Rotated", **data})
 
     @property
     def group_size(self) -> Any:
