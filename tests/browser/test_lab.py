@@ -57,7 +57,7 @@ PANEL_JS = """(path) => {
 }"""
 
 
-def open_and_run_all(page, jupyter, path: str, app: str = "lab") -> None:
+def open_and_run_all(page, jupyter, path: str, app: str = "lab", timeout_ms: int = RUN_TIMEOUT_MS) -> None:
     """Open ``path`` in JupyterLab (or Notebook 7), run all cells and wait until every cell ran without error.
 
     JupyterLab restores the notebooks an earlier test left open (its workspace is
@@ -90,7 +90,7 @@ def open_and_run_all(page, jupyter, path: str, app: str = "lab") -> None:
         const done = cells.every(c => c.model.executionCount !== null);
         const failed = cells.some(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'));
         return failed || (done && k && k.status === 'idle');
-    }}""", timeout=RUN_TIMEOUT_MS)
+    }}""", timeout=timeout_ms)
     errors = page.evaluate(f"""() => {panel}.content.widgets
         .filter(c => c.model.type === 'code')
         .flatMap(c => c.model.outputs.toJSON().filter(o => o.output_type === 'error'))
@@ -281,3 +281,21 @@ def test_html_export_shows_a_picture(page, executed_outliers, artifacts, tmp_pat
     assert img.evaluate("el => el.naturalWidth") > 100
     img.scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "html-export.png"))
+
+
+@pytest.mark.parametrize("name", ["00_tour.ipynb", "05_llm.ipynb"])
+def test_tour_and_llm_notebook_run_and_draw_in_jupyterlab(page, jupyter, artifacts, name):
+    """The two front doors, run top to bottom in JupyterLab: every cell runs, every Plotly figure draws,
+    and the screenshots (the first figure; the notebook's last output) are kept for a person to look at."""
+    # the LLM notebook loads SmolLM2, generates and runs a four-config compare: minutes on a loaded 2-core machine
+    open_and_run_all(page, jupyter, name, timeout_ms=900_000)
+    stem = name.removesuffix(".ipynb")
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length > 0", timeout=120_000)
+    drawn = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
+        .map(gd => gd.querySelectorAll('.main-svg').length > 0 && gd.getBoundingClientRect().width > 100)""")
+    TIMINGS[f"{stem}_figures_drawn"] = f"{sum(drawn)}/{len(drawn)}"
+    assert drawn and all(drawn), f"{name}: {sum(drawn)} of {len(drawn)} Plotly figures drew"
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / f"lab-{stem}-first-figure.png"))
+    page.locator(".jp-OutputArea-output").last.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / f"lab-{stem}-last-output.png"))
