@@ -50,6 +50,8 @@ def gptq_block(W, U, i1, i2, group_size, dynamic, bits, symmetric, scale, zero, 
     loss   [rows] float64, accumulates (w - q)**2 / U[j, j]**2 / 2
     """
     rows, cols = W.shape
+    if not 0 <= i1 < i2 <= cols:
+        raise ValueError(f"the block {i1}:{i2} must lie inside the {cols} columns, with i1 < i2.")
     want = {"W": (W, np.float32, (rows, cols)), "U": (U, np.float32, (cols, cols)),
             "scale": (scale, np.float32, None), "zero": (zero, np.float32, scale.shape),
             "gidx": (gidx, np.int64, (cols,)), "Q": (Q, np.float32, (rows, cols)),
@@ -61,8 +63,6 @@ def gptq_block(W, U, i1, i2, group_size, dynamic, bits, symmetric, scale, zero, 
                             f"{getattr(a, 'dtype', type(a).__name__)}; allocate it with np.empty(..., np.{np.dtype(dtype).name}).")
         if shape is not None and a.shape != tuple(shape):
             raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}.")
-    if not 0 <= i1 < i2 <= cols:
-        raise ValueError(f"the block {i1}:{i2} must lie inside the {cols} columns, with i1 < i2.")
     if not 2 <= bits <= 8 or group_size < 1 or cols % group_size or scale.shape != (rows, cols // group_size):
         raise ValueError(
             f"bits={bits} must be 2..8 and group_size={group_size} must divide {cols}, with scale of "
