@@ -11,17 +11,6 @@ Numeric conventions are the project's RTN ones, from the same JIT helpers
 (:mod:`kernels_numba.rtn`): a group's scale and zero point come from its range
 (0 included) by ``rtn._params``, ``code = clamp(rint(w * (1/scale)) + zero,
 qmin, qmax)`` in float32, scales rounded from float64 to float16 values.
-
-Examples
---------
->>> W = np.array([[0.8, -0.35, 1.0]], np.float32)
->>> U = np.linalg.cholesky(np.linalg.inv(np.eye(3))).T.astype(np.float32)  # identity Hessian
->>> scale, zero = np.full((1, 1), 1.0, np.float32), np.full((1, 1), 2.0, np.float32)
->>> Q, codes, err = np.empty((1, 3), np.float32), np.empty((1, 3), np.uint8), np.empty((1, 3), np.float32)
->>> loss = np.zeros(1)
->>> gptq_block(W, U, 0, 3, 3, False, 2, True, scale, zero, np.zeros(3, np.int64), Q, codes, err, loss)
->>> Q.tolist()
-[[1.0, 0.0, 1.0]]
 """
 
 from __future__ import annotations
@@ -48,7 +37,21 @@ def gptq_block(W, U, i1, i2, group_size, dynamic, bits, symmetric, scale, zero, 
     Q      [rows, cols] float32 dequantized output; codes [rows, cols] uint8 output
     err    [rows, i2 - i1] float32 output: (w - q) / U[j, j], the rows of the lazy update
     loss   [rows] float64, accumulates (w - q)**2 / U[j, j]**2 / 2
+
+    Examples
+    --------
+    >>> W = np.array([[0.8, -0.35, 1.0]], np.float32)
+    >>> U = np.eye(3, dtype=np.float32)  # an identity Hessian: no error feedback, plain rounding
+    >>> scale, zero = np.full((1, 1), 1.0, np.float32), np.full((1, 1), 2.0, np.float32)
+    >>> Q, codes, err = np.empty((1, 3), np.float32), np.empty((1, 3), np.uint8), np.empty((1, 3), np.float32)
+    >>> loss = np.zeros(1)
+    >>> gptq_block(W, U, 0, 3, 3, False, 2, True, scale, zero, np.zeros(3, np.int64), Q, codes, err, loss)
+    >>> Q.tolist()
+    [[1.0, 0.0, 1.0]]
     """
+    if not isinstance(W, np.ndarray) or W.ndim != 2:
+        raise TypeError(f"W must be a 2-D float32 numpy array [rows, cols], got {type(W).__name__} "
+                        f"of shape {getattr(W, 'shape', None)}.")
     rows, cols = W.shape
     if not 0 <= i1 < i2 <= cols:
         raise ValueError(f"the block {i1}:{i2} must lie inside the {cols} columns, with i1 < i2.")
@@ -59,8 +62,10 @@ def gptq_block(W, U, i1, i2, group_size, dynamic, bits, symmetric, scale, zero, 
             "loss": (loss, np.float64, (rows,))}
     for name, (a, dtype, shape) in want.items():
         if not isinstance(a, np.ndarray) or a.dtype != dtype or not a.flags.c_contiguous:
-            raise TypeError(f"{name} must be a C-contiguous {np.dtype(dtype).name} array, got "
-                            f"{getattr(a, 'dtype', type(a).__name__)}; allocate it with np.empty(..., np.{np.dtype(dtype).name}).")
+            got = (f"a non-contiguous {a.dtype} array" if isinstance(a, np.ndarray) and a.dtype == dtype
+                   else getattr(a, "dtype", type(a).__name__))
+            raise TypeError(f"{name} must be a C-contiguous {np.dtype(dtype).name} array, got {got}; "
+                            f"allocate it with np.empty(..., np.{np.dtype(dtype).name}) (or np.ascontiguousarray).")
         if shape is not None and a.shape != tuple(shape):
             raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}.")
     if not 2 <= bits <= 8 or group_size < 1 or cols % group_size or scale.shape != (rows, cols // group_size):

@@ -85,6 +85,12 @@ def error_and_histogram(w: np.ndarray, w_hat: np.ndarray, lo: float, hi: float, 
         Histogram range (``hi > lo``).
     n_bins
         Number of equal-width bins.
+
+    Examples
+    --------
+    >>> h = error_and_histogram(np.zeros(4, np.float32), np.full(4, 0.5, np.float32), lo=-1.0, hi=1.0, n_bins=2)
+    >>> h.sse, h.max_abs_err, h.hist.tolist()
+    (1.0, 0.5, [0, 4])
     """
     a = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
     b = np.ascontiguousarray(w_hat, dtype=np.float32).reshape(-1)

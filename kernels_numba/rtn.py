@@ -505,8 +505,8 @@ def dequantize(codes, scale, zero, bits, symmetric=False, out=None) -> np.ndarra
     --------
     >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
     >>> scale, zero = choose_qparams(x, bits=4)
-    >>> dequantize(quantize(x, scale, zero, 4), scale, zero, 4)
-    array([[-0.99975586,  0.        ,  0.5998535 ,  1.9995117 ]], dtype=float32)
+    >>> dequantize(quantize(x, scale, zero, 4), scale, zero, 4).tolist()
+    [[-0.999755859375, 0.0, 0.599853515625, 1.99951171875]]
     """
     codes = check_array(codes, "codes", dtype=np.uint8, ndim=2)  # [rows, cols]
     scale, zero, bits, _, qmax, gs = _check_params(scale, zero, bits, symmetric, codes.shape, "codes")
