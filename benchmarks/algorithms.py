@@ -34,15 +34,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qviz.methods import awq_search, gptq_hessian, gptq_quantize_weight  # noqa: E402
-from qviz.methods._common import range_params  # noqa: E402
+from qviz.quant.primitives import qparams_from_range  # noqa: E402
 
 # --------------------------------------------------------------------------- plain torch GPTQ
 
 
 def _torch_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Asymmetric min/max scale and zero per row of ``w`` ``[rows, cols]`` (float16-exact scales)."""
-    p = range_params(w.amin(1), w.amax(1), bits, False)
-    return p.scale, p.zero
+    scale, zero = qparams_from_range(w.amin(1), w.amax(1), bits)
+    return scale, zero.float()
 
 
 def plain_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
@@ -89,8 +89,8 @@ def plain_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, dam
 def _torch_fake_quant(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     rows, cols = w.shape
     g = w.reshape(-1, group_size)
-    p = range_params(g.amin(1), g.amax(1), bits, False)
-    s, z = p.scale[:, None], p.zero[:, None]
+    scale, zero = qparams_from_range(g.amin(1), g.amax(1), bits)
+    s, z = scale[:, None], zero.float()[:, None]
     q = (torch.clamp(torch.round(g * torch.reciprocal(s)) + z, 0, 2**bits - 1) - z) * s
     return q.reshape(rows, cols)
 

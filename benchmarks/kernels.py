@@ -246,7 +246,7 @@ def main() -> None:
         "torch": lambda: xt @ wt.T,
     }, args.repeats * 2)
     y = kn.gemv_int4(packed, qp.scale, qp.zero, x, GROUP)
-    ref = kn.dequantize(codes, qp) @ x
+    ref = kn.dequantize(codes, *qp, 4) @ x
     err = float(np.abs(y - ref).max() / np.abs(ref).max())
     results.append(("(d) torch fp32 x@W.T / our INT4 GEMV", t["ours"], t["torch"], t["torch"] / t["ours"],
                     2.0, True, b["torch"] / b["ours"], c["torch"] / c["ours"], f"max rel. diff vs dequantize@x {err:.1e}; weight bytes "

@@ -12,11 +12,15 @@ nf4     bitsandbytes-identical NF4/FP4 blockwise formats
 stats   streaming per-channel activation statistics
 gemv    batch-1 INT4/INT8 matrix-vector products on packed weights
 gguf    llama.cpp's GGUF block formats (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL), byte-exact
+gptq    GPTQ's inner column loop (one block, rows in parallel) on the RTN arithmetic
+histogram  one-pass error statistics and histogram of a reconstruction (the widgets' fast path)
 fp      FP8/FP6/FP4 element formats, OCP MX blocks (E8M0 per 32) and NVFP4 (import kernels_numba.fp)
 """
 
 from ._common import ErrorStats
 from .gemv import gemv_int4, gemv_int8
+from .gptq import gptq_block
+from .histogram import ErrorHistogram, error_and_histogram
 from .gguf import GGUF_TYPES, dequantize_gguf, quantize_gguf, unpack_gguf
 from .nf4 import (
     codebook_4bit,
@@ -30,7 +34,7 @@ from .pack import pack, packed_nbytes, unpack
 from .rtn import (
     CLIP_RATIOS,
     PER_TENSOR,
-    QParams,
+    ScaleZero,
     choose_qparams,
     dequantize,
     fake_quantize,
@@ -51,12 +55,17 @@ __all__ = [
     "CLIP_RATIOS",
     "PER_TENSOR",
     "ErrorStats",
-    "QParams",
+    "ScaleZero",
     "choose_qparams",
     "quantize",
     "dequantize",
     "fake_quantize",
     "quantize_with_stats",
+    # gptq
+    "gptq_block",
+    # histogram
+    "ErrorHistogram",
+    "error_and_histogram",
     # pack
     "pack",
     "unpack",

@@ -197,7 +197,7 @@ def gemv_int4(packed, scale, zero, x, group_size) -> np.ndarray:
     >>> x = np.arange(8, dtype=np.float32)
     >>> codes, qp, _ = quantize_with_stats(w, bits=4, group_size=4)
     >>> y = gemv_int4(pack(codes, 4), qp.scale, qp.zero, x, 4)
-    >>> np.allclose(y, dequantize(codes, qp) @ x, rtol=1e-5)
+    >>> np.allclose(y, dequantize(codes, *qp, bits=4) @ x, rtol=1e-5)
     True
     """
     packed = check_array(packed, "packed", dtype=np.uint8, ndim=2)  # [rows, cols // 2]

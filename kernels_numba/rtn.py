@@ -35,7 +35,7 @@ the least squared error (the first, i.e. widest, on ties).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -47,7 +47,7 @@ from ._common import F16_MAX, ErrorStats, err_sums, error_stats, store_scale
 __all__ = [
     "CLIP_RATIOS",
     "PER_TENSOR",
-    "QParams",
+    "ScaleZero",
     "choose_qparams",
     "quantize",
     "dequantize",
@@ -282,57 +282,15 @@ def _dequant_kernel(codes, group_size, scale, zero, out):
 # ----------------------------------------------------------------------------- public API
 
 
-@dataclass(frozen=True, eq=False)
-class QParams:
-    """Quantization parameters of an RTN-quantized 2-D array.
+class ScaleZero(NamedTuple):
+    """Scales and zero points of an RTN-quantized ``[rows, cols]`` array, as the kernels use them.
 
-    Attributes
-    ----------
-    scale : np.ndarray
-        float32 ``[rows, n_groups]`` (``[1, 1]`` per tensor); every value is exactly
-        representable in ``scale_dtype``.
-    zero : np.ndarray
-        uint8 zero points, same shape as ``scale`` (``2**(bits-1)`` when symmetric).
-    bits : int
-        Code width, 2 to 8.
-    symmetric : bool
-        Restricted symmetric range (codes ``1 .. 2**bits - 1``) or asymmetric (``0 .. 2**bits - 1``).
-    group_size : int | None | str
-        As passed: ``None`` per row, an int per group of columns, ``"tensor"`` per tensor.
-    shape : tuple[int, int]
-        ``(rows, cols)`` of the array the parameters were chosen for.
-    scale_dtype : str
-        ``"float16"`` or ``"float32"``: the storage precision of ``scale``.
+    A plain pair: the one parameter type with bits, symmetry and granularity is
+    :class:`qviz.quant.primitives.QParams`, which wraps these arrays.
     """
 
-    scale: np.ndarray  # [rows, n_groups] float32
-    zero: np.ndarray  # [rows, n_groups] uint8
-    bits: int
-    symmetric: bool
-    group_size: int | None | str
-    shape: tuple[int, int]
-    scale_dtype: str = "float16"
-
-    @property
-    def qmin(self) -> int:
-        """Smallest code used."""
-        return 1 if self.symmetric else 0
-
-    @property
-    def qmax(self) -> int:
-        """Largest code, ``2**bits - 1``."""
-        return (1 << self.bits) - 1
-
-    @property
-    def columns_per_group(self) -> int:
-        """Number of consecutive columns that share one scale."""
-        return self.shape[1] // self.scale.shape[1]
-
-    @property
-    def overhead_nbytes(self) -> int:
-        """Bytes to store the parameters: 2 (or 4) per scale, 1 per zero point (0 if symmetric)."""
-        per_scale = 2 if self.scale_dtype == "float16" else 4
-        return self.scale.size * per_scale + (0 if self.symmetric else self.zero.size)
+    scale: np.ndarray  # [rows, n_groups] float32 ([1, 1] per tensor), exact in the storage dtype
+    zero: np.ndarray  # [rows, n_groups] uint8 (2**(bits-1) when symmetric)
 
 
 def _check_scale_dtype(scale_dtype) -> bool:
@@ -438,7 +396,7 @@ _EMPTY_F32 = np.empty((0, 0), np.float32)
 
 
 def choose_qparams(x, bits, group_size=None, symmetric=False, clip_search=False,
-                   scale_dtype=np.float16) -> QParams:
+                   scale_dtype=np.float16) -> ScaleZero:
     """Choose RTN scales and zero points for a 2-D float32 array.
 
     Parameters
@@ -459,8 +417,8 @@ def choose_qparams(x, bits, group_size=None, symmetric=False, clip_search=False,
 
     Returns
     -------
-    QParams
-        ``scale`` and ``zero`` of shape ``[rows, n_groups]`` (``[1, 1]`` per tensor).
+    ScaleZero
+        ``(scale, zero)``: float32 and uint8, ``[rows, n_groups]`` (``[1, 1]`` per tensor).
 
     Examples
     --------
@@ -476,61 +434,65 @@ def choose_qparams(x, bits, group_size=None, symmetric=False, clip_search=False,
     else:
         scale, zero, _ = _run_fused(x, bits, gs, symmetric, clip_search, f16, _WRITE_NOTHING,
                                    _EMPTY_U8, _EMPTY_F32)
-    return QParams(scale, zero, bits, bool(symmetric), group_size, x.shape,
-                   "float16" if f16 else "float32")
+    return ScaleZero(scale, zero)
 
 
-def _check_qparams(qparams, shape, name="x"):
-    if not isinstance(qparams, QParams):
-        raise TypeError(
-            f"qparams must be a QParams from choose_qparams(), got {type(qparams).__name__}."
-        )
-    if tuple(shape) != tuple(qparams.shape):
+def _check_params(scale, zero, bits, symmetric, shape, name="x"):
+    """Check ``scale``/``zero`` against a ``[rows, cols]`` array; return ``(bits, qmin, qmax, columns per group)``."""
+    bits = check_bits(bits)
+    if not isinstance(symmetric, (bool, np.bool_)):
+        raise TypeError(f"symmetric must be True or False, got {symmetric!r}.")
+    scale = check_array(scale, "scale", dtype=np.float32, ndim=2)  # [rows | 1, n_groups]
+    zero = check_array(zero, "zero", dtype=np.uint8, ndim=2)
+    rows, cols = shape
+    if scale.shape != zero.shape or scale.shape[0] not in (1, rows) or cols % scale.shape[1]:
         raise ValueError(
-            f"{name} has shape {tuple(shape)} but qparams were chosen for shape {qparams.shape}; "
-            f"call choose_qparams on an array of this shape."
+            f"scale {scale.shape} and zero {zero.shape} do not fit {name} of shape {tuple(shape)}: "
+            f"expected both [{rows}, n_groups] (or [1, 1] per tensor) with n_groups dividing {cols}; "
+            f"pass the (scale, zero) that choose_qparams made for an array of this shape."
         )
-    return qparams.columns_per_group
+    return scale, zero, bits, (1 if symmetric else 0), (1 << bits) - 1, cols // scale.shape[1]
 
 
-def quantize(x, qparams: QParams) -> np.ndarray:
-    """Quantize a float32 array to uint8 codes with given parameters.
+def quantize(x, scale, zero, bits, symmetric=False) -> np.ndarray:
+    """Quantize a float32 array to uint8 codes with given scales and zero points.
 
     Parameters
     ----------
     x : np.ndarray
-        float32 ``[rows, cols]``, finite, of the shape ``qparams`` were chosen for.
-    qparams : QParams
-        From :func:`choose_qparams`.
+        float32 ``[rows, cols]``, finite.
+    scale, zero : np.ndarray
+        float32 / uint8 ``[rows, n_groups]`` (``[1, 1]`` per tensor), from :func:`choose_qparams`.
+    bits, symmetric
+        As they were passed to :func:`choose_qparams`.
 
     Returns
     -------
     np.ndarray
-        uint8 codes ``[rows, cols]`` in ``[qparams.qmin, qparams.qmax]``.
+        uint8 codes ``[rows, cols]`` in ``[qmin, 2**bits - 1]`` (``qmin`` 1 when symmetric, else 0).
 
     Examples
     --------
     >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
-    >>> quantize(x, choose_qparams(x, bits=4))
+    >>> quantize(x, *choose_qparams(x, bits=4), bits=4)
     array([[ 0,  5,  8, 15]], dtype=uint8)
     """
     x = check_array(x, "x", dtype=np.float32, ndim=2)  # [rows, cols]
-    gs = _check_qparams(qparams, x.shape)
+    scale, zero, bits, qmin, qmax, gs = _check_params(scale, zero, bits, symmetric, x.shape)
     codes = np.empty(x.shape, np.uint8)  # [rows, cols]
-    _run_apply(x, gs, qparams.scale, qparams.zero, qparams.qmin, qparams.qmax, _WRITE_CODES,
-               codes, _EMPTY_F32)
+    _run_apply(x, gs, scale, zero, qmin, qmax, _WRITE_CODES, codes, _EMPTY_F32)
     return codes
 
 
-def dequantize(codes, qparams: QParams, out=None) -> np.ndarray:
+def dequantize(codes, scale, zero, bits, symmetric=False, out=None) -> np.ndarray:
     """Map uint8 codes back to float32: ``x_hat = (code - zero) * scale``.
 
     Parameters
     ----------
     codes : np.ndarray
-        uint8 ``[rows, cols]``, each at most ``qparams.qmax``.
-    qparams : QParams
-        The parameters the codes were made with.
+        uint8 ``[rows, cols]``, each at most ``2**bits - 1``.
+    scale, zero, bits, symmetric
+        The parameters the codes were made with (as for :func:`quantize`).
     out : np.ndarray, optional
         float32 C-contiguous ``[rows, cols]`` to write into.
 
@@ -542,21 +504,21 @@ def dequantize(codes, qparams: QParams, out=None) -> np.ndarray:
     Examples
     --------
     >>> x = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
-    >>> qp = choose_qparams(x, bits=4)
-    >>> dequantize(quantize(x, qp), qp)
-    array([[-0.99975586,  0.        ,  0.5998535 ,  1.9995117 ]], dtype=float32)
+    >>> scale, zero = choose_qparams(x, bits=4)
+    >>> dequantize(quantize(x, scale, zero, 4), scale, zero, 4).tolist()
+    [[-0.999755859375, 0.0, 0.599853515625, 1.99951171875]]
     """
     codes = check_array(codes, "codes", dtype=np.uint8, ndim=2)  # [rows, cols]
-    gs = _check_qparams(qparams, codes.shape, "codes")
+    scale, zero, bits, _, qmax, gs = _check_params(scale, zero, bits, symmetric, codes.shape, "codes")
     top = int(codes.max()) if codes.size else 0
-    if top > qparams.qmax:
+    if top > qmax:
         raise ValueError(
-            f"codes contain {top}, above the largest {qparams.bits}-bit code {qparams.qmax}; "
-            f"expected codes from quantize() with these qparams. Check that bits matches."
+            f"codes contain {top}, above the largest {bits}-bit code {qmax}; "
+            f"expected codes from quantize() with these parameters. Check that bits matches."
         )
     out = _check_out(out, codes.shape)
     rows = codes.shape[0]
-    _dequant_kernel(codes, gs, _full_rows(qparams.scale, rows), _full_rows(qparams.zero, rows), out)
+    _dequant_kernel(codes, gs, _full_rows(scale, rows), _full_rows(zero, rows), out)
     return out
 
 
@@ -625,7 +587,7 @@ def fake_quantize(x, bits, group_size=None, symmetric=False, clip_search=False, 
 
 
 def quantize_with_stats(x, bits, group_size=None, symmetric=False, clip_search=False,
-                        scale_dtype=np.float16) -> tuple[np.ndarray, QParams, ErrorStats]:
+                        scale_dtype=np.float16) -> tuple[np.ndarray, ScaleZero, ErrorStats]:
     """Choose parameters, quantize and measure the error in one fused pass.
 
     Parameters
@@ -637,10 +599,10 @@ def quantize_with_stats(x, bits, group_size=None, symmetric=False, clip_search=F
     -------
     codes : np.ndarray
         uint8 ``[rows, cols]``.
-    qparams : QParams
-        ``scale`` and ``zero``, ``[rows, n_groups]``.
+    params : ScaleZero
+        ``(scale, zero)``, ``[rows, n_groups]``.
     stats : ErrorStats
-        Error of ``dequantize(codes, qparams)`` against ``x``.
+        Error of ``dequantize(codes, *params, bits, symmetric)`` against ``x``.
 
     Examples
     --------
@@ -660,6 +622,4 @@ def quantize_with_stats(x, bits, group_size=None, symmetric=False, clip_search=F
     else:
         scale, zero, stats = _run_fused(x, bits, gs, symmetric, clip_search, f16, _WRITE_CODES,
                                         codes, _EMPTY_F32)
-    qp = QParams(scale, zero, bits, bool(symmetric), group_size, x.shape,
-                 "float16" if f16 else "float32")
-    return codes, qp, stats
+    return codes, ScaleZero(scale, zero), stats

@@ -9,7 +9,7 @@ thin glue that :func:`qviz.quantize` drives layer by layer.
 from qviz.methods import awq, gptq, qat, smoothquant  # noqa: F401  (importing registers the methods)
 from qviz.methods.awq import AWQApplied, awq_apply, awq_scales, awq_search
 from qviz.methods.gptq import GPTQResult, gptq_hessian, gptq_quantize_weight, hessian_loss
-from qviz.methods.qat import QATConv2d, QATLinear, fake_quantize_ste, qat_finetune
+from qviz.methods.qat import QATConv2d, QATLinear, qat_finetune
 from qviz.methods.smoothquant import smoothing_factors, smoothing_ranges, smoothquant_alpha_sweep
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "awq_apply",
     "awq_scales",
     "awq_search",
-    "fake_quantize_ste",
     "gptq_hessian",
     "gptq_quantize_weight",
     "hessian_loss",

@@ -42,16 +42,10 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz.methods._common import (
-    check_bits,
-    check_group,
-    check_matrix,
-    layer_weight,
-    replacement_for,
-    rtn_quantize,
-    weight_nbytes,
-)
+from qviz.methods._common import check_matrix, layer_weight, replacement_for
 from qviz.quant.config import AWQ
+from qviz.quant.granularity import granularity_of
+from qviz.quant.primitives import check_bits, check_group_size, fake_quantize_codes, fake_quantize_values, rtn_nbytes
 from qviz.quant.registry import LayerQuant, Method, register
 
 __all__ = ["AWQApplied", "awq_apply", "awq_scales", "awq_search", "AWQMethod"]
@@ -141,7 +135,8 @@ def awq_search(
     out, cols = W.shape
     X = check_matrix(X, "X", cols=cols).detach().float().to(W.device)  # [tokens, in], where W is
     bits = check_bits(bits)
-    gs = check_group(group_size, cols)
+    gs = check_group_size(group_size, (out, cols), allow_tensor=False)
+    gran = granularity_of(group_size)
     if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
         raise ValueError(f"n_grid must be a positive int (grid points for alpha in [0, 1)); got {n_grid!r}. 20 is usual.")
     if not isinstance(max_shrink, (int, float)) or not 0.0 <= max_shrink < 1.0:
@@ -160,7 +155,7 @@ def awq_search(
     best = (np.inf, 0.0, torch.ones(cols, device=W.device))
     for k, alpha in enumerate(alphas):
         s = awq_scales(act_mean, alpha)  # [in]
-        w_hat = rtn_quantize(W * s, bits, group_size, symmetric)[0] / s
+        w_hat = fake_quantize_values(W * s, gran, bits, symmetric=symmetric) / s
         losses[k] = _sq_err(W - w_hat, X, G) / ref
         if losses[k] < best[0]:
             best = (losses[k], float(alpha), s)
@@ -179,7 +174,7 @@ def awq_search(
         best_err = torch.full((out, ng), np.inf, dtype=torch.float64, device=W.device)
         for k, ratio in enumerate(ratios):
             clamped = _clamp_groups(Ws, amax * float(ratio), gs)
-            err = _clip_errors(Ws - rtn_quantize(clamped, bits, group_size, symmetric)[0], Xg, Gg, gs)
+            err = _clip_errors(Ws - fake_quantize_values(clamped, gran, bits, symmetric=symmetric), Xg, Gg, gs)
             clip_loss[k] = float(err.sum()) / ref
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -244,7 +239,8 @@ def _apply(W: torch.Tensor, s: torch.Tensor, clip: torch.Tensor, bits: int, grou
     Ws = W * s
     amax = Ws.abs().reshape(out, cols // gs, gs).amax(-1)
     clamped = _clamp_groups(Ws, amax * clip, gs)
-    w_q, codes, scale, zero = rtn_quantize(clamped, bits, group_size, symmetric)
+    w_q, codes, qp = fake_quantize_codes(clamped, granularity_of(group_size), bits, symmetric=symmetric)
+    scale, zero = qp.scale, qp.zero
     return AWQApplied(w_q / s, w_q, codes, scale, zero, s.clone())
 
 
@@ -340,7 +336,7 @@ class AWQMethod(Method):
         state = state if state is not None else {"folded": {}, "search": {}, "reasons": {}}
         W = layer_weight(module, name)  # [out, in]; already scaled by s when folded
         out, cols = W.shape
-        nbytes = weight_nbytes(out, cols, cfg.bits, cfg.group_size, cfg.symmetric)
+        nbytes = rtn_nbytes((out, cols), cfg.bits, cfg.group_size, cfg.symmetric)
         folded = state["folded"].get(name)
         if folded is not None:
             res = _apply(W, torch.ones(cols, device=W.device), folded["clip"], cfg.bits, cfg.group_size, cfg.symmetric)

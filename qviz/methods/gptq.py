@@ -46,17 +46,10 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz.methods._common import (
-    check_bits,
-    check_group,
-    check_matrix,
-    conv_patches,
-    layer_weight,
-    replacement_for,
-    rtn_quantize,
-    weight_nbytes,
-)
+from qviz.methods._common import check_matrix, conv_patches, layer_weight, replacement_for
 from qviz.quant.config import GPTQ
+from qviz.quant.granularity import granularity_of
+from qviz.quant.primitives import check_bits, check_group_size, choose_qparams, fake_quantize_values, rtn_nbytes
 from qviz.quant.registry import LayerQuant, Method, register
 
 __all__ = ["GPTQResult", "gptq_hessian", "gptq_quantize_weight", "hessian_loss", "GPTQMethod"]
@@ -234,13 +227,13 @@ def gptq_quantize_weight(
     >>> gptq_quantize_weight(W, H, bits=2, group_size=None, act_order=False, symmetric=True).weight_hat.tolist()
     [[1.0, -1.0, 1.0]]
     """
-    from qviz.methods._gptq_kernel import gptq_block
+    from kernels_numba.gptq import gptq_block  # Numba loads on first use, not when the registry lists GPTQ
 
     W = check_matrix(W, "W")
     rows, cols = W.shape
     H = _check_hessian(H, cols)
     bits = check_bits(bits)
-    gs = check_group(group_size, cols)
+    gs = check_group_size(group_size, (rows, cols), allow_tensor=False)
     if not isinstance(damp, (int, float)) or isinstance(damp, bool) or not 0.0 < damp < 1.0:
         raise ValueError(f"damp must be in (0, 1) (a fraction of the mean Hessian diagonal); got {damp!r}. 0.01 is usual.")
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
@@ -253,9 +246,9 @@ def gptq_quantize_weight(
     n_groups = cols // gs
     static = act_order or group_size is None
     if static:
-        _, _, sc, zp = rtn_quantize(torch.from_numpy(Wk), bits, group_size, symmetric)
-        scale = sc.numpy().astype(np.float32)  # [out, n_groups]
-        zero = zp.numpy().astype(np.float32)
+        qp = choose_qparams(Wk, granularity_of(group_size), bits, symmetric=bool(symmetric))
+        scale = qp.scale.astype(np.float32)  # [out, n_groups]
+        zero = qp.zero.astype(np.float32)
     else:
         scale = np.empty((rows, n_groups), np.float32)
         zero = np.empty((rows, n_groups), np.float32)
@@ -334,7 +327,7 @@ class GPTQMethod(Method):
         H = gptq_hessian(X, name=name)
         res = gptq_quantize_weight(W, H, cfg.bits, cfg.group_size, cfg.act_order, cfg.damp, cfg.block_size, cfg.symmetric)
         energy = hessian_loss(W, H, cfg.damp)
-        rtn_hat = rtn_quantize(W, cfg.bits, cfg.group_size, cfg.symmetric)[0]
+        rtn_hat = fake_quantize_values(W, granularity_of(cfg.group_size), cfg.bits, symmetric=cfg.symmetric)
         rel = res.loss / energy if energy > 0 else 0.0
         rtn_rel = hessian_loss(W - rtn_hat, H, cfg.damp) / energy if energy > 0 else 0.0
         info = {"gptq_loss": res.loss, "gptq_rel_loss": rel, "rtn_rel_loss": rtn_rel, "n_tokens": float(X.shape[0])}
@@ -344,7 +337,7 @@ class GPTQMethod(Method):
         return LayerQuant(
             module=replacement_for(module, res.weight_hat),
             weight_hat=res.weight_hat,
-            nbytes=weight_nbytes(out, cols, cfg.bits, cfg.group_size, cfg.symmetric),
+            nbytes=rtn_nbytes((out, cols), cfg.bits, cfg.group_size, cfg.symmetric),
             info=info,
         )
 

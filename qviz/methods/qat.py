@@ -34,35 +34,14 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz.methods._common import check_bits, check_group, group_params, layer_weight, quantize_with, weight_nbytes
+from qviz.methods._common import layer_weight
 from qviz.quant.config import QAT
+from qviz.quant.granularity import granularity_of
 from qviz.quant.modules import fake_quant_activation
+from qviz.quant.primitives import check_bits, check_group_size, fake_quantize_ste, rtn_nbytes
 from qviz.quant.registry import LayerQuant, Method, register
 
-__all__ = ["QATConv2d", "QATLinear", "QATMethod", "fake_quantize_ste", "qat_finetune"]
-
-
-def fake_quantize_ste(w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = False) -> torch.Tensor:
-    """Fake-quantize ``w`` ``[rows, cols]`` (RTN min/max per row or group) with a straight-through gradient.
-
-    Forward: the dequantized value. Backward: ``d out / d w = 1``.
-
-    Examples
-    --------
-    >>> w = torch.tensor([[-1.0, 0.0, 0.5, 2.0]], requires_grad=True)
-    >>> y = fake_quantize_ste(w, bits=4)
-    >>> [round(v, 3) for v in y.detach()[0].tolist()]
-    [-1.0, 0.0, 0.6, 2.0]
-    >>> (y * torch.arange(4.0)).sum().backward()
-    >>> w.grad.tolist()
-    [[0.0, 1.0, 2.0, 3.0]]
-    """
-    if not isinstance(w, torch.Tensor) or w.dim() != 2:
-        raise ValueError(f"w must be a 2-D tensor [rows, cols]; got {getattr(w, 'shape', type(w).__name__)}.")
-    bits = check_bits(bits)
-    params = group_params(w.detach().float(), bits, group_size, symmetric)
-    _, w_hat = quantize_with(w.detach().float(), params, group_size)
-    return w + (w_hat.to(w.dtype) - w).detach()
+__all__ = ["QATConv2d", "QATLinear", "QATMethod", "qat_finetune"]
 
 
 class _QATMixin:
@@ -84,7 +63,7 @@ class _QATMixin:
         """The weight the forward uses, ``[out, in]`` (frozen: the stored one)."""
         if self.frozen:
             return self.weight_frozen.reshape(self.weight_frozen.shape[0], -1)  # type: ignore[attr-defined]
-        return fake_quantize_ste(self.weight_2d(), self.bits, self.group_size, self.symmetric)
+        return fake_quantize_ste(self.weight_2d(), granularity_of(self.group_size), self.bits, symmetric=self.symmetric)
 
     def _kernel_weight(self) -> torch.Tensor:
         return self.quantized_weight().reshape(self.weight.shape)  # type: ignore[attr-defined]
@@ -95,7 +74,8 @@ class _QATMixin:
     def freeze(self) -> None:
         """Compute the quantized weight once and use it from now on (training it no longer changes it)."""
         with torch.no_grad():
-            w_hat = fake_quantize_ste(self.weight_2d().detach(), self.bits, self.group_size, self.symmetric)
+            w_hat = fake_quantize_ste(self.weight_2d().detach(), granularity_of(self.group_size), self.bits,
+                                      symmetric=self.symmetric)
         self.weight_frozen = w_hat.reshape(self.weight.shape).clone()  # type: ignore[attr-defined]
         self.frozen = True
 
@@ -117,7 +97,7 @@ class QATLinear(_QATMixin, nn.Linear):
                    act_bits: int | None = None) -> QATLinear:
         """A QAT copy of a Linear-like layer (its weight and bias copied, never shared)."""
         w = layer_weight(module)  # [out, in]
-        check_group(group_size, w.shape[1])
+        check_group_size(group_size, tuple(w.shape), allow_tensor=False)
         bias = getattr(module, "bias", None)
         new = cls(w.shape[1], w.shape[0], bias is not None, device=w.device, dtype=module.weight.dtype)
         with torch.no_grad():
@@ -146,7 +126,7 @@ class QATConv2d(_QATMixin, nn.Conv2d):
                    act_bits: int | None = None) -> QATConv2d:
         """A QAT copy of a Conv2d."""
         w = layer_weight(module)  # [out, in*kh*kw]
-        check_group(group_size, w.shape[1])
+        check_group_size(group_size, tuple(w.shape), allow_tensor=False)
         new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                   module.dilation, module.groups, module.bias is not None, module.padding_mode,
                   device=w.device, dtype=module.weight.dtype)
@@ -330,7 +310,7 @@ class QATMethod(Method):
             state["weight_hat"][name] = w_hat
         out, cols = w_hat.shape
         return LayerQuant(module=new, weight_hat=w_hat,
-                          nbytes=weight_nbytes(out, cols, cfg.bits, cfg.group_size, cfg.symmetric),
+                          nbytes=rtn_nbytes((out, cols), cfg.bits, cfg.group_size, cfg.symmetric),
                           kernel=new.kernel, info={"qat_steps": float(cfg.steps)})
 
     def finalize(self, model: Any, cfg: QAT, calib: Any, state: Any) -> dict[str, Any]:

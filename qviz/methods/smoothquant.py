@@ -37,8 +37,10 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz.methods._common import check_alpha, layer_weight, replacement_for, rtn_quantize, weight_nbytes
+from qviz.methods._common import check_alpha, layer_weight, replacement_for
 from qviz.quant.config import SmoothQuant
+from qviz.quant.granularity import PerChannel
+from qviz.quant.primitives import fake_quantize_values, rtn_nbytes
 from qviz.quant.registry import LayerQuant, Method, register
 
 __all__ = ["SmoothQuantMethod", "smoothing_factors", "smoothing_ranges", "smoothquant_alpha_sweep"]
@@ -181,7 +183,7 @@ def _smoothed_layer(name: str, module: nn.Module, cfg: SmoothQuant, entry: dict)
     W = layer_weight(module, name)  # [out, in]: already W*s when folded
     s = entry["s"]
     Ws = W if entry["folded"] else W * s
-    w_q = rtn_quantize(Ws, cfg.w_bits, None, True)[0]  # per-output-channel symmetric
+    w_q = fake_quantize_values(Ws, PerChannel(), cfg.w_bits, symmetric=True)  # per-output-channel symmetric
     out, cols = W.shape
     a = entry.get("act_absmax")  # [in] max |X_j| over the calibration tokens (before smoothing)
     act_scale = None
@@ -189,7 +191,7 @@ def _smoothed_layer(name: str, module: nn.Module, cfg: SmoothQuant, entry: dict)
         if a is None:
             raise ValueError(f"A static activation scale for {name} needs its calibration maxima; none were measured.")
         act_scale = float((a / s).max()) / ((1 << (cfg.a_bits - 1)) - 1) or 1.0
-    nbytes = weight_nbytes(out, cols, cfg.w_bits, None, True) + (0 if act_scale is None else 4)
+    nbytes = rtn_nbytes((out, cols), cfg.w_bits, None, symmetric=True) + (0 if act_scale is None else 4)
     if entry["folded"]:
         new = replacement_for(module, w_q, act_bits=cfg.a_bits, act_scheme=cfg.act_scheme, act_scale=act_scale)
     else:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from qviz._checks import check_bool, check_choice, check_fields, check_int, check_number
 from qviz.quant.granularity import Granularity, granularity_of
+from qviz.quant.primitives import check_bits, check_group_size
 
 # The one set of field checks every config uses (the format modules import these too).
 _check_bool, _check_int, _check_number, _check_choice = check_bool, check_int, check_number, check_choice
@@ -31,33 +32,13 @@ ACT_SCHEMES = ("per-token", "per-tensor")
 FOLD_MODES = ("auto", "require", "never")
 
 
-def _check_bits(owner: str, name: str, bits: Any, lo: int = 2, hi: int = 8, allow_none: bool = False) -> None:
-    if bits is None and allow_none:
-        return
-    if not isinstance(bits, int) or isinstance(bits, bool) or not lo <= bits <= hi:
-        raise ValueError(
-            f"{owner} {name} must be an int from {lo} to {hi}; got {bits!r}. "
-            f"Pick e.g. {name}=8, 4 or 3."
-        )
-
-
-def _check_group(owner: str, group_size: Any) -> None:
-    if group_size is None or group_size == "tensor":
-        return
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-        raise ValueError(
-            f"{owner} group_size must be None (one scale per output channel), 'tensor' (one scale) "
-            f"or a positive int (groups along the input dim, e.g. 32, 64, 128); got {group_size!r}."
-        )
-
-
 def _check_unit(owner: str, name: str, value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{owner} {name} must be a number in [0, 1]; got {value!r}. 0.5 is the usual choice.")
 
 
 def _check_act(owner: str, act_bits: Any, act_scheme: Any) -> None:
-    _check_bits(owner, "act_bits", act_bits, allow_none=True)
+    check_bits(act_bits, "act_bits", owner=owner, allow_none=True)
     if act_scheme not in ACT_SCHEMES:
         raise ValueError(f"{owner} act_scheme must be one of {ACT_SCHEMES}; got {act_scheme!r}.")
 
@@ -193,8 +174,8 @@ class RTN(QuantConfig):
     method: ClassVar[str] = "rtn"
 
     def __post_init__(self) -> None:
-        _check_bits("RTN", "bits", self.bits)
-        _check_group("RTN", self.group_size)
+        check_bits(self.bits, "bits", owner="RTN")
+        check_group_size(self.group_size, owner="RTN")
         _check_act("RTN", self.act_bits, self.act_scheme)
 
     @property
@@ -339,7 +320,7 @@ class SmoothQuant(QuantConfig):
 
     def __post_init__(self) -> None:
         _check_unit("SmoothQuant", "alpha", self.alpha)
-        _check_bits("SmoothQuant", "w_bits", self.w_bits)
+        check_bits(self.w_bits, "w_bits", owner="SmoothQuant")
         _check_act("SmoothQuant", self.a_bits, self.act_scheme)
         if self.fold not in FOLD_MODES:
             raise ValueError(
@@ -384,8 +365,8 @@ class AWQ(QuantConfig):
     method: ClassVar[str] = "awq"
 
     def __post_init__(self) -> None:
-        _check_bits("AWQ", "bits", self.bits)
-        _check_group("AWQ", self.group_size)
+        check_bits(self.bits, "bits", owner="AWQ")
+        check_group_size(self.group_size, owner="AWQ")
         check_int("AWQ", "n_grid", self.n_grid, lo=1, hint="It is the number of grid points for alpha in [0, 1); 20 is usual.")
 
     @property
@@ -413,8 +394,8 @@ class GPTQ(QuantConfig):
     method: ClassVar[str] = "gptq"
 
     def __post_init__(self) -> None:
-        _check_bits("GPTQ", "bits", self.bits)
-        _check_group("GPTQ", self.group_size)
+        check_bits(self.bits, "bits", owner="GPTQ")
+        check_group_size(self.group_size, owner="GPTQ")
         check_number("GPTQ", "damp", self.damp, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
                      hint="It is a fraction of the mean Hessian diagonal; 0.01 is usual.")
         check_int("GPTQ", "block_size", self.block_size, lo=1, hint="128 is usual.")
@@ -447,9 +428,9 @@ class QAT(QuantConfig):
     method: ClassVar[str] = "qat"
 
     def __post_init__(self) -> None:
-        _check_bits("QAT", "bits", self.bits)
-        _check_group("QAT", self.group_size)
-        _check_bits("QAT", "act_bits", self.act_bits, allow_none=True)
+        check_bits(self.bits, "bits", owner="QAT")
+        check_group_size(self.group_size, owner="QAT")
+        check_bits(self.act_bits, "act_bits", owner="QAT", allow_none=True)
         check_int("QAT", "steps", self.steps, lo=0, hint="200 fine-tuning steps is the default; 0 skips training.")
         check_number("QAT", "lr", self.lr, lo=0.0, lo_open=True, hint="1e-3 is the default.")
         check_int("QAT", "batch_size", self.batch_size, lo=1, hint="32 is the default.")

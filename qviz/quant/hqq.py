@@ -33,10 +33,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from qviz.quant.config import _check_bits, _check_group
 from qviz.quant.fp import WeightFormatMethod, _ActFields
 from qviz.quant.granularity import Granularity, PerTensor, granularity_of
 from qviz.quant.modules import packed_nbytes
+from qviz.quant.primitives import check_bits, check_group_size
 from qviz.quant.registry import register
 
 __all__ = ["HQQ", "HQQParams", "hqq_qparams", "hqq_quantize", "hqq_dequantize", "shrink_lp"]
@@ -80,8 +80,8 @@ class HQQ(_ActFields):
     method: ClassVar[str] = "hqq"
 
     def __post_init__(self) -> None:
-        _check_bits("HQQ", "bits", self.bits)
-        _check_group("HQQ", self.group_size)
+        check_bits(self.bits, "bits", owner="HQQ")
+        check_group_size(self.group_size, owner="HQQ")
         for name, ok, want in (("lp_norm", _num(self.lp_norm) and 0 < self.lp_norm <= 1,
                                 "a number in (0, 1] (HQQ uses 0.7)"),
                                ("beta", _num(self.beta) and self.beta > 0, "a positive number (HQQ uses 10)"),

@@ -116,11 +116,11 @@ def _measure(w: torch.Tensor, wnp: np.ndarray, cfg: QuantConfig) -> tuple[float,
     if isinstance(cfg, RTN):  # one fused kernel pass: codes, scales and the error together
         import kernels_numba as kn
 
-        from qviz.quant.rtn import rtn_nbytes
+        from qviz.quant.primitives import rtn_nbytes
 
         codes, _, st = kn.quantize_with_stats(wnp, cfg.bits, cfg.group_size, symmetric=cfg.symmetric,
                                               clip_search=cfg.clip_search)
-        return st.sse, codes, rtn_nbytes(tuple(wnp.shape), cfg)
+        return st.sse, codes, rtn_nbytes(tuple(wnp.shape), cfg.bits, cfg.group_size, cfg.symmetric)
     qt = quantize_tensor(w, cfg)
     err = qt.dequantize().double() - w.double()
     return float((err * err).sum()), qt.codes, qt.nbytes

@@ -1,8 +1,13 @@
-"""Round-to-nearest quantization as a trio of pure functions, on numpy or torch.
+"""The RTN arithmetic of qviz, in one place: every method, widget and size count calls it.
 
 ``choose_qparams(x, granularity, bits) -> QParams``, ``quantize(x, qparams) -> codes``
-and ``dequantize(codes, qparams) -> x_hat`` sit side by side (STYLE rule 2).
-They follow the conventions of :mod:`kernels_numba.rtn` exactly:
+and ``dequantize(codes, qparams) -> x_hat`` sit side by side (STYLE rule 2), with
+the fused forms (:func:`fake_quantize_with_stats`, :func:`fake_quantize_values`,
+:func:`fake_quantize_codes`), the straight-through fake-quant of training
+(:func:`fake_quantize_ste`), the range -> scale/zero rule
+(:func:`qparams_from_range`), the byte count (:func:`rtn_nbytes`) and the
+argument checks (:func:`check_bits`, :func:`check_group_size`,
+:func:`check_tensor`). They follow the conventions of :mod:`kernels_numba.rtn` exactly:
 
 * codes are ``uint8``; ``x_hat = (code - zero) * scale``; ``code =
   clamp(rint(x * (1/scale)) + zero, qmin, qmax)`` in float32 with rounding half
@@ -15,10 +20,15 @@ They follow the conventions of :mod:`kernels_numba.rtn` exactly:
   an all-zero group gets scale 1, a float16 underflow becomes ``2**-24``.
 
 Where the work runs: numpy arrays and CPU torch tensors go to the Numba
-kernels of :mod:`kernels_numba` (one fused pass); CUDA tensors go to the fused
-Triton kernel of :mod:`qviz.gpu.fakequant` (one pass, bit-identical); a clip
-search on CUDA, or ``backend="torch"``, runs a vectorised torch version of the
-same arithmetic, which gives the same codes. Inputs are never written to.
+kernels of :mod:`kernels_numba` (one fused pass; the float16 scale rule is
+``kernels_numba._common.store_scale``); CUDA tensors go to the fused Triton
+kernel of :mod:`qviz.gpu.fakequant` (one pass, bit-identical); a clip search on
+CUDA, ``backend="torch"`` and the straight-through fake-quant run the torch
+backend below (``_store_scale`` and friends), the same arithmetic on the
+tensor's own device, which gives the same codes. Inputs are never written to.
+
+Importing this module loads numpy only (the configs import its checks); torch,
+Numba and the GPU kernels load inside the functions that use them.
 
 Examples
 --------
@@ -35,11 +45,14 @@ array([[-1. ,  0. ,  0.6,  2. ]], dtype=float32)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qviz.quant.granularity import Granularity, PerChannel, PerGroup, PerTensor
+from qviz.quant.granularity import Granularity, PerChannel, PerGroup, PerTensor, granularity_of
+
+if TYPE_CHECKING:  # annotations only: importing kernels_numba loads Numba
+    from kernels_numba import ErrorStats
 
 F16_MAX = 65504.0
 F16_MIN_SUBNORMAL = 2.0**-24
@@ -93,15 +106,11 @@ class QParams:
     @property
     def overhead_nbytes(self) -> int:
         """Bytes of the parameters: 2 per float16 scale, 1 per zero point (none when symmetric)."""
-        n = int(np.prod(tuple(self.scale.shape)))
-        return 2 * n + (0 if self.symmetric else n)
+        return _param_nbytes(int(np.prod(tuple(self.scale.shape))), self.symmetric)
 
-    def to_kernel(self) -> Any:
-        """The same parameters as a :class:`kernels_numba.QParams` (numpy arrays)."""
-        import kernels_numba as kn
-
-        scale, zero = _to_numpy(self.scale), _to_numpy(self.zero)
-        return kn.QParams(scale, zero, self.bits, self.symmetric, _kernel_group(self.granularity), self.shape)
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(scale, zero)`` as the numpy arrays the Numba kernels take (copied off the device if needed)."""
+        return _to_numpy(self.scale), _to_numpy(self.zero)
 
 
 # --------------------------------------------------------------------------- checks
@@ -179,11 +188,72 @@ def count_nonfinite(x: Any) -> int:
     return int((~np.isfinite(x)).sum())
 
 
-def check_bits(bits: Any) -> int:
-    """Return ``bits`` if it is an int from 2 to 8, else raise ``ValueError``."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= int(bits) <= 8:
-        raise ValueError(f"bits must be an int from 2 to 8; got {bits!r}. Pick 8, 4, 3 or 2.")
+def check_bits(bits: Any, name: str = "bits", *, owner: str = "", lo: int = 2, hi: int = 8,
+               allow_none: bool = False) -> int | None:
+    """Return ``bits`` as an int after checking it lies in ``[lo, hi]``; the one bit-width check.
+
+    ``owner`` (a config or function name) and ``name`` (the field) go into the message;
+    ``allow_none`` lets ``None`` through (e.g. ``act_bits=None``: no activation quantization).
+
+    Examples
+    --------
+    >>> check_bits(4)
+    4
+    >>> check_bits(9, owner="RTN")
+    Traceback (most recent call last):
+    ...
+    ValueError: RTN bits must be an int from 2 to 8; got 9. Pick e.g. bits=8, 4 or 3.
+    """
+    if bits is None and allow_none:
+        return None
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not lo <= int(bits) <= hi:
+        who = f"{owner} {name}" if owner else name
+        raise ValueError(f"{who} must be an int from {lo} to {hi}; got {bits!r}. Pick e.g. {name}=8, 4 or 3.")
     return int(bits)
+
+
+def check_group_size(group_size: Any, shape: tuple[int, int] | None = None, *, owner: str = "",
+                     allow_tensor: bool = True) -> Any:
+    """Check a ``group_size`` (None, a positive int, or ``"tensor"``); the one group-size check.
+
+    Without ``shape`` it returns ``group_size`` unchanged. With the ``[rows, cols]`` shape of a
+    weight it also checks that a group divides the row (:meth:`PerGroup.scale_shape`'s message)
+    and returns the number of consecutive columns that share a scale (``cols`` for None).
+    ``allow_tensor=False`` rejects ``"tensor"`` (methods whose arithmetic works row by row).
+
+    Examples
+    --------
+    >>> check_group_size(32, (8, 64))
+    32
+    >>> check_group_size(None, (8, 64))
+    64
+    >>> check_group_size(0, owner="GPTQ")
+    Traceback (most recent call last):
+    ...
+    ValueError: GPTQ group_size must be None (one scale per output channel), 'tensor' (one scale) or a positive int (groups along the input dim, e.g. 32, 64, 128); got 0.
+    """
+    who = f"{owner} group_size" if owner else "group_size"
+    if group_size == "tensor" and not isinstance(group_size, bool):
+        if not allow_tensor:
+            raise ValueError(
+                f"{who}='tensor' is not supported here: expected None (one scale per output channel) "
+                "or a positive int (groups along the input dim, e.g. 32, 64, 128)."
+            )
+    elif group_size is not None and (
+        isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1
+    ):
+        tensor = ", 'tensor' (one scale)" if allow_tensor else ""
+        raise ValueError(
+            f"{who} must be None (one scale per output channel){tensor} or a positive int "
+            f"(groups along the input dim, e.g. 32, 64, 128); got {group_size!r}."
+        )
+    if shape is None:
+        return group_size
+    rows, cols = (int(n) for n in shape)
+    if group_size is None or group_size == "tensor":
+        return cols
+    PerGroup(int(group_size)).scale_shape((rows, cols))  # raises, naming divisors of cols
+    return int(group_size)
 
 
 def check_granularity(granularity: Any, shape: tuple[int, int]) -> Granularity:
@@ -310,7 +380,7 @@ def quantize(x: Any, qparams: QParams, *, backend: str = "auto") -> Any:
         return _torch_codes(x, qparams)
     import kernels_numba as kn
 
-    codes = kn.quantize(_as_f32_numpy(x), qparams.to_kernel())  # [rows, cols] uint8
+    codes = kn.quantize(_as_f32_numpy(x), *qparams.kernel_arrays(), qparams.bits, qparams.symmetric)  # [rows, cols] uint8
     if _is_torch(x):
         import torch
 
@@ -346,7 +416,8 @@ def dequantize(codes: Any, qparams: QParams, *, backend: str = "auto") -> Any:
         return _torch_dequant(codes, qparams)
     import kernels_numba as kn
 
-    out = kn.dequantize(np.ascontiguousarray(_to_numpy(codes)), qparams.to_kernel())  # [rows, cols] float32
+    out = kn.dequantize(np.ascontiguousarray(_to_numpy(codes)), *qparams.kernel_arrays(), qparams.bits,
+                        qparams.symmetric)  # [rows, cols] float32
     if _is_torch(codes):
         import torch
 
@@ -362,11 +433,6 @@ def _check_qparams(qparams: Any) -> None:
 # --------------------------------------------------------------------------- fused
 
 
-# The reconstruction error of one tensor (sse, signal, max_abs_err, n; .mse, .sqnr_db):
-# one definition, shared with the Numba kernels.
-from kernels_numba._common import ErrorStats as Stats  # noqa: E402
-
-
 def fake_quantize_with_stats(
     x: Any,
     granularity: Granularity,
@@ -375,8 +441,11 @@ def fake_quantize_with_stats(
     symmetric: bool = False,
     clip_search: bool = False,
     backend: str = "auto",
-) -> tuple[Any, Stats]:
-    """``dequantize(quantize(x))`` and its error in one pass; returns ``(x_hat float32, Stats)``.
+) -> tuple[Any, ErrorStats]:
+    """``dequantize(quantize(x))`` and its error in one pass; returns ``(x_hat float32, ErrorStats)``.
+
+    ``ErrorStats`` (``sse``, ``signal``, ``max_abs_err``, ``n``; ``.mse``, ``.sqnr_db``) is the one
+    definition of a tensor's reconstruction error, shared with the Numba kernels.
 
     Examples
     --------
@@ -386,25 +455,27 @@ def fake_quantize_with_stats(
     >>> round(st.sqnr_db, 1)
     27.2
     """
+    from kernels_numba import ErrorStats  # Numba loads on first use (import of this module stays light)
+
     check_tensor(x)
     bits = check_bits(bits)
     shape = (int(x.shape[0]), int(x.shape[1]))
     granularity = check_granularity(granularity, shape)
     if _use_gpu_kernel(x, backend, clip_search):
         res = _gpu_rtn(x, granularity, bits, bool(symmetric), write_stats=True)
-        return res.x_hat, Stats(*res.stats, x.numel())
+        return res.x_hat, ErrorStats(*res.stats, x.numel())
     if _use_torch(x, backend):
         qp = choose_qparams(x, granularity, bits, symmetric=symmetric, clip_search=clip_search, backend="torch")
         x_hat = _torch_dequant(_torch_codes(x, qp), qp)
         d = x_hat.double() - x.double()
-        stats = Stats(float((d * d).sum()), float((x.double() ** 2).sum()), float(d.abs().max()), x.numel())
+        stats = ErrorStats(float((d * d).sum()), float((x.double() ** 2).sum()), float(d.abs().max()), x.numel())
         return x_hat, stats
     import kernels_numba as kn
 
     x_hat, st = kn.fake_quantize(
         _as_f32_numpy(x), bits, _kernel_group(granularity), symmetric=bool(symmetric), clip_search=bool(clip_search)
     )
-    stats = Stats(st.sse, st.signal, st.max_abs_err, st.n)
+    stats = ErrorStats(st.sse, st.signal, st.max_abs_err, st.n)
     if _is_torch(x):
         import torch
 
@@ -470,9 +541,84 @@ def fake_quantize_codes(
         res = _gpu_rtn(x, granularity, bits, bool(symmetric), write_codes=True)
         qp = QParams(res.scale, res.zero, bits, bool(symmetric), granularity, shape)
         return res.x_hat, res.codes, qp
-    qp = choose_qparams(x, granularity, bits, symmetric=symmetric, clip_search=clip_search, backend=backend)
-    codes = quantize(x, qp, backend=backend)
-    return dequantize(codes, qp, backend=backend), codes, qp
+    if _use_torch(x, backend):
+        qp = choose_qparams(x, granularity, bits, symmetric=symmetric, clip_search=clip_search, backend="torch")
+        codes = _torch_codes(x, qp)
+        return _torch_dequant(codes, qp), codes, qp
+    import kernels_numba as kn
+
+    codes, (scale, zero), _ = kn.quantize_with_stats(  # one fused pass: parameters and codes
+        _as_f32_numpy(x), bits, _kernel_group(granularity), symmetric=bool(symmetric), clip_search=bool(clip_search)
+    )
+    x_hat = kn.dequantize(codes, scale, zero, bits, bool(symmetric))  # [rows, cols] float32
+    if _is_torch(x):
+        import torch
+
+        x_hat, codes = torch.from_numpy(x_hat).to(x.device), torch.from_numpy(codes).to(x.device)
+        scale, zero = torch.from_numpy(scale).to(x.device), torch.from_numpy(zero).to(x.device)
+    return x_hat, codes, QParams(scale, zero, bits, bool(symmetric), granularity, shape)
+
+
+def fake_quantize_ste(x: Any, granularity: Granularity, bits: int, *, symmetric: bool = False) -> Any:
+    """Fake-quantize a torch tensor with a straight-through gradient, on its own device.
+
+    Forward: ``dequantize(quantize(x))`` with min/max parameters per tensor, row or group (the
+    torch backend, bit-identical to the Numba kernels). Backward: ``d out / d x = 1``. The work
+    stays on ``x``'s device: a CUDA tensor never round-trips through the host (QAT calls this
+    on every training step).
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = torch.tensor([[-1.0, 0.0, 0.5, 2.0]], requires_grad=True)
+    >>> y = fake_quantize_ste(w, PerChannel(), 4)
+    >>> [round(v, 3) for v in y.detach()[0].tolist()]
+    [-1.0, 0.0, 0.6, 2.0]
+    >>> (y * torch.arange(4.0)).sum().backward()
+    >>> w.grad.tolist()
+    [[0.0, 1.0, 2.0, 3.0]]
+    """
+    if not _is_torch(x) or x.dim() != 2:
+        raise ValueError(f"x must be a 2-D torch.Tensor [rows, cols]; got {getattr(x, 'shape', type(x).__name__)}.")
+    bits = check_bits(bits)
+    xd = x.detach().float()  # [rows, cols]
+    check_tensor(xd)
+    granularity = check_granularity(granularity, (int(x.shape[0]), int(x.shape[1])))
+    qp = QParams(*_torch_qparams(xd, granularity, bits, bool(symmetric), False), bits, bool(symmetric),
+                 granularity, (int(x.shape[0]), int(x.shape[1])))
+    x_hat = _torch_dequant(_torch_codes(xd, qp), qp)  # [rows, cols] float32
+    return x + (x_hat.to(x.dtype) - x).detach()
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def _param_nbytes(n_scales: int, symmetric: bool) -> int:
+    """Bytes of ``n_scales`` float16 scales and (asymmetric) as many uint8 zero points."""
+    return 2 * n_scales + (0 if symmetric else n_scales)
+
+
+def rtn_nbytes(shape: tuple[int, int], bits: int, group_size: Any = None, symmetric: bool = False) -> int:
+    """True bytes of an RTN-quantized ``[out, in]`` weight: packed codes + float16 scales + uint8 zeros.
+
+    Codes are packed row by row (``out * ceil(in * bits / 8)``, as
+    :class:`~qviz.quant.modules.PackedLinear` stores them); one float16 scale per group and,
+    asymmetric only, one uint8 zero point. ``group_size`` as in the configs: None (per output
+    channel), an int dividing ``in``, or ``"tensor"``. GPTQ, AWQ, QAT and SmoothQuant's weights
+    are stored this way too.
+
+    Examples
+    --------
+    >>> rtn_nbytes((384, 384), 4, 128)  # codes 73728 + 1152 scales * 2 + 1152 zeros
+    77184
+    >>> rtn_nbytes((10, 10), 3, None, symmetric=True)  # rows of ceil(30 / 8) bytes + a scale per row
+    60
+    """
+    rows, cols = (int(n) for n in shape)
+    bits = check_bits(bits)
+    check_group_size(group_size, (rows, cols))
+    n_scales = int(np.prod(granularity_of(group_size).scale_shape((rows, cols))))
+    return rows * ((cols * bits + 7) // 8) + _param_nbytes(n_scales, bool(symmetric))
 
 
 # --------------------------------------------------------------------------- GPU kernel path
@@ -566,6 +712,7 @@ def _groups(x: Any, g: Granularity) -> Any:
 
 
 def _params_from_range(lo: Any, hi: Any, ratio: float, bits: int, symmetric: bool) -> tuple[Any, Any]:
+    """float64 scale (float16-exact) and zero for ranges ``[lo * ratio, hi * ratio]`` with ``lo <= 0 <= hi``."""
     import torch
 
     lo64, hi64 = lo.double() * ratio, hi.double() * ratio
@@ -577,6 +724,29 @@ def _params_from_range(lo: Any, hi: Any, ratio: float, bits: int, symmetric: boo
     scale = _store_scale((hi64 - lo64) / qmax, qmax)
     zero = torch.clamp(torch.round(-lo64 / scale), 0, qmax)
     return scale, zero
+
+
+def qparams_from_range(lo: Any, hi: Any, bits: int, *, symmetric: bool = False) -> tuple[Any, Any]:
+    """Scale and zero point for torch ranges ``[lo, hi]`` (any shape, widened to include 0), on their device.
+
+    Returns ``(scale, zero)``: float32 float16-exact scales and uint8 zero points of
+    ``lo``'s shape, by the project's rule (symmetric: ``max(|lo|, hi) / (2**(bits-1) - 1)``,
+    zero ``2**(bits-1)``; asymmetric: ``(hi - lo) / (2**bits - 1)``, ``zero = rint(-lo / scale)``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> scale, zero = qparams_from_range(torch.tensor([-1.0]), torch.tensor([2.0]), 4)
+    >>> float(scale[0]), int(zero[0])
+    (0.199951171875, 5)
+    """
+    import torch
+
+    bits = check_bits(bits)
+    zero_t = torch.zeros((), dtype=lo.dtype, device=lo.device)
+    lo, hi = torch.minimum(lo.detach(), zero_t), torch.maximum(hi.detach(), zero_t)
+    scale, zero = _params_from_range(lo, hi, 1.0, bits, bool(symmetric))
+    return scale.float(), zero.to(torch.uint8)
 
 
 def _codes_grouped(xg: Any, scale: Any, zero: Any, qmin: int, qmax: int) -> Any:

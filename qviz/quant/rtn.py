@@ -4,7 +4,8 @@ The :class:`RTNMethod` handler of :class:`qviz.RTN` quantizes each layer's
 ``[out, in]`` weight with the fused Numba kernel (one pass: codes, scales and
 the error statistics), swaps in a fake-quant module (or, with
 ``qviz.quantize(..., packed=True)``, a :class:`~qviz.quant.modules.PackedLinear`)
-and counts the true storage: packed codes, float16 scales, uint8 zero points.
+and counts the true storage (:func:`qviz.quant.primitives.rtn_nbytes`): packed
+codes, float16 scales, uint8 zero points.
 
 Examples
 --------
@@ -24,30 +25,9 @@ from torch import nn
 
 from qviz.models import weight_matrix
 from qviz.quant.config import RTN
-from qviz.quant.modules import PackedLinear, fake_quant_module, packed_nbytes
-from qviz.quant.primitives import choose_qparams, fake_quantize_with_stats, quantize
+from qviz.quant.modules import PackedLinear, fake_quant_module
+from qviz.quant.primitives import choose_qparams, dequantize, fake_quantize_with_stats, quantize, rtn_nbytes
 from qviz.quant.registry import LayerQuant, Method, register
-
-
-def rtn_nbytes(shape: tuple[int, int], cfg: RTN) -> int:
-    """True bytes of an ``[out, in]`` weight under ``cfg``: packed codes + float16 scales + uint8 zeros.
-
-    Examples
-    --------
-    >>> rtn_nbytes((384, 384), RTN(bits=4, group_size=128))
-    77184
-    """
-    rows, cols = shape
-    n_scales = tuple_prod(cfg.granularity.scale_shape((rows, cols)))
-    return packed_nbytes(rows, cols, cfg.bits) + 2 * n_scales + (0 if cfg.symmetric else n_scales)
-
-
-def tuple_prod(shape: tuple[int, ...]) -> int:
-    """Product of a shape's dims."""
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def module_bias(module: nn.Module) -> torch.Tensor | None:
@@ -88,19 +68,17 @@ class RTNMethod(Method):
         w_hat = w_hat.to(w.device)  # [out, in] float32
         new = fake_quant_module(module, w_hat, cfg.act_bits, cfg.act_scheme)
         info = {"sse": stats.sse, "signal": stats.signal, "max_abs_err": stats.max_abs_err}
-        return LayerQuant(new, w_hat, rtn_nbytes(tuple(w.shape), cfg), new.kernel, info)
+        return LayerQuant(new, w_hat, self.storage_nbytes(tuple(w.shape), cfg), new.kernel, info)
 
     def quantize_tensor(self, w: torch.Tensor, cfg: RTN) -> tuple:
         """``(codes, scale, zero, nbytes, dequantize)`` of ``w [rows, cols]`` (for :func:`qviz.quantize_tensor`)."""
-        from qviz.quant.primitives import dequantize
-
         qp = choose_qparams(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric, clip_search=cfg.clip_search)
         codes = quantize(w, qp)  # [rows, cols] uint8
-        return codes, qp.scale, qp.zero, rtn_nbytes(tuple(w.shape), cfg), lambda: dequantize(codes, qp)
+        return codes, qp.scale, qp.zero, self.storage_nbytes(tuple(w.shape), cfg), lambda: dequantize(codes, qp)
 
     def storage_nbytes(self, shape: tuple[int, int], cfg: RTN) -> int:
-        """Bytes stored for an ``(out, in)`` weight: :func:`rtn_nbytes`."""
-        return rtn_nbytes(shape, cfg)
+        """Bytes stored for an ``(out, in)`` weight: :func:`qviz.quant.primitives.rtn_nbytes`."""
+        return rtn_nbytes(shape, cfg.bits, cfg.group_size, cfg.symmetric)
 
     def pack(self, module: nn.Module, cfg: RTN) -> nn.Module | None:
         """A :class:`PackedLinear` holding the packed codes of the ORIGINAL layer ``module`` (None if not packable).

@@ -36,7 +36,7 @@ from qviz.models import QvizModel, layer_type, load, weight_matrix
 from qviz.quant.config import AWQ, GPTQ, RTN, BnbFP4, BnbInt8, BnbNF4, QuantConfig, SmoothQuant
 from qviz.quant.gguf import GGUF
 from qviz.quant.registry import LayerQuant, Method, known_config_types, method_for
-from qviz.widgets._fast import ErrorHistogram, error_and_histogram
+from kernels_numba.histogram import ErrorHistogram, error_and_histogram
 
 MAX_ROWS = 256
 """Calibration rows (tokens) kept per layer for the output error."""

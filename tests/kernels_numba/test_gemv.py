@@ -30,9 +30,9 @@ def test_int4_equals_dequantize_matmul(rows, group_size):
     y = kn.gemv_int4(kn.pack(codes, 4), qp.scale, qp.zero, x, group_size)
     ref = ref_gemv(codes, qp.scale, qp.zero, x, group_size)
     assert y.shape == (rows,) and y.dtype == np.float32
-    bound = 2e-6 * (np.abs(kn.dequantize(codes, qp)) @ np.abs(x)) + 1e-6
+    bound = 2e-6 * (np.abs(kn.dequantize(codes, *qp, 4)) @ np.abs(x)) + 1e-6
     assert np.all(np.abs(y - ref) <= bound)
-    np.testing.assert_allclose(y, kn.dequantize(codes, qp) @ x, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(y, kn.dequantize(codes, *qp, 4) @ x, rtol=1e-4, atol=1e-3)
 
 
 def test_int4_symmetric_and_single_group():

@@ -14,7 +14,7 @@ from numba.core.dispatcher import Dispatcher
 
 import kernels_numba as kn
 
-MODULES = ["rtn", "pack", "nf4", "stats", "gemv", "gguf", "_gguf_search", "_bits", "_common", "_checks"]
+MODULES = ["rtn", "pack", "nf4", "stats", "gemv", "gptq", "histogram", "gguf", "_gguf_search", "_bits", "_common", "_checks"]
 PKG = pathlib.Path(kn.__file__).parent
 
 
@@ -34,7 +34,7 @@ def test_every_kernel_is_cached(name):
         assert k._cache.__class__.__name__ != "NullCache", f"{k.__name__} lacks cache=True"
 
 
-@pytest.mark.parametrize("name", ["rtn", "pack", "nf4", "stats", "gemv"])
+@pytest.mark.parametrize("name", ["rtn", "pack", "nf4", "stats", "gemv", "gptq", "histogram"])
 def test_docstring_examples_run(name):
     mod = importlib.import_module(f"kernels_numba.{name}")
     result = doctest.testmod(mod, extraglobs={"np": np}, optionflags=doctest.NORMALIZE_WHITESPACE)

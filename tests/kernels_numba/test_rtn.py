@@ -159,8 +159,8 @@ def test_clip_search_equal_reference(bits, symmetric, group_size):
 def test_trio_matches_fused(group_size, symmetric):
     x = rand((9, 256), seed=3)
     qp = kn.choose_qparams(x, 4, group_size, symmetric)
-    codes = kn.quantize(x, qp)
-    x_hat = kn.dequantize(codes, qp)
+    codes = kn.quantize(x, *qp, 4, symmetric)
+    x_hat = kn.dequantize(codes, *qp, 4, symmetric)
     c2, qp2, _ = kn.quantize_with_stats(x, 4, group_size, symmetric)
     np.testing.assert_array_equal(codes, c2)
     np.testing.assert_array_equal(qp.scale, qp2.scale)
@@ -176,7 +176,7 @@ def test_scale_dtype_float32_equal_reference():
     rc, rs, rz, _ = ref_rtn(x, 4, 32, f16=False)
     np.testing.assert_array_equal(codes, rc)
     np.testing.assert_array_equal(qp.scale, rs)
-    assert qp.scale_dtype == "float32" and qp.overhead_nbytes == rs.size * 4 + rz.size
+    np.testing.assert_array_equal(qp.zero, rz)
 
 
 def test_out_argument_and_input_untouched():
@@ -208,8 +208,8 @@ def test_matches_torch_fake_quantize_per_channel(bits, symmetric):
         torch.from_numpy(qp.scale[:, 0].copy()),
         torch.from_numpy(qp.zero[:, 0].astype(np.int32)),
         0,
-        qp.qmin,
-        qp.qmax,
+        1 if symmetric else 0,
+        2**bits - 1,
     ).numpy()
     np.testing.assert_array_equal(x_hat, ref)
 
@@ -255,14 +255,15 @@ def test_tiny_constant_row_is_within_half_a_step():
 # ----------------------------------------------------------------------------- properties
 
 
-def _in_range_error_ok(x, x_hat, qp):
+def _in_range_error_ok(x, x_hat, qp, bits, symmetric):
     """|x - x_hat| <= scale/2 wherever x lies inside the representable range."""
     rows, cols = x.shape
-    scale = np.broadcast_to(np.repeat(qp.scale, qp.columns_per_group, axis=1), x.shape)
-    zero = np.broadcast_to(np.repeat(qp.zero, qp.columns_per_group, axis=1), x.shape)
+    per_group = cols // qp.scale.shape[1]
+    scale = np.broadcast_to(np.repeat(qp.scale, per_group, axis=1), x.shape)
+    zero = np.broadcast_to(np.repeat(qp.zero, per_group, axis=1), x.shape)
     s64 = scale.astype(np.float64)
-    lo = (qp.qmin - zero.astype(np.float64)) * s64
-    hi = (qp.qmax - zero.astype(np.float64)) * s64
+    lo = ((1 if symmetric else 0) - zero.astype(np.float64)) * s64
+    hi = (2**bits - 1 - zero.astype(np.float64)) * s64
     inside = (x >= lo) & (x <= hi)
     err = np.abs(x_hat.astype(np.float64) - x)
     assert np.all(err[inside] <= s64[inside] / 2 * (1 + 1e-6) + 1e-300)
@@ -293,9 +294,9 @@ def test_roundtrip_error_bounded(data, bits, symmetric, mode):
     assert np.all(qp.scale > 0) and np.all(np.isfinite(qp.scale))
     if scale_dtype == np.float16:
         np.testing.assert_array_equal(qp.scale, qp.scale.astype(np.float16).astype(np.float32))
-    assert codes.min() >= qp.qmin and codes.max() <= qp.qmax
-    x_hat = kn.dequantize(codes, qp)
-    _in_range_error_ok(x, x_hat, qp)
+    assert codes.min() >= (1 if symmetric else 0) and codes.max() <= 2**bits - 1
+    x_hat = kn.dequantize(codes, *qp, bits, symmetric)
+    _in_range_error_ok(x, x_hat, qp, bits, symmetric)
     np.testing.assert_array_equal(x_hat[x == 0], 0.0)  # zero is exact
     sse, sig, mx = ref_stats(x, x_hat)
     assert stats.sse == pytest.approx(sse, rel=1e-9, abs=1e-300)
@@ -326,7 +327,7 @@ def test_all_zero_groups_dequantize_to_zero():
         for gs in (None, 32, "tensor"):
             codes, qp, _ = kn.quantize_with_stats(np.zeros((2, 64), np.float32), 4, gs, sym)
             assert np.all(qp.scale == 1.0)
-            np.testing.assert_array_equal(kn.dequantize(codes, qp), 0.0)
+            np.testing.assert_array_equal(kn.dequantize(codes, *qp, 4, sym), 0.0)
             x_hat, _ = kn.fake_quantize(x, 4, gs, sym)
             np.testing.assert_array_equal(x_hat[1], 0.0)
             if gs == 32:
@@ -387,7 +388,7 @@ def test_nonfinite_input(bad, group_size):
             fn(x, 4, group_size)
     qp = kn.choose_qparams(rand((3, 64)), 4, group_size)
     with pytest.raises(ValueError, match="NaN/Inf"):
-        kn.quantize(x, qp)
+        kn.quantize(x, *qp, 4)
 
 
 def test_wrong_dtype_ndim_type():
@@ -422,12 +423,18 @@ def test_bad_out_and_qparams():
     with pytest.raises(ValueError, match="out overlaps x"):
         kn.fake_quantize(x, 4, out=x)
     qp = kn.choose_qparams(x, 4)
-    with pytest.raises(ValueError, match=r"x has shape \(3, 32\) but qparams were chosen for shape \(2, 32\)"):
-        kn.quantize(rand((3, 32)), qp)
-    with pytest.raises(TypeError, match="qparams must be a QParams"):
-        kn.quantize(x, {"scale": 1})
+    with pytest.raises(ValueError, match=r"scale \(2, 1\) and zero \(2, 1\) do not fit x of shape \(3, 32\)"):
+        kn.quantize(rand((3, 32)), *qp, 4)
+    with pytest.raises(ValueError, match=r"do not fit x of shape \(2, 32\)"):
+        kn.quantize(x, np.ones((2, 5), np.float32), np.zeros((2, 5), np.uint8), 4)
+    with pytest.raises(TypeError, match="scale has dtype float64, expected float32"):
+        kn.quantize(x, qp.scale.astype(np.float64), qp.zero, 4)
+    with pytest.raises(TypeError, match="bits must be an int from 2 to 8"):
+        kn.quantize(x, *qp, 4.0)
+    with pytest.raises(TypeError, match="symmetric must be True or False"):
+        kn.quantize(x, *qp, 4, "no")
     with pytest.raises(ValueError, match="codes contain 16, above the largest 4-bit code 15"):
-        kn.dequantize(np.full((2, 32), 16, np.uint8), qp)
+        kn.dequantize(np.full((2, 32), 16, np.uint8), *qp, 4)
 
 
 def _halfway_cases(n_scales=40, bits=4):
@@ -462,10 +469,10 @@ def test_rounding_uses_float32_reciprocal_like_torch():
     qp = kn.choose_qparams(x, 4)
     inv = np.float32(1) / qp.scale
     expected = np.clip(np.rint(x * inv) + qp.zero.astype(np.float32), 0, 15).astype(np.uint8)
-    np.testing.assert_array_equal(kn.quantize(x, qp), expected)
+    np.testing.assert_array_equal(kn.quantize(x, *qp, 4), expected)
     np.testing.assert_array_equal(kn.quantize_with_stats(x, 4)[0], expected)
     ref = torch.fake_quantize_per_channel_affine(
         torch.from_numpy(x), torch.from_numpy(qp.scale[:, 0].copy()),
         torch.from_numpy(qp.zero[:, 0].astype(np.int32)), 0, 0, 15).numpy()
     np.testing.assert_array_equal(kn.fake_quantize(x, 4)[0], ref)
-    np.testing.assert_array_equal(kn.dequantize(expected, qp), ref)
+    np.testing.assert_array_equal(kn.dequantize(expected, *qp, 4), ref)

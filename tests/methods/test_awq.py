@@ -11,8 +11,9 @@ import xarray as xr
 from torch import nn
 
 import qviz
-from qviz.methods._common import rtn_quantize
 from qviz.methods.awq import AWQMethod, _sq_err, awq_apply, awq_scales, awq_search
+from qviz.quant.granularity import PerGroup
+from qviz.quant.primitives import fake_quantize_codes
 
 
 def _outlier_problem(seed=0, tokens=512, cols=64, rows=32):
@@ -37,7 +38,7 @@ def test_search_returns_a_dataset_and_never_loses_to_rtn():
     assert ds.sizes == {"alpha": 10, "channel": 64, "row": 32, "group": 4, "ratio": 10}
     assert all("long_name" in ds[v].attrs and "units" in ds[v].attrs for v in ds.data_vars)
     # alpha = 0 is s = 1: plain RTN
-    rtn = rtn_quantize(W, 3, 16, False)[0]
+    rtn = fake_quantize_codes(W, PerGroup(16), 3)[0]
     ref = float(((X @ W.T) ** 2).sum())
     assert float(ds.loss.sel(alpha=0.0)) == pytest.approx(float(((X @ (W - rtn).T) ** 2).sum()) / ref, rel=1e-4)
     assert float(ds.rtn_rel_err) == float(ds.loss[0])

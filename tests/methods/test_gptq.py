@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.methods._common import range_params, rtn_quantize
+from qviz.quant.granularity import granularity_of
+from qviz.quant.primitives import fake_quantize_codes, qparams_from_range
 from qviz.methods.gptq import (
     GPTQMethod,
     gptq_hessian,
@@ -36,8 +37,7 @@ def reference_gptq(W, H, bits, group_size, act_order, damp, block_size, symmetri
     if static:
         for g in range(cols // gs):
             blk = W[:, g * gs:(g + 1) * gs].float()
-            p = range_params(blk.amin(1), blk.amax(1), bits, symmetric)
-            scale[:, g], zero[:, g] = p.scale, p.zero
+            scale[:, g], zero[:, g] = qparams_from_range(blk.amin(1), blk.amax(1), bits, symmetric=symmetric)
     perm = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
     H += damp * H.diagonal().mean() * torch.eye(cols, dtype=H.dtype)
@@ -54,8 +54,8 @@ def reference_gptq(W, H, bits, group_size, act_order, damp, block_size, symmetri
             c = i1 + j
             if not static and c % gs == 0:
                 blk = W[:, c:c + gs].float()  # as at block start (the in-block updates live in W1)
-                p = range_params(blk.amin(1), blk.amax(1), bits, symmetric)
-                scale[:, c // gs], zero[:, c // gs] = p.scale, p.zero
+                scale[:, c // gs], zero[:, c // gs] = qparams_from_range(blk.amin(1), blk.amax(1), bits,
+                                                                         symmetric=symmetric)
             g = (perm[c] // gs) if static else c // gs
             s, z = scale[:, g].double(), zero[:, g].double()
             w = W1[:, j]
@@ -117,7 +117,7 @@ def test_two_weight_problem_finds_the_known_optimum():
     best = min(itertools.product([-1.0, 0.0, 1.0], repeat=3),
                key=lambda q: hessian_loss(W - torch.tensor([q]), H))
     assert list(best) == [1.0, -1.0, 1.0]
-    rtn = rtn_quantize(W, 2, None, True)[0]
+    rtn = fake_quantize_codes(W, granularity_of(None), 2, symmetric=True)[0]
     assert rtn.tolist() == [[1.0, 0.0, 1.0]]
     assert hessian_loss(W - res.weight_hat, H) < hessian_loss(W - rtn, H)
 
@@ -135,8 +135,8 @@ def test_identity_hessian_is_plain_rtn():
     W, _ = _problem()
     for g, sym in [(None, False), (16, False), (16, True)]:
         res = gptq_quantize_weight(W, torch.eye(W.shape[1]), bits=4, group_size=g, act_order=False, symmetric=sym)
-        w_hat, codes, scale, zero = rtn_quantize(W, 4, g, sym)
-        assert torch.equal(res.codes, codes) and torch.equal(res.scale, scale) and torch.equal(res.zero, zero)
+        w_hat, codes, qp = fake_quantize_codes(W, granularity_of(g), 4, symmetric=sym)
+        assert torch.equal(res.codes, codes) and torch.equal(res.scale, qp.scale) and torch.equal(res.zero, qp.zero)
 
 
 def test_act_order_permutation_is_undone():
@@ -161,7 +161,7 @@ def test_beats_rtn_on_held_out_inputs():
     fit, held = X[:400], X[400:]
     for g in (None, 16):
         res = gptq_quantize_weight(W, gptq_hessian(fit), bits=3, group_size=g)
-        rtn = rtn_quantize(W, 3, g, False)[0]
+        rtn = fake_quantize_codes(W, granularity_of(g), 3)[0]
         err = lambda w_hat: float(((held @ (W - w_hat).T) ** 2).sum())  # noqa: E731
         assert err(res.weight_hat) < 0.8 * err(rtn)
 

@@ -8,23 +8,18 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.methods._common import rtn_quantize
-from qviz.methods.qat import (
-    QATConv2d,
-    QATLinear,
-    QATMethod,
-    distillation_loss,
-    fake_quantize_ste,
-    qat_finetune,
-)
+from qviz.methods.qat import QATConv2d, QATLinear, QATMethod, distillation_loss, qat_finetune
+from qviz.quant.granularity import PerGroup, granularity_of
+from qviz.quant.primitives import fake_quantize_codes, fake_quantize_ste
 
 
 @pytest.mark.parametrize("group_size,symmetric", [(None, False), (8, False), (8, True)])
 def test_forward_is_rtn_and_gradient_passes_straight_through(group_size, symmetric):
     torch.manual_seed(0)
     w = torch.randn(6, 16, requires_grad=True)
-    w_hat = fake_quantize_ste(w, 3, group_size, symmetric)
-    assert torch.equal(w_hat.detach(), rtn_quantize(w.detach(), 3, group_size, symmetric)[0])
+    w_hat = fake_quantize_ste(w, granularity_of(group_size), 3, symmetric=symmetric)  # the torch backend
+    assert torch.equal(w_hat.detach(), fake_quantize_codes(w.detach(), granularity_of(group_size), 3,
+                                                           symmetric=symmetric)[0])  # the Numba kernels
     g = torch.randn(6, 16)
     (w_hat * g).sum().backward()
     assert torch.equal(w.grad, g)
@@ -35,7 +30,7 @@ def test_qat_linear_and_conv_match_their_originals_in_shape_and_rtn_value():
     lin = nn.Linear(16, 4)
     q = QATLinear.from_float(lin, bits=4, group_size=8)
     x = torch.randn(3, 16)
-    w_hat = rtn_quantize(lin.weight.detach(), 4, 8, False)[0]
+    w_hat = fake_quantize_codes(lin.weight.detach(), PerGroup(8), 4)[0]
     assert torch.allclose(q(x), x @ w_hat.T + lin.bias, atol=1e-6)
     assert q.weight.data_ptr() != lin.weight.data_ptr()  # a copy, never shared
     conv = nn.Conv2d(2, 3, 3, padding=1)

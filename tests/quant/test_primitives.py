@@ -1,4 +1,4 @@
-"""The RTN trio: a reference written here, the Numba and torch paths agree with it and each other."""
+"""The RTN arithmetic: a reference written here, the Numba and torch paths agree with it and each other; the range rule, straight-through fake-quant, byte count and checks."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ from hypothesis.extra.numpy import arrays
 
 from qviz.quant.granularity import PerChannel, PerGroup, PerTensor
 from qviz.quant.primitives import (
+    check_bits,
+    check_group_size,
     check_tensor,
     choose_qparams,
     count_nonfinite,
     dequantize,
+    fake_quantize_codes,
+    fake_quantize_ste,
     fake_quantize_with_stats,
+    qparams_from_range,
     quantize,
+    rtn_nbytes,
 )
 
 
@@ -187,3 +193,101 @@ def test_cuda_tensors_take_the_torch_path_with_the_same_codes():
         assert gpu.scale.is_cuda
         assert torch.equal(gpu.scale.cpu(), cpu.scale) and torch.equal(gpu.zero.cpu(), cpu.zero)
         assert torch.equal(quantize(x.cuda(), gpu).cpu(), quantize(x, cpu))
+
+
+# --------------------------------------------------------------------------- the rest of the arithmetic
+
+
+@pytest.mark.parametrize("bits,group_size,symmetric", [(2, None, False), (3, 8, False), (4, 16, True), (8, None, True)])
+def test_range_rule_and_straight_through_equal_the_kernels(bits, group_size, symmetric):
+    import kernels_numba
+
+    gen = torch.Generator().manual_seed(bits)
+    w = torch.randn(16, 32, generator=gen) * torch.logspace(-3, 1, 16)[:, None]  # rows of very different ranges
+    w[3] = 0.0  # an all-zero row: scale 1, dequantizes to 0
+    gs = group_size or 32
+    g = w.reshape(16, 32 // gs, gs)
+    scale, zero = qparams_from_range(g.amin(-1), g.amax(-1), bits, symmetric=symmetric)
+    k_scale, k_zero = kernels_numba.choose_qparams(w.numpy(), bits, group_size, symmetric)
+    np.testing.assert_array_equal(scale.numpy(), k_scale)
+    np.testing.assert_array_equal(zero.numpy(), k_zero)
+    assert scale.dtype == torch.float32 and zero.dtype == torch.uint8
+    gran = PerChannel() if group_size is None else PerGroup(group_size)
+    w_hat = fake_quantize_ste(w, gran, bits, symmetric=symmetric)
+    x_hat, codes, qp = fake_quantize_codes(w, gran, bits, symmetric=symmetric)  # the Numba kernels
+    assert torch.equal(w_hat, x_hat)
+    np.testing.assert_array_equal(codes.numpy(), kernels_numba.quantize(w.numpy(), k_scale, k_zero, bits, symmetric))
+
+
+def test_straight_through_gradient_and_dtype():
+    w = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    y = fake_quantize_ste(w, PerGroup(4), 3)
+    assert y.dtype == torch.float64
+    g = torch.randn(4, 8, dtype=torch.float64)
+    (y * g).sum().backward()
+    assert torch.equal(w.grad, g)
+    with pytest.raises(ValueError, match="2-D torch.Tensor"):
+        fake_quantize_ste(np.ones((2, 2), np.float32), PerChannel(), 4)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        fake_quantize_ste(torch.tensor([[1.0, float("nan")]]), PerChannel(), 4)
+
+
+def test_straight_through_never_leaves_the_tensor(monkeypatch):
+    """QAT's forward stays in torch on the tensor's device: no numpy conversion, no Numba kernel."""
+    import kernels_numba
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the straight-through fake-quant went through numpy")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", refuse)
+    monkeypatch.setattr(torch.Tensor, "cpu", refuse)
+    for name in ("choose_qparams", "quantize", "dequantize", "fake_quantize", "quantize_with_stats"):
+        monkeypatch.setattr(kernels_numba, name, refuse)
+    w = torch.randn(6, 16, requires_grad=True)
+    y = fake_quantize_ste(w, PerGroup(8), 4)
+    y.sum().backward()
+    from qviz.methods.qat import QATLinear
+
+    q = QATLinear.from_float(torch.nn.Linear(16, 4), bits=4, group_size=8)
+    q(torch.randn(2, 16)).sum().backward()
+    assert q.weight.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_straight_through_stays_on_cuda():
+    w = torch.randn(64, 256, device="cuda", requires_grad=True)
+    y = fake_quantize_ste(w, PerGroup(64), 4)
+    assert y.is_cuda
+    assert torch.equal(y.detach().cpu(), fake_quantize_codes(w.detach().cpu(), PerGroup(64), 4)[0])
+
+
+def test_rtn_nbytes():
+    assert rtn_nbytes((384, 1536), 4, 128) == 384 * 1536 // 2 + 384 * 12 * 3
+    assert rtn_nbytes((10, 10), 3, None, symmetric=True) == 10 * 4 + 10 * 2  # rows of ceil(30 / 8) bytes
+    assert rtn_nbytes((256, 512), 8, "tensor", symmetric=True) == 256 * 512 + 2
+    qp = choose_qparams(np.ones((8, 64), np.float32), PerGroup(16), 4)
+    assert rtn_nbytes((8, 64), 4, 16) == 8 * 32 + qp.overhead_nbytes
+    with pytest.raises(ValueError, match="does not divide the row length 10"):
+        rtn_nbytes((4, 10), 4, 4)
+    with pytest.raises(ValueError, match="bits must be an int from 2 to 8"):
+        rtn_nbytes((4, 8), 1)
+
+
+def test_bits_and_group_size_checks():
+    assert check_bits(np.int64(4)) == 4 and check_bits(None, "act_bits", allow_none=True) is None
+    with pytest.raises(ValueError, match=r"^QAT act_bits must be an int from 2 to 8; got 1\. Pick e\.g\. act_bits=8"):
+        check_bits(1, "act_bits", owner="QAT", allow_none=True)
+    with pytest.raises(ValueError, match="bits must be an int from 2 to 8; got True"):
+        check_bits(True)
+    assert check_group_size("tensor") == "tensor" and check_group_size(None) is None
+    assert check_group_size(None, (4, 24)) == 24 and check_group_size("tensor", (4, 24)) == 24
+    assert check_group_size(8, (4, 24)) == 8
+    with pytest.raises(ValueError, match="RTN group_size must be None .*'tensor' .*got -1"):
+        check_group_size(-1, owner="RTN")
+    with pytest.raises(ValueError, match="group_size must be None .*got 'x'"):
+        check_group_size("x")
+    with pytest.raises(ValueError, match="group_size='tensor' is not supported here"):
+        check_group_size("tensor", (4, 24), allow_tensor=False)
+    with pytest.raises(ValueError, match="Group size 5 does not divide the row length 24 of a 4x24 weight"):
+        check_group_size(5, (4, 24))

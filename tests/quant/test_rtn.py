@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.quant.rtn import rtn_nbytes
+from qviz.quant.primitives import rtn_nbytes
+from qviz.quant.registry import method_for
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,8 @@ from qviz.quant.rtn import rtn_nbytes
     ],
 )
 def test_bytes(cfg, expect):
-    assert rtn_nbytes((256, 512), cfg) == expect
+    assert rtn_nbytes((256, 512), cfg.bits, cfg.group_size, cfg.symmetric) == expect
+    assert method_for(cfg).storage_nbytes((256, 512), cfg) == expect
 
 
 def test_w8a8_modules_quantize_activations():

@@ -1,4 +1,4 @@
-"""One-pass error statistics and histograms for the live widgets (Numba).
+"""One-pass error statistics and the histogram of the reconstruction, for the live widgets.
 
 A control change re-quantizes one layer; for a 4096 × 4096 layer numpy would
 walk the 16.7M weights four times (difference, squares, histogram, maximum).
@@ -20,6 +20,10 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 from numba import njit, prange
+
+from ._common import ErrorStats
+
+__all__ = ["ErrorHistogram", "error_and_histogram"]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -53,39 +57,21 @@ def _err_hist_kernel(w, w_hat, lo, inv_width, hist, sse, signal, maxerr):  # pra
 
 
 @dataclass(frozen=True)
-class ErrorHistogram:
-    """Error of ``w_hat`` against ``w`` and the histogram of ``w_hat``.
+class ErrorHistogram(ErrorStats):
+    """Error of ``w_hat`` against ``w`` (an :class:`ErrorStats`: ``.mse``, ``.sqnr_db``) and the histogram of ``w_hat``.
 
     Attributes
     ----------
-    sse, signal, max_abs_err : float
-        ``sum((w_hat - w)^2)``, ``sum(w^2)``, ``max|w_hat - w|``.
-    n : int
-        Number of weights.
+    sse, signal, max_abs_err, n
+        As in :class:`ErrorStats`: ``sum((w_hat - w)^2)``, ``sum(w^2)``, ``max|w_hat - w|``, weights.
     hist : np.ndarray
         int64 ``[n_bins]`` counts of ``w_hat`` (values outside the range land in the end bins).
     edges : np.ndarray
         float64 ``[n_bins + 1]`` bin edges.
     """
 
-    sse: float
-    signal: float
-    max_abs_err: float
-    n: int
     hist: np.ndarray
     edges: np.ndarray
-
-    @property
-    def mse(self) -> float:
-        return self.sse / self.n if self.n else 0.0
-
-    @property
-    def sqnr_db(self) -> float:
-        if self.sse == 0.0:
-            return float("inf")
-        if self.signal == 0.0:
-            return float("-inf")
-        return float(10.0 * np.log10(self.signal / self.sse))
 
 
 def error_and_histogram(w: np.ndarray, w_hat: np.ndarray, lo: float, hi: float, n_bins: int = 120) -> ErrorHistogram:
@@ -99,6 +85,12 @@ def error_and_histogram(w: np.ndarray, w_hat: np.ndarray, lo: float, hi: float, 
         Histogram range (``hi > lo``).
     n_bins
         Number of equal-width bins.
+
+    Examples
+    --------
+    >>> h = error_and_histogram(np.zeros(4, np.float32), np.full(4, 0.5, np.float32), lo=-1.0, hi=1.0, n_bins=2)
+    >>> h.sse, h.max_abs_err, h.hist.tolist()
+    (1.0, 0.5, [0, 4])
     """
     a = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
     b = np.ascontiguousarray(w_hat, dtype=np.float32).reshape(-1)
