@@ -37,7 +37,7 @@ from torch import nn
 from qviz.methods._common import check_bits, check_group, group_params, layer_weight, quantize_with, weight_nbytes
 from qviz.quant.config import QAT
 from qviz.quant.modules import fake_quant_activation
-from qviz.quant.registry import LayerQuant, Method, register
+from qviz.quant.method import FormatBits, LayerQuant, Method, register, scale_format_bits
 
 __all__ = ["QATConv2d", "QATLinear", "QATMethod", "fake_quantize_ste", "qat_finetune"]
 
@@ -309,6 +309,10 @@ class QATMethod(Method):
     sequential = False
     finalize_changes_layers = True
     layer_types = ("linear", "conv2d")
+
+    def format_bits(self, cfg: QAT, row_length: int) -> FormatBits:
+        """Packed codes and a float16 scale (and uint8 zero point) per group or row, as RTN stores them."""
+        return scale_format_bits(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length)
 
     def prepare(self, model: Any, cfg: QAT, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.methods._model import as_qviz_model

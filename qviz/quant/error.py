@@ -37,6 +37,7 @@ from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
 from qviz.quant.api import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, plan, reusable
 from qviz.quant.config import QuantConfig
+from qviz.quant.method import weight_only_output
 from qviz.quant.registry import LayerQuant, Method, method_for
 from qviz.quant.rtn import output_without_bias
 
@@ -104,15 +105,6 @@ def _finished_layers(qm: QvizModel, cfg: QuantConfig, calib: Any, names: list[st
     return finished
 
 
-def weight_only_output(module: nn.Module, x: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
-    """``x`` through ``module``'s operation with weight ``w_hat [out, in]`` and no bias."""
-    if isinstance(module, nn.Conv2d):
-        return module._conv_forward(x, w_hat.reshape(module.weight.shape).to(x.dtype), None)
-    if isinstance(module, nn.Conv1d):
-        return module._conv_forward(x, w_hat.reshape(module.weight.shape).to(x.dtype), None)
-    return nn.functional.linear(x, w_hat.to(x.dtype))
-
-
 def quantized_output(method: Method, lq: LayerQuant, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the quantized layer computes on its raw input ``x``, bias removed.
 
@@ -128,12 +120,9 @@ def quantized_output(method: Method, lq: LayerQuant, module: nn.Module, x: torch
 def is_weight_only(method: Method, cfg: QuantConfig) -> bool:
     """True when the quantized layer computes ``x W_hat^T`` exactly (no activation quantization).
 
-    A method says so with ``weight_only(cfg)``; one without ``layer_output`` is weight-only by construction.
+    Every method declares it (:meth:`~qviz.quant.method.Method.weight_only`; default True).
     """
-    fn = getattr(method, "weight_only", None)
-    if fn is not None:
-        return bool(fn(cfg))
-    return getattr(method, "layer_output", None) is None
+    return bool(method.weight_only(cfg))
 
 
 def _sq(t: torch.Tensor) -> float:
