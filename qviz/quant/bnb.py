@@ -118,6 +118,10 @@ class BnbInt8Method(Method):
         """``BnbInt8(threshold)`` from the explorer's knobs."""
         return BnbInt8(threshold=float(c.threshold))
 
+    def storage_nbytes(self, shape: tuple[int, int], cfg: BnbInt8) -> int:
+        """What :func:`int8_nbytes` counts for an ``(out, in)`` weight: one byte per code, a float32 absmax per row."""
+        return int(shape[0]) * int(shape[1]) + 4 * int(shape[0])
+
     def format_bits(self, cfg: BnbInt8, row_length: int) -> FormatBits:
         """int8 codes and a float32 absmax per row."""
         return FormatBits(cfg.label, 8.0, 32 / row_length, f"a float32 absmax per row of {row_length} weights")

@@ -34,10 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from qviz._errors import did_you_mean
 from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
+from qviz.quant.api import as_float32, as_rows, capture_inputs, check_calib, fake_quantize, plan, quantize_tensor, reusable
 from qviz.quant.config import RTN, QuantConfig
+from qviz.quant.error import quantized_output
 from qviz.quant.registry import Controls, LayerQuant, Method, menu, method_for
+from qviz.quant.rtn import output_without_bias
 from qviz.widgets._fast import ErrorHistogram, error_and_histogram
 
 MAX_ROWS = 256
@@ -201,8 +205,6 @@ class LayerLab:
 
     def __init__(self, model: Any, calib: Any, layers: LayerSpec = None, *, max_rows: int = MAX_ROWS,
                  n_bins: int = 256) -> None:
-        from qviz.quant.api import as_float32, check_calib, plan, reusable
-
         # float16/bfloat16 models are measured in float32 (the captured inputs are float32)
         self.model = as_float32(model if isinstance(model, QvizModel) else load(model))
         check_calib(calib, "QuantExplorer")
@@ -238,8 +240,6 @@ class LayerLab:
 
     def _check(self, name: str) -> str:
         if name not in self.modules:
-            from qviz._errors import did_you_mean
-
             raise ValueError(f"Unknown layer {name!r}.{did_you_mean(name, self.names)} Pick one of lab.names.")
         return name
 
@@ -264,16 +264,12 @@ class LayerLab:
 
     def inputs(self, name: str) -> torch.Tensor:
         """The layer's raw calibration input (``[rows, in]`` for a Linear), captured once for every layer."""
-        from qviz.quant.api import capture_inputs
-
         with self._lock:
             if self._inputs is None:
                 self._inputs = capture_inputs(self.model, self.calib, self.names, self.max_rows)
             return self._inputs[self._check(name)]
 
     def _reference(self, name: str) -> torch.Tensor:
-        from qviz.quant.rtn import output_without_bias
-
         with self._lock:
             if name not in self._ref:
                 with torch.no_grad():
@@ -302,8 +298,6 @@ class LayerLab:
         method = method_for(cfg)
         if not method.has_prepare:
             return self.model, None, None
-        from qviz.quant.api import capture_inputs
-
         with self._lock:
             if cfg.label not in self._prepared:
                 if method.changes_model(cfg):
@@ -335,8 +329,6 @@ class LayerLab:
         if self.tensor_path(cfg):
             # data-free formats: quantize the weight alone (no replacement module is built here;
             # output_error builds it when it is needed)
-            from qviz.quant.api import fake_quantize, quantize_tensor
-
             w = torch.from_numpy(self.weight(name))  # [out, in], shares the cached array
             key = (name, cfg.label)
             if key not in self._nbytes:
@@ -370,8 +362,6 @@ class LayerLab:
 
     def _layer_quant(self, name: str, cfg: QuantConfig) -> LayerQuant:
         """Run the method's ``quantize_layer`` on the layer (of the prepared copy where the method needs one)."""
-        from qviz.quant.api import as_rows
-
         method = method_for(cfg)
         work, prepared_inputs, state = self._context(cfg)
         module = work.module.get_submodule(name)
@@ -384,8 +374,6 @@ class LayerLab:
 
     def output_error(self, res: LayerResult, cfg: QuantConfig) -> float:
         """``||X W^T - Q(X) W_hat^T||^2 / ||X W^T||^2`` on the layer's calibration inputs; stored in ``res``."""
-        from qviz.quant.error import quantized_output
-
         if res.method is None:
             raise ValueError("This result has no quantization method; make it with LayerLab.quantize.")
         name = res.layer
