@@ -134,8 +134,9 @@ def test_no_isinstance_on_a_config_type_outside_its_method_module():
     names = {t.__name__: t for t in built_in_types()} | {"_Bnb4bit": qviz.quant.config._Bnb4bit}
     own = {n: {t.__module__, type(method_for(t.__new__(t))).__module__} if n != "_Bnb4bit" else {"qviz.quant.bnb"}
            for n, t in names.items()}
-    # still to move onto the methods (their files are being restructured by others in this round)
-    pending = {("qviz.evaluate.cost", "RTN"), ("qviz.quant.limits", "RTN")}
+    # still to move onto the methods (their files are being restructured by others in this round):
+    # the packed GEMV's "weight-only RTN" test is method_for(cfg).packs(cfg); limits' fused RTN error pass
+    pending = {("qviz.evaluate.cost", "RTN"), ("qviz.evaluate.kernels", "RTN"), ("qviz.quant.limits", "RTN")}
     bad = []
     for path in ROOT.rglob("*.py"):
         module = "qviz." + ".".join(path.relative_to(ROOT).with_suffix("").parts)
