@@ -69,10 +69,6 @@ def normalize_configs(cfg: Any) -> tuple[list[QuantConfig], bool]:
     return configs, was_list
 
 
-def _has_own(method: Method, attr: str) -> bool:
-    return getattr(type(method), attr) is not getattr(Method, attr)
-
-
 def _whole_model(cfg: QuantConfig) -> bool:
     """True for methods whose layers change after every layer is replaced (``finalize``: QAT's fine-tune)."""
     return bool(method_for(cfg).finalize_changes_layers)
@@ -199,7 +195,7 @@ def layer_error(
     root = qm.module
     order = [n for n, _ in root.named_modules() if any(n in p.assign for p in plans.values())]
 
-    shared = [c for c in configs if not _has_own(method_for(c), "prepare") or _whole_model(c)]
+    shared = [c for c in configs if not method_for(c).has_prepare or _whole_model(c)]
     inputs = capture_inputs(qm, calib, order, max_rows) if shared else {}
 
     shape = (len(order), len(configs))
@@ -210,7 +206,7 @@ def layer_error(
         if _whole_model(c):  # QAT: the layers are what the whole-model fine-tune leaves
             setups.append((method, qm, inputs, None, _finished_layers(qm, c, calib, list(plans[c.label].assign),
                                                                        max_rows)))
-        elif _has_own(method, "prepare"):  # the method changes the model first: measure on its own copy
+        elif method.has_prepare:  # model-level work first (it may change the model): measure on its own copy
             work = qm.copy()
             names = list(plans[c.label].assign)
             state = method.prepare(work, c, calib, {n: work.module.get_submodule(n) for n in names})

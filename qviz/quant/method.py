@@ -222,6 +222,11 @@ class Method:
         """True when the method has model-level work before its layers (it overrides :meth:`prepare`)."""
         return type(self).prepare is not Method.prepare
 
+    @property
+    def has_finalize(self) -> bool:
+        """True when the method has model-level work after its layers (it overrides :meth:`finalize`)."""
+        return type(self).finalize is not Method.finalize
+
     # ----------------------------------------------------------------- what it does to the model
     def changes_model(self, cfg: QuantConfig) -> bool:
         """True when :meth:`prepare` changes the model copy outside the quantized layers.

@@ -88,6 +88,8 @@ def test_what_the_methods_declare_about_the_model():
     assert "RTN w4 g64 asym" in weight_only and "GPTQ w3 g64 act" in weight_only
     assert not {"RTN w8 ch sym a8/token", "bnb int8 t6.0", "SmoothQuant a0.5 w8a8/tensor"} & weight_only
     assert [c.label for c in EXAMPLES if method_for(c).packs(c)] == ["RTN w4 g64 asym"]
+    assert not method_for(qviz.RTN()).has_prepare and method_for(qviz.GPTQ()).has_prepare
+    assert method_for(qviz.QAT()).has_finalize and not method_for(qviz.BnbNF4()).has_finalize
 
 
 def test_menu_methods_build_their_configs_from_controls():
