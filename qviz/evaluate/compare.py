@@ -271,13 +271,13 @@ def _chunks_dict(d: dict[str, torch.Tensor], n_chunks: int) -> list[dict[str, to
 
 
 def _serialized(ctx: _Context, q: QvizModel, cfg: Any) -> float:
-    from qviz.quant.config import RTN
+    from qviz.quant.registry import method_for
 
     try:
         return float(size_mod.serialized_size(q)["file_bytes"])
     except ValueError:
         pass
-    if isinstance(cfg, RTN) and cfg.act_bits is None:
+    if method_for(cfg).packs(cfg):  # the method stores this config as packed codes
         from qviz.quant.api import quantize
 
         packed = quantize(ctx.model, cfg, calib=ctx.calib, progress=False, packed=True)

@@ -26,11 +26,12 @@ Examples
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from qviz.quant.method import FormatBits
 
 __all__ = [
     "BASELINES",
@@ -50,47 +51,17 @@ DEFAULT_ROW_LENGTH = 8192
 """Row length (input features) assumed for per-channel overheads: Llama-2-70B's hidden size."""
 
 
-@dataclass(frozen=True)
-class FormatBits:
-    """Bits per weight of a format: code bits plus overhead, and what the overhead is.
-
-    Examples
-    --------
-    >>> FormatBits("x", 4.0, 0.25, "a float16 scale per 64 weights").total_bits
-    4.25
-    """
-
-    label: str
-    code_bits: float
-    overhead_bits: float
-    overhead: str
-
-    @property
-    def total_bits(self) -> float:
-        """Code bits plus overhead bits per weight."""
-        return self.code_bits + self.overhead_bits
-
-
 def _check_row_length(row_length: Any) -> int:
     if not isinstance(row_length, (int, np.integer)) or isinstance(row_length, bool) or row_length < 1:
         raise ValueError(f"row_length must be a positive int (input features of a layer); got {row_length!r}.")
     return int(row_length)
 
 
-def _rtn_like(label: str, bits: int, group: Any, symmetric: bool, row_length: int) -> FormatBits:
-    per = {"tensor": None, None: row_length}.get(group, group)
-    parts = "a float16 scale" + ("" if symmetric else " and a uint8 zero point")
-    if per is None:
-        return FormatBits(label, float(bits), 0.0, f"{parts} per tensor (negligible)")
-    extra = (16 + (0 if symmetric else 8)) / per
-    where = f"per group of {per} weights" if group not in (None, "tensor") else f"per row of {per} weights"
-    return FormatBits(label, float(bits), extra, f"{parts} {where}")
-
-
 def format_bits(cfg: Any, *, row_length: int = DEFAULT_ROW_LENGTH) -> FormatBits:
     """Bits per weight of ``cfg``'s storage format, split into code bits and overhead.
 
-    The accounting is the one :func:`qviz.quantize` records: RTN/GPTQ/AWQ/QAT
+    Each method declares its accounting (:meth:`~qviz.quant.method.Method.format_bits`).
+    It is the one :func:`qviz.quantize` records: RTN/GPTQ/AWQ/QAT
     codes packed tightly, one float16 scale (and, asymmetric, one uint8 zero
     point) per group or row; LLM.int8 one float32 absmax per row; NF4/FP4 one
     float32 absmax per block (double quantization: one uint8 per block plus one
@@ -112,7 +83,7 @@ def format_bits(cfg: Any, *, row_length: int = DEFAULT_ROW_LENGTH) -> FormatBits
     >>> format_bits(qviz.BnbNF4(double_quant=True)).overhead
     'a uint8 absmax per block of 64 weights plus a float32 absmax per 256 blocks'
     """
-    from qviz.quant.config import AWQ, GPTQ, QAT, RTN, BnbInt8, QuantConfig, SmoothQuant, _Bnb4bit
+    from qviz.quant.config import QuantConfig
 
     row_length = _check_row_length(row_length)
     if isinstance(cfg, str):
@@ -124,35 +95,10 @@ def format_bits(cfg: Any, *, row_length: int = DEFAULT_ROW_LENGTH) -> FormatBits
                 f"(qviz.RTN(bits=4), qviz.BnbNF4(), ...) or one of {', '.join(BASELINES)}."
             )
         return FormatBits(cfg, float(BASELINES[cfg]), 0.0, "none")
-    if isinstance(cfg, (RTN, QAT)):
-        return _rtn_like(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length)
-    if isinstance(cfg, GPTQ):
-        f = _rtn_like(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length)
-        return FormatBits(f.label, f.code_bits, f.overhead_bits, f.overhead + " (static groups: no column index is stored)")
-    if isinstance(cfg, AWQ):
-        f = _rtn_like(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length)
-        return FormatBits(f.label, f.code_bits, f.overhead_bits, f.overhead + " (input scales folded into the previous layer)")
-    if isinstance(cfg, SmoothQuant):
-        f = _rtn_like(cfg.label, cfg.w_bits, None, True, row_length)
-        return FormatBits(f.label, f.code_bits, f.overhead_bits, f.overhead + " (smoothing scales folded into the norm)")
-    if isinstance(cfg, BnbInt8):
-        return FormatBits(cfg.label, 8.0, 32 / row_length, f"a float32 absmax per row of {row_length} weights")
-    if isinstance(cfg, _Bnb4bit):
-        b = cfg.blocksize
-        if cfg.double_quant:
-            return FormatBits(
-                cfg.label, 4.0, 8 / b + 32 / (b * 256),
-                f"a uint8 absmax per block of {b} weights plus a float32 absmax per 256 blocks",
-            )
-        return FormatBits(cfg.label, 4.0, 32 / b, f"a float32 absmax per block of {b} weights")
     if isinstance(cfg, QuantConfig):
-        from qviz.quant.registry import method_for
+        from qviz.quant.registry import method_for  # lazy: loads every method (torch, numba)
 
-        rule = getattr(method_for(cfg), "format_bits", None)  # a method declares its own accounting
-        if rule is not None:
-            bits = rule(cfg, row_length)  # a FormatBits, or (code_bits, overhead_bits, overhead text)
-            return bits if isinstance(bits, FormatBits) else FormatBits(cfg.label, *bits)
-        raise TypeError(f"qviz does not know the storage format of {type(cfg).__name__}; give it a format_bits rule.")
+        return method_for(cfg).format_bits(cfg, row_length)  # each method declares its own accounting
     raise TypeError(
         f"cfg must be a quantization config (qviz.RTN(...), qviz.BnbNF4(), ...) or one of "
         f"{', '.join(BASELINES)}; got {type(cfg).__name__}."

@@ -45,8 +45,8 @@ from torch import nn
 from qviz.methods._common import check_matrix, layer_weight, replacement_for
 from qviz.quant.config import AWQ
 from qviz.quant.granularity import granularity_of
+from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register, scale_format_bits
 from qviz.quant.primitives import check_bits, check_group_size, fake_quantize_codes, fake_quantize_values, rtn_nbytes
-from qviz.quant.registry import LayerQuant, Method, register
 
 __all__ = ["AWQApplied", "awq_apply", "awq_scales", "awq_search", "AWQMethod"]
 
@@ -287,9 +287,27 @@ class AWQMethod(Method):
     (relative output error on the calibration inputs, after AWQ and for RTN).
     """
 
+    label = "AWQ"
+    menu_position = 5
+    controls = ("bits", "group_size", "symmetric")
     needs_inputs = True
     sequential = False
     layer_types = ("linear",)
+
+    def config_from_controls(self, c: Controls) -> AWQ:
+        """``AWQ(bits, group_size, symmetric)`` from the explorer's knobs."""
+        if c.group_size == "tensor":
+            raise ValueError("AWQ takes a group size or 'channel', not 'tensor'.")
+        return AWQ(bits=c.bits, group_size=c.group_size, symmetric=bool(c.symmetric))
+
+    def changes_model(self, cfg: AWQ) -> bool:
+        """True: :meth:`prepare` folds ``1/s`` into the preceding norms of the copy."""
+        return True
+
+    def format_bits(self, cfg: AWQ, row_length: int) -> FormatBits:
+        """Packed codes and a float16 scale (and uint8 zero point) per group; input scales folded away."""
+        return scale_format_bits(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length,
+                                 " (input scales folded into the previous layer)")
 
     def prepare(self, model: Any, cfg: AWQ, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.methods._model import as_qviz_model, find_input_groups, fold_scale_

@@ -49,8 +49,8 @@ from torch import nn
 from qviz.methods._common import check_matrix, conv_patches, layer_weight, replacement_for
 from qviz.quant.config import GPTQ
 from qviz.quant.granularity import granularity_of
+from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register, scale_format_bits
 from qviz.quant.primitives import check_bits, check_group_size, choose_qparams, fake_quantize_values, rtn_nbytes
-from qviz.quant.registry import LayerQuant, Method, register
 
 __all__ = ["GPTQResult", "gptq_hessian", "gptq_quantize_weight", "hessian_loss", "GPTQMethod"]
 
@@ -314,9 +314,23 @@ class GPTQMethod(Method):
     unusually high and returns the per-layer numbers as a Dataset under ``"gptq"``.
     """
 
+    label = "GPTQ"
+    menu_position = 6
+    controls = ("bits", "group_size", "symmetric")
     needs_inputs = True
     sequential = True
     layer_types = ("linear", "conv2d")
+
+    def config_from_controls(self, c: Controls) -> GPTQ:
+        """``GPTQ(bits, group_size, symmetric)`` from the explorer's knobs."""
+        if c.group_size == "tensor":
+            raise ValueError("GPTQ takes a group size or 'channel', not 'tensor'.")
+        return GPTQ(bits=c.bits, group_size=c.group_size, symmetric=bool(c.symmetric))
+
+    def format_bits(self, cfg: GPTQ, row_length: int) -> FormatBits:
+        """Packed codes and a float16 scale (and uint8 zero point) per static group."""
+        return scale_format_bits(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length,
+                                 " (static groups: no column index is stored)")
 
     def prepare(self, model: Any, cfg: GPTQ, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         return {"layers": {}}

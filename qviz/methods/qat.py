@@ -38,8 +38,8 @@ from qviz.methods._common import layer_weight
 from qviz.quant.config import QAT
 from qviz.quant.granularity import granularity_of
 from qviz.quant.modules import fake_quant_activation
+from qviz.quant.method import FormatBits, LayerQuant, Method, register, scale_format_bits
 from qviz.quant.primitives import check_bits, check_group_size, fake_quantize_ste, rtn_nbytes
-from qviz.quant.registry import LayerQuant, Method, register
 
 __all__ = ["QATConv2d", "QATLinear", "QATMethod", "qat_finetune"]
 
@@ -289,6 +289,10 @@ class QATMethod(Method):
     sequential = False
     finalize_changes_layers = True
     layer_types = ("linear", "conv2d")
+
+    def format_bits(self, cfg: QAT, row_length: int) -> FormatBits:
+        """Packed codes and a float16 scale (and uint8 zero point) per group or row, as RTN stores them."""
+        return scale_format_bits(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length)
 
     def prepare(self, model: Any, cfg: QAT, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.methods._model import as_qviz_model

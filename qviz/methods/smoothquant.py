@@ -40,8 +40,8 @@ from torch import nn
 from qviz.methods._common import check_alpha, layer_weight, replacement_for
 from qviz.quant.config import SmoothQuant
 from qviz.quant.granularity import PerChannel
+from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register, scale_format_bits
 from qviz.quant.primitives import fake_quantize_values, rtn_nbytes
-from qviz.quant.registry import LayerQuant, Method, register
 
 __all__ = ["SmoothQuantMethod", "smoothing_factors", "smoothing_ranges", "smoothquant_alpha_sweep"]
 
@@ -225,9 +225,29 @@ class SmoothQuantMethod(Method):
     activation channel-range ratio before and after smoothing.
     """
 
+    label = "SmoothQuant"
+    menu_position = 4
+    controls = ("bits", "alpha")
     needs_inputs = False
     sequential = False
     layer_types = ("linear",)
+
+    def config_from_controls(self, c: Controls) -> SmoothQuant:
+        """``SmoothQuant(alpha, w_bits=bits)`` from the explorer's knobs."""
+        return SmoothQuant(alpha=float(c.alpha), w_bits=c.bits)
+
+    def changes_model(self, cfg: SmoothQuant) -> bool:
+        """True: :meth:`prepare` folds ``1/s`` into the preceding norms of the copy."""
+        return True
+
+    def weight_only(self, cfg: SmoothQuant) -> bool:
+        """False: the smoothed activations are fake-quantized too (W8A8)."""
+        return False
+
+    def format_bits(self, cfg: SmoothQuant, row_length: int) -> FormatBits:
+        """Symmetric per-channel codes (one float16 scale per row); the smoothing scales live in the norm."""
+        return scale_format_bits(cfg.label, cfg.w_bits, None, True, row_length,
+                                 " (smoothing scales folded into the norm)")
 
     def prepare(self, model: Any, cfg: SmoothQuant, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.methods._model import as_qviz_model

@@ -31,8 +31,8 @@ from torch import nn
 
 from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
-from qviz.quant.config import RTN, BnbFP4, BnbNF4, QuantConfig
-from qviz.quant.primitives import check_tensor, count_nonfinite, fake_quantize_values
+from qviz.quant.config import QuantConfig
+from qviz.quant.primitives import check_tensor, count_nonfinite
 from qviz.quant.registry import Method, method_for
 
 MAX_ROWS = 4096
@@ -160,30 +160,12 @@ def quantize_tensor(weight: Any, cfg: QuantConfig) -> QuantizedTensor:
     """
     method = method_for(cfg)
     w, like = _as_2d(weight)
-    builder = getattr(method, "quantize_tensor", None)
-    if builder is not None:
-        codes, scale, zero, nbytes, dequant = builder(w, cfg)
-    else:
-        codes, scale, zero, nbytes, dequant = _via_layer(method, w, cfg)
+    codes, scale, zero, nbytes, dequant = method.quantize_tensor(w, cfg)
     warn_if_zeroed("the tensor", w, dequant(), cfg)
     if like[0]:  # numpy in, numpy out
         codes, scale = codes.cpu().numpy(), scale.cpu().numpy()
         zero = None if zero is None else zero.cpu().numpy()
     return QuantizedTensor(codes, scale, zero, cfg, like[1], int(nbytes), dequant, like)
-
-
-def _via_layer(method: Method, w: torch.Tensor, cfg: QuantConfig) -> tuple:
-    if method.needs_inputs:
-        raise TypeError(
-            f"{type(cfg).__name__} needs calibration inputs, so it cannot quantize a lone tensor. "
-            "Use qviz.quantize(model, cfg, calib=batch) or qviz.layer_error(model, cfg, calib=batch)."
-        )
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device)
-    with torch.no_grad():
-        lin.weight.copy_(w)
-    lq = method.quantize_layer("tensor", lin, cfg, None, None)
-    w_hat = lq.weight_hat.detach().float()
-    return w_hat, torch.ones(1), None, lq.nbytes, lambda: w_hat
 
 
 def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
@@ -211,30 +193,16 @@ def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
     >>> w_hat.dtype, bool(np.abs(w_hat - w).max() < 0.02)
     (dtype('float32'), True)
     """
-    from qviz.gpu import available
+    from qviz.gpu import available  # lazy: the GPU backend loads Triton
 
+    method = method_for(cfg)
     on_gpu = available(weight)  # the fused Triton kernels check NaN/Inf in their own single pass
-    if isinstance(cfg, RTN):
-        method_for(cfg)  # a registered config (always true for RTN)
-        w, like = _as_2d(weight, check_finite=not on_gpu)
-        w_hat = fake_quantize_values(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
-                                     clip_search=cfg.clip_search, check_finite=not on_gpu)
-        warn_if_zeroed("the tensor", w, w_hat, cfg)
-        return _restore(w_hat, like)
-    if isinstance(cfg, (BnbNF4, BnbFP4)) and not cfg.double_quant:
-        method_for(cfg)
-        w, like = _as_2d(weight, check_finite=not on_gpu)
-        if w.device.type == "cpu":  # the Numba kernel: bitsandbytes' arithmetic, one fused pass
-            import kernels_numba as kn
-
-            w_hat, _ = kn.fake_quantize_4bit(np.ascontiguousarray(w.numpy()), cfg.blocksize, cfg.quant_type)
-            warn_if_zeroed("the tensor", w, torch.from_numpy(w_hat), cfg)
-            return _restore(torch.from_numpy(w_hat), like)
-        if on_gpu:  # the Triton twin of that kernel, bit-identical
-            from qviz.gpu.fakequant import codebook_blocks
-
-            return _restore(codebook_blocks(w, cfg.blocksize, cfg.quant_type).x_hat, like)
-    return quantize_tensor(weight, cfg).dequantize()
+    w, like = _as_2d(weight, check_finite=not on_gpu)
+    w_hat = method.fake_quantize(w, cfg, check_finite=not on_gpu)  # the method's fused pass, if it has one
+    if w_hat is None:
+        return quantize_tensor(weight, cfg).dequantize()
+    warn_if_zeroed("the tensor", w, w_hat, cfg)
+    return _restore(w_hat, like)
 
 
 class QuantizedToZeroWarning(UserWarning):
@@ -435,7 +403,7 @@ def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip:
                 "input feature, which a grouped or depthwise convolution does not give; left in full precision"
             )
             continue
-        refusal = method.refuse(name, tuple(weight_matrix(module).shape), c) if hasattr(method, "refuse") else None
+        refusal = method.refuse(name, tuple(weight_matrix(module).shape), c)
         if refusal:
             skipped[name] = refusal
             continue
@@ -509,14 +477,12 @@ def check_not_quantized(model: QvizModel | nn.Module, who: str) -> None:
 def _replacement_problem(name: str, original: nn.Module, new: nn.Module, root: nn.Module, method: Method,
                          cfg: QuantConfig) -> str | None:
     """Why the replacement ``new`` of layer ``name`` cannot stand in for ``original`` in ``root``, or None."""
-    from qviz.quant.error import is_weight_only
-
     parent_name = name.rpartition(".")[0]
     parent = root.get_submodule(parent_name) if parent_name else None
     if isinstance(parent, nn.MultiheadAttention):
         w = getattr(new, "weight", None)
         fits = isinstance(w, torch.Tensor) and w.is_floating_point() and w.shape == original.weight.shape
-        if not (fits and is_weight_only(method, cfg)):
+        if not (fits and method.weight_only(cfg)):
             return (
                 f"it is the out_proj of an nn.MultiheadAttention, which reads out_proj.weight directly and never "
                 f"calls the layer, so {cfg.label}'s {type(new).__name__} would break it or be bypassed; "
@@ -819,7 +785,7 @@ def quantize(
             x = as_rows(module, raw.to(_device_of(module)))  # [rows, in], on the layer's device
         lq = method.quantize_layer(name, module, c, x, states[c])
         new = lq.module
-        if packed and hasattr(method, "pack"):
+        if packed:
             new = method.pack(module, c) or new
         warn_if_zeroed(f"layer {name!r}", weight_matrix(module).float(), lq.weight_hat, c)
         problem = _replacement_problem(name, module, new, root, method, c)

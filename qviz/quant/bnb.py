@@ -35,7 +35,7 @@ from torch import nn
 
 from qviz.models import weight_matrix
 from qviz.quant.config import BnbFP4, BnbInt8, BnbNF4, QuantConfig, _Bnb4bit
-from qviz.quant.registry import LayerQuant, Method, register
+from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register
 from qviz.quant.bnb_ops import absmax_4bit, dequantize_4bit, nbytes_4bit, unpack_4bit
 from qviz.quant.rtn import module_bias, output_without_bias
 
@@ -106,9 +106,25 @@ def int8_nbytes(cb: torch.Tensor, scb: torch.Tensor) -> int:
 class BnbInt8Method(Method):
     """LLM.int8 through bitsandbytes ``Linear8bitLt``."""
 
+    label = "Int8"
+    menu_position = 3
+    controls = ("threshold",)
     needs_inputs = False
     sequential = False
+    data_free = True
     layer_types = ("linear",)
+
+    def config_from_controls(self, c: Controls) -> BnbInt8:
+        """``BnbInt8(threshold)`` from the explorer's knobs."""
+        return BnbInt8(threshold=float(c.threshold))
+
+    def storage_nbytes(self, shape: tuple[int, int], cfg: BnbInt8) -> int:
+        """What :func:`int8_nbytes` counts for an ``(out, in)`` weight: one byte per code, a float32 absmax per row."""
+        return int(shape[0]) * int(shape[1]) + 4 * int(shape[0])
+
+    def format_bits(self, cfg: BnbInt8, row_length: int) -> FormatBits:
+        """int8 codes and a float32 absmax per row."""
+        return FormatBits(cfg.label, 8.0, 32 / row_length, f"a float32 absmax per row of {row_length} weights")
 
     def quantize_layer(self, name: str, module: nn.Module, cfg: BnbInt8, inputs: torch.Tensor | None,
                        state: Any) -> LayerQuant:
@@ -195,9 +211,49 @@ def cpu_kernel_for(cfg: _Bnb4bit, shape: tuple[int, int], device: torch.device |
 
 
 class _Bnb4bitMethod(Method):
+    controls = ("group_size",)
     needs_inputs = False
     sequential = False
+    data_free = True
     layer_types = ("linear",)
+
+    def config_from_controls(self, c: Controls) -> _Bnb4bit:
+        """The format with the group-size knob as its block size (per channel: the default 64)."""
+        if c.group_size == "tensor":
+            raise ValueError(f"{self.label} quantizes in blocks; give a block size such as 64 (not 'tensor').")
+        return self.config_type(blocksize=64 if c.group_size is None else c.group_size)
+
+    def fake_quantize(self, w: torch.Tensor, cfg: _Bnb4bit, *, check_finite: bool) -> torch.Tensor | None:
+        """bitsandbytes' arithmetic in one fused pass: the Numba kernel on the CPU, its Triton twin on CUDA.
+
+        None with double quantization (bitsandbytes itself runs) or on another device.
+        """
+        if cfg.double_quant:
+            return None
+        if w.device.type == "cpu":
+            import numpy as np
+
+            import kernels_numba as kn  # lazy: importing it compiles Numba kernels
+
+            w_hat, _ = kn.fake_quantize_4bit(np.ascontiguousarray(w.numpy()), cfg.blocksize, cfg.quant_type)
+            return torch.from_numpy(w_hat)
+        from qviz.gpu import available  # lazy: the GPU backend loads Triton
+
+        if available(w):
+            from qviz.gpu.fakequant import codebook_blocks
+
+            return codebook_blocks(w, cfg.blocksize, cfg.quant_type).x_hat
+        return None
+
+    def format_bits(self, cfg: _Bnb4bit, row_length: int) -> FormatBits:
+        """4-bit codes and a float32 absmax per block (double quantization: a uint8 per block plus a float32 per 256)."""
+        b = cfg.blocksize
+        if cfg.double_quant:
+            return FormatBits(
+                cfg.label, 4.0, 8 / b + 32 / (b * 256),
+                f"a uint8 absmax per block of {b} weights plus a float32 absmax per 256 blocks",
+            )
+        return FormatBits(cfg.label, 4.0, 32 / b, f"a float32 absmax per block of {b} weights")
 
     def quantize_layer(self, name: str, module: nn.Module, cfg: _Bnb4bit, inputs: torch.Tensor | None,
                        state: Any) -> LayerQuant:
@@ -263,7 +319,13 @@ class _Bnb4bitMethod(Method):
 class BnbNF4Method(_Bnb4bitMethod):
     """4-bit NormalFloat through bitsandbytes."""
 
+    label = "NF4"
+    menu_position = 1
+
 
 @register(BnbFP4)
 class BnbFP4Method(_Bnb4bitMethod):
     """4-bit float (e2m1) through bitsandbytes."""
+
+    label = "FP4"
+    menu_position = 2

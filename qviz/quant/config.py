@@ -1,7 +1,9 @@
 """Quantization configs: frozen dataclasses that validate themselves.
 
 One config type per method; :func:`qviz.quantize` dispatches on the type
-through :mod:`qviz.quant.registry`. ``cfg.label`` is the readable name used as
+through :mod:`qviz.quant.registry`. This module is the bottom layer: it imports
+no method and no registry (:func:`qviz.quant.registry.config_from_json` reads
+configs back from JSON). ``cfg.label`` is the readable name used as
 the ``config`` coordinate of every result Dataset.
 
 Examples
@@ -75,7 +77,7 @@ class QuantConfig:
         """The config as a JSON string (``{"method": ..., fields...}``), for Dataset attrs.
 
         A field holding another config (``Rotated.inner``, ``PerLayer``'s rules) is written as
-        that config's own JSON object, so :func:`config_from_json` rebuilds it.
+        that config's own JSON object, so :func:`qviz.quant.registry.config_from_json` rebuilds it.
         """
         return json.dumps(_json_value(self))
 
@@ -101,13 +103,13 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _from_json_value(value: Any, types: dict[str, type]) -> Any:
+def from_json_value(value: Any, types: dict[str, type]) -> Any:
     """Inverse of :func:`_json_value`: every object with a ``"method"`` key becomes its config."""
     if isinstance(value, list):
-        return [_from_json_value(v, types) for v in value]
+        return [from_json_value(v, types) for v in value]
     if not isinstance(value, dict):
         return value
-    data = {k: _from_json_value(v, types) for k, v in value.items()}
+    data = {k: from_json_value(v, types) for k, v in value.items()}
     if "method" not in data:
         return data
     name = data.pop("method")
@@ -118,25 +120,6 @@ def _from_json_value(value: Any, types: dict[str, type]) -> Any:
     if unknown:
         raise ValueError(f"{name} has no field(s) {unknown}; its fields are {fields}. Was the JSON written by another qviz version?")
     return types[name](**data)
-
-
-def config_from_json(text: str) -> QuantConfig:
-    """Inverse of :meth:`QuantConfig.to_json`.
-
-    Examples
-    --------
-    >>> config_from_json(RTN(bits=3).to_json()) == RTN(bits=3)
-    True
-    """
-    from qviz.quant.registry import known_config_types
-
-    try:
-        data = json.loads(text)
-    except (TypeError, json.JSONDecodeError) as err:
-        raise ValueError(f"config_from_json takes the JSON text of QuantConfig.to_json(); got {str(text)[:60]!r} ({err}).") from err
-    if not isinstance(data, dict) or "method" not in data:
-        raise ValueError(f'config JSON must be an object with a "method" key, e.g. {RTN().to_json()!r}; got {str(text)[:60]!r}.')
-    return _from_json_value(data, {t.__name__: t for t in known_config_types()})
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
 from qviz.quant.api import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, plan, reusable
 from qviz.quant.config import QuantConfig
+from qviz.quant.method import weight_only_output
 from qviz.quant.registry import LayerQuant, Method, method_for
 from qviz.quant.rtn import output_without_bias
 
@@ -66,10 +67,6 @@ def normalize_configs(cfg: Any) -> tuple[list[QuantConfig], bool]:
     if dupes:
         raise ValueError(f"Configs must be distinct; {dupes} appear more than once. Remove the duplicates.")
     return configs, was_list
-
-
-def _has_own(method: Method, attr: str) -> bool:
-    return getattr(type(method), attr) is not getattr(Method, attr)
 
 
 def _whole_model(cfg: QuantConfig) -> bool:
@@ -104,15 +101,6 @@ def _finished_layers(qm: QvizModel, cfg: QuantConfig, calib: Any, names: list[st
     return finished
 
 
-def weight_only_output(module: nn.Module, x: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
-    """``x`` through ``module``'s operation with weight ``w_hat [out, in]`` and no bias."""
-    if isinstance(module, nn.Conv2d):
-        return module._conv_forward(x, w_hat.reshape(module.weight.shape).to(x.dtype), None)
-    if isinstance(module, nn.Conv1d):
-        return module._conv_forward(x, w_hat.reshape(module.weight.shape).to(x.dtype), None)
-    return nn.functional.linear(x, w_hat.to(x.dtype))
-
-
 def quantized_output(method: Method, lq: LayerQuant, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the quantized layer computes on its raw input ``x``, bias removed.
 
@@ -128,12 +116,9 @@ def quantized_output(method: Method, lq: LayerQuant, module: nn.Module, x: torch
 def is_weight_only(method: Method, cfg: QuantConfig) -> bool:
     """True when the quantized layer computes ``x W_hat^T`` exactly (no activation quantization).
 
-    A method says so with ``weight_only(cfg)``; one without ``layer_output`` is weight-only by construction.
+    Every method declares it (:meth:`~qviz.quant.method.Method.weight_only`; default True).
     """
-    fn = getattr(method, "weight_only", None)
-    if fn is not None:
-        return bool(fn(cfg))
-    return getattr(method, "layer_output", None) is None
+    return bool(method.weight_only(cfg))
 
 
 def _sq(t: torch.Tensor) -> float:
@@ -210,7 +195,7 @@ def layer_error(
     root = qm.module
     order = [n for n, _ in root.named_modules() if any(n in p.assign for p in plans.values())]
 
-    shared = [c for c in configs if not _has_own(method_for(c), "prepare") or _whole_model(c)]
+    shared = [c for c in configs if not method_for(c).has_prepare or _whole_model(c)]
     inputs = capture_inputs(qm, calib, order, max_rows) if shared else {}
 
     shape = (len(order), len(configs))
@@ -221,7 +206,7 @@ def layer_error(
         if _whole_model(c):  # QAT: the layers are what the whole-model fine-tune leaves
             setups.append((method, qm, inputs, None, _finished_layers(qm, c, calib, list(plans[c.label].assign),
                                                                        max_rows)))
-        elif _has_own(method, "prepare"):  # the method changes the model first: measure on its own copy
+        elif method.has_prepare:  # model-level work first (it may change the model): measure on its own copy
             work = qm.copy()
             names = list(plans[c.label].assign)
             state = method.prepare(work, c, calib, {n: work.module.get_submodule(n) for n in names})

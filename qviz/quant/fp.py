@@ -1,6 +1,6 @@
 """Floating-point weight formats: FP8 (E4M3/E5M2), OCP MX (MXFP4, MXFP6, MXFP8) and NVFP4, as registered methods.
 
-Configs (frozen dataclasses) and their :class:`~qviz.quant.registry.Method`
+Configs (frozen dataclasses) and their :class:`~qviz.quant.method.Method`
 handlers; the arithmetic is :mod:`kernels_numba.fp` (numpy in, numpy out).
 
 * :class:`FP8`: E4M3 or E5M2 codes with a float32 scale ``amax / max`` per
@@ -42,7 +42,7 @@ from qviz.models import weight_matrix
 from qviz.quant.actquant import ActSpec, act_module, calibrate_act_amax, check_act_fields
 from qviz.quant.config import QuantConfig
 from qviz.quant.modules import packed_nbytes
-from qviz.quant.registry import LayerQuant, Method, register
+from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register
 from qviz.quant.rtn import output_without_bias
 
 __all__ = ["FP8", "MXFP4", "MXFP6", "MXFP8", "NVFP4", "FPFormatMethod"]
@@ -398,10 +398,28 @@ class FPFormatMethod(WeightFormatMethod):
         """Bytes stored for an ``(out, in)`` weight: :func:`fp_nbytes`."""
         return fp_nbytes(shape, cfg)
 
-    def format_bits(self, cfg: Any, row_length: int) -> tuple[float, float, str]:
+    def format_bits(self, cfg: Any, row_length: int) -> FormatBits:
         """Code and overhead bits per weight: :func:`fp_format_bits`."""
-        return fp_format_bits(cfg, row_length)
+        return FormatBits(cfg.label, *fp_format_bits(cfg, row_length))
+
+    def config_from_controls(self, c: Controls) -> QuantConfig:
+        """The format at its defaults (its block size is part of the format)."""
+        return self.config_type()
 
 
-for _cfg in (FP8, MXFP4, MXFP6, MXFP8, NVFP4):
-    register(_cfg)(type(f"{_cfg.__name__}Method", (FPFormatMethod,), {"__doc__": f"{_cfg.__name__} weights."}))
+@register(FP8)
+class FP8Method(FPFormatMethod):
+    """FP8 weights; the explorer's group-size knob is the scale granularity."""
+
+    label = "FP8"
+    menu_position = 8
+    controls = ("group_size",)
+
+    def config_from_controls(self, c: Controls) -> FP8:
+        """``FP8(granularity=group_size)`` (per channel: ``"channel"``)."""
+        return FP8(granularity="channel" if c.group_size is None else c.group_size)
+
+
+for _position, _cfg in enumerate((MXFP4, MXFP6, MXFP8, NVFP4), start=9):
+    register(_cfg)(type(f"{_cfg.__name__}Method", (FPFormatMethod,), {
+        "__doc__": f"{_cfg.__name__} weights.", "label": _cfg.__name__, "menu_position": _position}))

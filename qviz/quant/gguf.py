@@ -44,7 +44,7 @@ from kernels_numba.gguf import GGUF_TYPES, dequantize_gguf, gguf_nbytes, quantiz
 from qviz.models import weight_matrix
 from qviz.quant.config import QuantConfig
 from qviz.quant.gguf_mix import FILE_TYPES, tensor_types
-from qviz.quant.registry import LayerQuant, Method, register
+from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register
 
 NAMES = tuple(dict.fromkeys([*FILE_TYPES, *GGUF_TYPES]))
 """Every name :class:`GGUF` accepts: llama.cpp file types, then block types."""
@@ -159,13 +159,27 @@ def quantize_weight(w: torch.Tensor, type_name: str, imatrix: np.ndarray | None 
     return packed, torch.from_numpy(dequantize_gguf(packed, type_name, x.shape[1]))
 
 
+GGUF_BY_BITS = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: "Q8_0"}
+"""The GGUF block type an explorer's bits control picks."""
+
+
 @register(GGUF)
 class GGUFMethod(Method):
     """GGUF block quantization (llama.cpp's reference quantizers), optionally importance-weighted."""
 
+    label = "GGUF"
+    menu_position = 7
+    controls = ("bits",)
     needs_inputs = False
     sequential = False
     layer_types = ("linear",)
+
+    def config_from_controls(self, c: Controls) -> GGUF:
+        """The GGUF block type of the bits knob (:data:`GGUF_BY_BITS`)."""
+        if c.bits not in GGUF_BY_BITS:
+            raise ValueError(f"GGUF has no {c.bits}-bit type; pick bits from {sorted(GGUF_BY_BITS)} "
+                             f"({', '.join(GGUF_BY_BITS.values())}).")
+        return GGUF(GGUF_BY_BITS[c.bits])
 
     def refuse(self, name: str, shape: tuple[int, int], cfg: GGUF) -> str | None:
         """Why ``cfg`` leaves a layer of weight ``shape`` ``(out, in)`` in full precision (None: it quantizes it)."""
@@ -246,10 +260,8 @@ class GGUFMethod(Method):
         """True: the replacement computes ``x W_hat^T``."""
         return True
 
-    def format_bits(self, cfg: GGUF, row_length: int) -> Any:
+    def format_bits(self, cfg: GGUF, row_length: int) -> FormatBits:
         """Bits per weight of the format; for a file type, over Llama-2-70B's tensors as llama-quantize types them."""
-        from qviz.evaluate.size import FormatBits
-
         if not cfg.is_mix:
             t = GGUF_TYPES[cfg.base_type]
             code = float(_CODE_BITS[t.name])

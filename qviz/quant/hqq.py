@@ -36,8 +36,8 @@ import torch
 from qviz.quant.fp import WeightFormatMethod, _ActFields
 from qviz.quant.granularity import Granularity, PerTensor, granularity_of
 from qviz.quant.modules import packed_nbytes
+from qviz.quant.method import Controls, FormatBits, register
 from qviz.quant.primitives import check_bits, check_group_size
-from qviz.quant.registry import register
 
 __all__ = ["HQQ", "HQQParams", "hqq_qparams", "hqq_quantize", "hqq_dequantize", "shrink_lp"]
 
@@ -213,6 +213,14 @@ def hqq_nbytes(shape: tuple[int, int], cfg: HQQ) -> int:
 class HQQMethod(WeightFormatMethod):
     """HQQ: data-free; quantizes on the weight's own device with torch."""
 
+    label = "HQQ"
+    menu_position = 13
+    controls = ("bits", "group_size")
+
+    def config_from_controls(self, c: Controls) -> HQQ:
+        """``HQQ(bits, group_size)`` from the explorer's knobs."""
+        return HQQ(bits=c.bits, group_size=c.group_size)
+
     def weights(self, w: torch.Tensor, cfg: HQQ) -> tuple:
         qp = hqq_qparams(w, cfg)
         codes = hqq_quantize(w, qp)
@@ -222,9 +230,10 @@ class HQQMethod(WeightFormatMethod):
         """Bytes stored for an ``(out, in)`` weight: :func:`hqq_nbytes`."""
         return hqq_nbytes(shape, cfg)
 
-    def format_bits(self, cfg: HQQ, row_length: int) -> tuple[float, float, str]:
+    def format_bits(self, cfg: HQQ, row_length: int) -> FormatBits:
         """Code bits plus a float16 scale and zero point per group (or row)."""
         per = {None: row_length, "tensor": None}.get(cfg.group_size, cfg.group_size)  # type: ignore[arg-type]
         if per is None:
-            return float(cfg.bits), 0.0, "a float16 scale and zero point per tensor (negligible)"
-        return float(cfg.bits), 32 / per, f"a float16 scale and a float16 zero point per group of {per} weights"
+            return FormatBits(cfg.label, float(cfg.bits), 0.0, "a float16 scale and zero point per tensor (negligible)")
+        return FormatBits(cfg.label, float(cfg.bits), 32 / per,
+                          f"a float16 scale and a float16 zero point per group of {per} weights")

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from qviz.quant.config import QuantConfig
-from qviz.quant.registry import LayerQuant, Method, method_for, register
+from qviz.quant.method import LayerQuant, Method, method_for, register, weight_only_output
 
 
 def _as_config(value: Any, where: str) -> QuantConfig | None:
@@ -206,21 +206,23 @@ class PerLayerMethod(Method):
                 out[sub.label] = extra
         return out
 
+    def changes_model(self, cfg: PerLayer) -> bool:
+        """True when any sub-config's method changes the model (its prepare runs on the same copy)."""
+        return any(method_for(c).changes_model(c) for c in cfg.configs)
+
     def weight_only(self, cfg: PerLayer) -> bool:
         """True when every sub-config is weight-only."""
-        from qviz.quant.error import is_weight_only
-
-        return all(is_weight_only(method_for(c), c) for c in cfg.configs)
+        return all(method_for(c).weight_only(c) for c in cfg.configs)
 
     def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
         """The output of the sub-method that made ``lq`` (its ``layer_output``, or ``x W_hat^T``)."""
-        from qviz.quant.error import quantized_output
         from qviz.quant.rtn import output_without_bias
 
         made = _MADE_BY.get(lq.module)
         if made is None:
             return output_without_bias(lq.module, x)
-        return quantized_output(made[0], lq, lq.module, x)
+        own = getattr(made[0], "layer_output", None)
+        return own(lq, x) if own is not None else weight_only_output(lq.module, x, lq.weight_hat)
 
     def quantize_tensor(self, w: torch.Tensor, cfg: PerLayer) -> tuple:
         """A lone tensor goes to the default config."""

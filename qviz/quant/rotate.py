@@ -50,7 +50,7 @@ from qviz.models import QvizModel, as_module, load
 from qviz.quant.actquant import act_module, calibrate_act_amax
 from qviz.quant.config import QuantConfig
 from qviz.quant.fp import _ActFields
-from qviz.quant.registry import LayerQuant, Method, method_for, register
+from qviz.quant.method import FormatBits, LayerQuant, Method, method_for, register
 
 __all__ = ["Rotated", "rotate", "hadamard_matrix", "random_hadamard", "OnlineHadamard", "RotatedMLP",
            "SUPPORTED_ARCHITECTURES"]
@@ -444,10 +444,13 @@ class RotatedMethod(Method):
     def finalize(self, model: Any, cfg: Rotated, calib: Any, state: Any) -> dict[str, Any]:
         return method_for(cfg.inner).finalize(model, cfg.inner, calib, state[0])
 
-    def weight_only(self, cfg: Rotated) -> bool:
-        from qviz.quant.error import is_weight_only
+    def changes_model(self, cfg: Rotated) -> bool:
+        """True: :meth:`prepare` rotates the copy (norms folded, residual stream rotated)."""
+        return True
 
-        return cfg.activation is None and is_weight_only(method_for(cfg.inner), cfg.inner)
+    def weight_only(self, cfg: Rotated) -> bool:
+        """True without activation quantization when the inner method is weight-only."""
+        return cfg.activation is None and method_for(cfg.inner).weight_only(cfg.inner)
 
     def layer_output(self, lq: LayerQuant, x: torch.Tensor) -> torch.Tensor:
         from qviz.quant.rtn import output_without_bias
@@ -455,8 +458,8 @@ class RotatedMethod(Method):
         with torch.no_grad():
             return output_without_bias(lq.module, x)
 
-    def format_bits(self, cfg: Rotated, row_length: int) -> tuple[float, float, str]:
-        from qviz.evaluate.size import format_bits
-
-        f = format_bits(cfg.inner, row_length=row_length)
-        return f.code_bits, f.overhead_bits, f.overhead + " (rotation folded into the weights; online Hadamard not stored)"
+    def format_bits(self, cfg: Rotated, row_length: int) -> FormatBits:
+        """The inner config's storage (the rotation is folded into the weights)."""
+        f = method_for(cfg.inner).format_bits(cfg.inner, row_length)
+        return FormatBits(cfg.label, f.code_bits, f.overhead_bits,
+                          f.overhead + " (rotation folded into the weights; online Hadamard not stored)")

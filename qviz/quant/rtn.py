@@ -25,9 +25,16 @@ from torch import nn
 
 from qviz.models import weight_matrix
 from qviz.quant.config import RTN
+from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register, scale_format_bits
 from qviz.quant.modules import PackedLinear, fake_quant_module
-from qviz.quant.primitives import choose_qparams, dequantize, fake_quantize_with_stats, quantize, rtn_nbytes
-from qviz.quant.registry import LayerQuant, Method, register
+from qviz.quant.primitives import (
+    choose_qparams,
+    dequantize,
+    fake_quantize_values,
+    fake_quantize_with_stats,
+    quantize,
+    rtn_nbytes,
+)
 
 
 def module_bias(module: nn.Module) -> torch.Tensor | None:
@@ -51,9 +58,30 @@ def output_without_bias(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class RTNMethod(Method):
     """Round-to-nearest: min/max (or clipped) range per tensor, channel or group; no calibration data."""
 
+    label = "RTN"
+    menu_position = 0
+    controls = ("bits", "group_size", "symmetric")
     needs_inputs = False
     sequential = False
+    data_free = True
     layer_types = ("linear", "conv1d", "conv2d")
+
+    def config_from_controls(self, c: Controls) -> RTN:
+        """``RTN(bits, group_size, symmetric)`` from the explorer's knobs."""
+        return RTN(bits=c.bits, group_size=c.group_size, symmetric=bool(c.symmetric))
+
+    def fake_quantize(self, w: torch.Tensor, cfg: RTN, *, check_finite: bool) -> torch.Tensor:
+        """The fused one-pass kernel (Numba on the CPU, its Triton twin on CUDA): ``w_hat [rows, cols]``."""
+        return fake_quantize_values(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
+                                    clip_search=cfg.clip_search, check_finite=check_finite)
+
+    def format_bits(self, cfg: RTN, row_length: int) -> FormatBits:
+        """Packed codes, a float16 scale (and, asymmetric, a uint8 zero point) per group or row."""
+        return scale_format_bits(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length)
+
+    def packs(self, cfg: RTN) -> bool:
+        """True for weight-only RTN (:meth:`pack` stores Linear layers as packed codes)."""
+        return cfg.act_bits is None
 
     def quantize_layer(self, name: str, module: nn.Module, cfg: RTN, inputs: torch.Tensor | None,
                        state: Any) -> LayerQuant:

@@ -40,7 +40,7 @@ from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
 from qviz.quant.api import MAX_ROWS, _device_of, _set_module, as_rows, capture_inputs, check_calib, plan, quantize
 from qviz.quant.config import QuantConfig
-from qviz.quant.error import _has_own, normalize_configs
+from qviz.quant.error import normalize_configs
 from qviz.quant.registry import method_for
 
 METRICS = {
@@ -177,7 +177,7 @@ def sensitivity(
         for i, name in enumerate(order):
             if name not in plans[c.label].assign:
                 continue
-            if _has_own(method, "prepare") or _has_own(method, "finalize"):
+            if method.has_prepare or method.has_finalize:
                 # model-level steps: go through the full driver for this one layer
                 q = quantize(qm, c, calib, layers=[name], progress=False, max_rows=max_rows)
                 sens[i, j] = evaluator.score(q)

@@ -26,9 +26,9 @@ from typing import Any
 import ipywidgets as W
 
 from qviz.quant.config import BnbFP4, BnbInt8, BnbNF4, QuantConfig
+from qviz.quant.lab import LayerLab, LayerResult, available_methods, check_fits, make_config, method_controls
 from qviz.widgets._base import BackgroundJob, Choice, Explorer, PlotPane, sync_figure
 from qviz.widgets._figures import error_bars_spec, histogram_spec, sqnr_bits_spec
-from qviz.widgets._lab import USES, LayerLab, LayerResult, available_methods, check_fits, make_config
 from qviz.widgets._static import bars_html, table_html
 
 COMPUTE_LOCK = threading.RLock()
@@ -118,7 +118,7 @@ class QuantExplorer(Explorer):
         self.background = bool(background)
         names = self.lab.names
         if layer is not None and layer not in names:
-            self.lab._check(layer)
+            self.lab.check_layer(layer)
         methods = available_methods()
         if method not in methods:
             raise ValueError(f"Unknown method {method!r}; available: {', '.join(methods)}.")
@@ -179,7 +179,7 @@ class QuantExplorer(Explorer):
         )
 
     def _grey_out(self, method: str) -> None:
-        used = USES.get(method, ())
+        used = method_controls(method)
         for key in ("bits", "group_size", "symmetric", "alpha", "threshold"):
             self.controls[key].disabled = key not in used
 
@@ -194,7 +194,7 @@ class QuantExplorer(Explorer):
         # the input is valid: what the background was doing is now stale
         self._generation += 1
         self.job.cancel()
-        if self.lab.needs_prepare(cfg) and cfg.label not in self.lab._prepared and self.background:
+        if self.lab.needs_prepare(cfg) and not self.lab.is_prepared(cfg) and self.background:
             # SmoothQuant/AWQ change the model first: that runs the model, so it goes to the background
             self.summary.value = (
                 f"<i>{html.escape(cfg.label)}: preparing the model (smoothing scales, forward passes) "
@@ -271,7 +271,7 @@ class QuantExplorer(Explorer):
             t0 = time.perf_counter()
             last_draw = time.perf_counter()
             if first:  # the model-changing methods: prepare once (cached per config)
-                self.lab._context(cfg)
+                self.lab.prepare(cfg)
                 with COMPUTE_LOCK:
                     res = self.lab.quantize(layer, cfg)
                 with self._lock:

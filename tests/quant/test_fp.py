@@ -9,7 +9,7 @@ from torch import nn
 
 import qviz
 from qviz.quant.actquant import ActSpec
-from qviz.quant.config import config_from_json
+from qviz.quant.registry import config_from_json
 from qviz.quant.registry import method_for
 
 CONFIGS = [

@@ -9,7 +9,7 @@ from torch import nn
 
 import qviz
 from kernels_numba.gguf import dequantize_gguf, quantize_gguf
-from qviz.quant.config import config_from_json
+from qviz.quant.registry import config_from_json
 from qviz.quant.gguf_mix import tensor_role, tensor_types, use_more_bits
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.quant.config import config_from_json
+from qviz.quant.registry import config_from_json
 
 
 def net():

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 import qviz
-from qviz.quant.config import config_from_json
+from qviz.quant.registry import config_from_json
 from qviz.quant.rotate import hadamard_matrix, random_hadamard
 
 
