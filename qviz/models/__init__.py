@@ -12,6 +12,7 @@ The package, in the order a model is met:
 * :mod:`~qviz.models.model` — :class:`QvizModel` and the checks at its door;
 * :mod:`~qviz.models.catalogue` — the names :func:`load` knows and the cache;
 * :mod:`~qviz.models.digits` — the digits CNN and its training;
+* :mod:`~qviz.models.gguf` — models read from GGUF files (SmolLM2, any ``.gguf``);
 * :mod:`~qviz.models.zoo` — :func:`load`.
 
 Examples

@@ -20,9 +20,9 @@ from torch import nn
 from qviz._errors import did_you_mean
 from qviz.models.catalogue import KNOWN_MODELS, _quiet_transformers
 from qviz.models.digits import load_digits_cnn
+from qviz.models.gguf import load_gguf, load_smollm2
 from qviz.models.model import QvizModel, check_fits_in_memory
 from qviz.models.tokenizer import ByteTokenizer
-from qviz.models_gguf import load_gguf, load_smollm2
 
 __all__ = ["load"]
 

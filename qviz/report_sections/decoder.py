@@ -13,7 +13,7 @@ import html
 from typing import Any
 
 from qviz.massive import massive_activations
-from qviz.models_gguf import reference_note
+from qviz.models.gguf import reference_note
 from qviz.report_sections._html import table
 
 
