@@ -18,8 +18,7 @@ from torch import nn
 
 from qviz._engine import input_absmax
 from qviz._hooks import hooks
-from qviz.models import QvizModel, as_module, is_norm, layer_type
-from qviz.models import load as _load
+from qviz.models import QvizModel, as_module, is_norm, layer_type, load as _load
 from qviz.models.layers import _hf_conv1d_type
 
 __all__ = ["InputGroup", "as_qviz_model", "clone_model", "find_input_groups", "fold_scale_", "input_absmax"]

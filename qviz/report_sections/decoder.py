@@ -16,7 +16,6 @@ from qviz.massive import massive_activations
 from qviz.models.gguf import reference_note
 from qviz.report_sections._html import table
 
-
 PROMPTS = ("What is the capital of France?", "Name three primary colours.", "What is 12 plus 7?")
 """Prompts every config answers in the report (greedy)."""
 

@@ -33,7 +33,6 @@ from qviz.models import layer_type, quantizable_layers
 from qviz.quant.config import AWQ, GPTQ, RTN, ActQuant, SmoothQuant
 from qviz.quant.error import layer_error
 
-
 _DEFAULT_ALPHAS = (0.3, 0.5, 0.7, 0.9)
 
 

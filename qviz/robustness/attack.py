@@ -13,6 +13,7 @@ from qviz.models import QvizModel
 from qviz.robustness._checks import as_qviz
 from qviz.robustness.straight_through import straight_through
 
+
 def _no_gradient_error(model: QvizModel, ste: bool) -> ValueError:
     hint = (
         "Pass ste=True so qviz's quantized layers get straight-through gradients"

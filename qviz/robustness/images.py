@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from qviz.models import QvizModel
-from qviz.robustness._checks import as_qviz, check_xy, check_clamp, check_eps, check_in_clamp, check_norm, check_steps
-from qviz.robustness.attack import EvalMode, run_attack, ce_loss, gradient_model
+from qviz.robustness._checks import as_qviz, check_clamp, check_eps, check_in_clamp, check_norm, check_steps, check_xy
+from qviz.robustness.attack import EvalMode, ce_loss, gradient_model, run_attack
+
 
 def pgd(
     model: QvizModel | nn.Module,

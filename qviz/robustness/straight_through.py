@@ -19,6 +19,7 @@ from qviz.models import QvizModel, as_module
 from qviz.models.layers import _bnb_types, _is_torch_quantized, dequantized_weight
 from qviz.robustness._checks import as_qviz
 
+
 def _bias(module: nn.Module) -> torch.Tensor | None:
     b = getattr(module, "bias", None)
     if callable(b):  # torch quantized Linear: bias() method

@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 from qviz.models import QvizModel
 from qviz.robustness._checks import as_qviz, check_eps, check_steps
-from qviz.robustness.attack import EvalMode, run_attack, grad_of, gradient_model
+from qviz.robustness.attack import EvalMode, grad_of, gradient_model, run_attack
+
 
 def _check_retrieval(model: QvizModel, queries: Any, index: Any, targets: Any) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     if model.kind != "text-encoder":
