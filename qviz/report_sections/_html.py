@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import html
 
-__all__ = ["table"]
+__all__ = ["html_table"]
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
+def html_table(rows: list[list[str]], header: list[str]) -> str:
     """An HTML table of already-escaped cells under an escaped ``header``.
 
     Examples
     --------
-    >>> table([["1"]], ["a<b"])
+    >>> html_table([["1"]], ["a<b"])
     '<table class="qv"><tr><th>a&lt;b</th></tr><tr><td>1</td></tr></table>'
     """
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)

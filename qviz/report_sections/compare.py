@@ -23,7 +23,7 @@ from qviz.evaluate.size import projection_table
 from qviz.models import layer_type, quantizable_layers, weight_matrix
 from qviz.quant.config import RTN, BnbInt8, BnbNF4
 from qviz.report_sections import default_group_size
-from qviz.report_sections._html import table
+from qviz.report_sections._html import html_table
 from qviz.report_sections.decoder import MAX_NEW_TOKENS, PROMPTS
 
 
@@ -59,7 +59,7 @@ def projection_html(table: Any) -> str:
          f"{float(table.overhead_gb.sel(config=c)):.2f}", html.escape(str(table.overhead.sel(config=c).item()))]
         for c in table.config.values
     ]
-    return table(rows, ["format", "size [GB]", "bits/weight", "overhead [GB]", "overhead is"])
+    return html_table(rows, ["format", "size [GB]", "bits/weight", "overhead [GB]", "overhead is"])
 
 
 def gemv_html(ds: Any) -> str:
@@ -71,7 +71,7 @@ def gemv_html(ds: Any) -> str:
             t, sp = float(ds.time_us.sel(shape=s, kernel=k)), float(ds.speedup.sel(shape=s, kernel=k))
             row.append("—" if not np.isfinite(t) else f"{t:.0f} µs ({sp:.2f}x)")
         rows.append(row)
-    return table(rows, ["weight [out x in]", *[str(k) for k in ds.kernel.values]])
+    return html_table(rows, ["weight [out x in]", *[str(k) for k in ds.kernel.values]])
 
 
 SMOKE_WIDTH = 0.3

@@ -14,7 +14,7 @@ from typing import Any
 
 from qviz.massive import massive_activations
 from qviz.models.gguf import reference_note
-from qviz.report_sections._html import table
+from qviz.report_sections._html import html_table
 
 PROMPTS = ("What is the capital of France?", "Name three primary colours.", "What is 12 plus 7?")
 """Prompts every config answers in the report (greedy)."""
@@ -40,7 +40,7 @@ def metrics_html(cmp: Any) -> str:
     ]
     header = ["config", "perplexity ± stderr", "ΔPPL [%]", "mean KL [nat]", "KL p99", "KL max", "mean Δp [%]",
               "Δp p01 [%]", "same top-1 [%]", "bits/weight", "size [MB]"]
-    return table(rows, header)
+    return html_table(rows, header)
 
 
 def answers_html(cmp: Any) -> str:
@@ -58,7 +58,7 @@ def answers_html(cmp: Any) -> str:
                 text += f'<br><small>first differs at token {div}: <mark>{html.escape(tokens[div])}</mark></small>'
             cells.append(text)
         rows.append(cells)
-    return table(rows, ["config", *[str(p) for p in cmp.prompt.values]])
+    return html_table(rows, ["config", *[str(p) for p in cmp.prompt.values]])
 
 
 def massive_html(ds: Any) -> str:
@@ -69,7 +69,7 @@ def massive_html(ds: Any) -> str:
          _fmt(float(ds.ratio.sel(block=b)), 4)]
         for b in ds.block.values
     ]
-    return table(rows, ["block input", "top channel", "max |x|", "token position", "token", "max / median channel"])
+    return html_table(rows, ["block input", "top channel", "max |x|", "token position", "token", "max / median channel"])
 
 
 def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]]:
