@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from qviz._version import __version__  # noqa: F401 - public
 
 # public name -> module that defines it (relative to this package)
 _LAZY: dict[str, str] = {

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib
 import shlex
 from typing import Any
+
+from qviz._errors import did_you_mean
 
 MAGIC_NAME = "qviz"
 COMMANDS = ("outliers", "explore", "compare", "report")
@@ -51,7 +54,7 @@ def result_kind(obj: Any) -> str | None:
     >>> result_kind(xr.Dataset()) is None
     True
     """
-    import xarray as xr
+    import xarray as xr  # lazy: %load_ext qviz stays fast
 
     if not isinstance(obj, xr.Dataset):
         return None
@@ -69,7 +72,7 @@ def result_figure(ds: Any) -> Any:
     kind = result_kind(ds)
     if kind is None:
         return None
-    import qviz.plot
+    import qviz.plot  # lazy: Plotly loads only when a result is displayed
 
     if kind == "stats":
         return qviz.plot.outliers(ds)
@@ -78,7 +81,7 @@ def result_figure(ds: Any) -> Any:
     try:
         dashboard = qviz.plot.dashboard
     except AttributeError:  # the dashboard figure is not part of this install: use the widget's charts
-        from qviz.widgets.compare import compare_figure
+        from qviz.widgets.compare import compare_figure  # lazy: the widget stack loads only for this fallback
 
         return compare_figure(ds)
     return dashboard(ds)
@@ -91,7 +94,7 @@ def _dataset_mimebundle(ds: Any, include: Any = None, exclude: Any = None) -> di
         return None
     bundle = dict(fig._repr_mimebundle_(include=include, exclude=exclude) or {})
     if "application/vnd.plotly.v1+json" not in bundle:  # outside a notebook plotly's default renderer is ""
-        import plotly.io as pio
+        import plotly.io as pio  # lazy: Plotly loads only when a result is displayed
 
         bundle.update(pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_plotly_json()))
     summary = ds._repr_html_()
@@ -134,16 +137,16 @@ def _parser() -> _Parser:
 
 
 def _resolve_model(spec: str, user_ns: dict[str, Any]) -> Any:
-    import qviz
+    from qviz.models import QvizModel, load  # lazy: torch loads at the first magic, not at %load_ext
 
     value = user_ns.get(spec)
     if value is not None and not isinstance(value, str):
-        return value if isinstance(value, qviz.QvizModel) else qviz.load(value)
-    return qviz.load(spec)
+        return value if isinstance(value, QvizModel) else load(value)
+    return load(spec)
 
 
 def _resolve_data(args: argparse.Namespace, model: Any, user_ns: dict[str, Any], default_n: int) -> Any:
-    import qviz
+    from qviz.data import calibration_data  # lazy: torch loads at the first magic, not at %load_ext
 
     if args.data is not None:
         if args.data not in user_ns:
@@ -152,7 +155,7 @@ def _resolve_data(args: argparse.Namespace, model: Any, user_ns: dict[str, Any],
     n = default_n if args.n is None else args.n
     if n < 1:
         raise QvizUsageError(f"--n must be a positive number of calibration inputs; got {n}.")
-    return qviz.calibration_data(model, n=n)
+    return calibration_data(model, n=n)
 
 
 def run_magic(line: str, user_ns: dict[str, Any] | None = None) -> Any:
@@ -172,10 +175,8 @@ def run_magic(line: str, user_ns: dict[str, Any] | None = None) -> Any:
     if cmd in ("help", "-h", "--help"):
         return USAGE
     if cmd not in COMMANDS:
-        from qviz._errors import did_you_mean
-
         raise QvizUsageError(f"Unknown %qviz command {cmd!r}.{did_you_mean(cmd, COMMANDS)}\nusage:\n{USAGE}")
-    import qviz.widgets
+    import qviz.widgets  # lazy: ipywidgets and anywidget load at the first magic, not at %load_ext
 
     if cmd == "compare":
         if args.target is not None:
@@ -183,10 +184,11 @@ def run_magic(line: str, user_ns: dict[str, Any] | None = None) -> Any:
                 raise QvizUsageError(f"{args.target!r} is not a variable of this notebook; pass a cmp Dataset.")
             return qviz.widgets.CompareDashboard(user_ns[args.target])
         model = _resolve_model(args.model, user_ns)
-        import qviz as _q
+        from qviz.evaluate.compare import compare  # lazy: the evaluation stack loads only for this command
+        from qviz.quant.config import RTN, BnbInt8, BnbNF4  # lazy: as above
 
-        configs = [_q.RTN(bits=8, group_size=None), _q.RTN(bits=4, group_size=128), _q.BnbNF4(), _q.BnbInt8()]
-        return qviz.widgets.CompareDashboard(_q.compare(model, configs))
+        configs = [RTN(bits=8, group_size=None), RTN(bits=4, group_size=128), BnbNF4(), BnbInt8()]
+        return qviz.widgets.CompareDashboard(compare(model, configs))
     if args.target is not None:
         raise QvizUsageError(f"%qviz {cmd} takes options only; got the extra word {args.target!r}.\nusage:\n{USAGE}")
     model = _resolve_model(args.model, user_ns)
@@ -197,7 +199,7 @@ def run_magic(line: str, user_ns: dict[str, Any] | None = None) -> Any:
         batch = _resolve_data(args, model, user_ns, 32)
         return qviz.widgets.QuantExplorer(model, batch, layer=args.layer, method=args.method, bits=args.bits,
                                           group_size=args.group_size)
-    from qviz.report import build_report
+    from qviz.report import build_report  # lazy: the report sections load only for this command
 
     sections = args.sections.split(",") if args.sections else None
     n = 64 if args.n is None else args.n
@@ -228,17 +230,15 @@ class ReportOutput:
         )
 
     def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
+        from IPython.display import HTML, display  # lazy: IPython is there only inside a notebook
 
         display(HTML(self._repr_html_()))
         if self.inline_model is None:
             return
-        import importlib
+        from qviz.data import calibration_data  # lazy: torch loads only when the report is shown inline
+        from qviz.report import SECTIONS  # lazy: as above
 
-        import qviz
-        from qviz.report import SECTIONS
-
-        calib = qviz.calibration_data(self.inline_model, n=self.n)
+        calib = calibration_data(self.inline_model, n=self.n)
         ctx: dict[str, Any] = {"datasets": {}, "progress": False}
         for mod_name in SECTIONS:
             short = mod_name.rsplit(".", 1)[1]
@@ -256,7 +256,7 @@ class ReportOutput:
 def _make_magic(ipython: Any) -> Any:
     def qviz_magic(line: str) -> Any:
         """%qviz outliers | explore | compare | report  (``%qviz help`` for the options)."""
-        from IPython.core.error import UsageError
+        from IPython.core.error import UsageError  # lazy: IPython is there only inside a notebook
 
         try:
             out = run_magic(line, ipython.user_ns)
@@ -277,7 +277,7 @@ _REGISTERED: dict[int, Any] = {}
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%qviz`` and the rich display of qviz result Datasets on ``ipython``."""
-    import xarray as xr
+    import xarray as xr  # lazy: %load_ext qviz stays fast
 
     ipython.register_magic_function(_make_magic(ipython), magic_kind="line", magic_name=MAGIC_NAME)
     formatter = ipython.display_formatter.mimebundle_formatter
@@ -287,7 +287,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the ``%qviz`` magic and the Dataset display that :func:`load_ipython_extension` added."""
-    import xarray as xr
+    import xarray as xr  # lazy: %load_ext qviz stays fast
 
     magics = ipython.magics_manager.magics.get("line", {})
     magics.pop(MAGIC_NAME, None)

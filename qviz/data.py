@@ -20,54 +20,21 @@ Examples
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from qviz import _corpus
-from qviz.models import QvizModel, load
+from qviz._digits import digits_split
+from qviz.models.model import QvizModel
+from qviz.models.tokenizer import ByteTokenizer
+from qviz.models.zoo import load
 
-_DIGITS_TEST_FRACTION = 0.2
 CALIB_SEQ_LEN = 128
 """Tokens per calibration chunk for pretrained decoders."""
 EVAL_SEQ_LEN = 256
 """Tokens per held-out chunk for pretrained decoders (the second half of each is scored)."""
-
-
-@functools.lru_cache(maxsize=1)
-def _digits() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [n, 1, 8, 8] in [0, 1]
-    y = torch.tensor(bunch.target, dtype=torch.long)  # [n]
-    order = np.random.default_rng(0).permutation(len(x))
-    return x, y, order
-
-
-def digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images [n, 1, 8, 8], labels [n])`` of scikit-learn's digits: ``"train"`` or ``"test"``.
-
-    The split is a fixed permutation (seed 0); 20% is held out as the test set.
-
-    Examples
-    --------
-    >>> x, y = digits_split("test")
-    >>> tuple(x.shape[1:]), int(y.max())
-    ((1, 8, 8), 9)
-    """
-    x, y, order = _digits()
-    n_test = int(round(len(x) * _DIGITS_TEST_FRACTION))
-    if split == "train":
-        idx = order[n_test:]
-    elif split == "test":
-        idx = order[:n_test]
-    else:
-        raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
-    idx = torch.from_numpy(np.sort(idx))
-    return x[idx].clone(), y[idx].clone()
 
 
 def _check_n(n: int | None, available: int, what: str) -> int:
@@ -81,8 +48,6 @@ def _check_n(n: int | None, available: int, what: str) -> int:
 
 
 def _token_ids(model: QvizModel, text: str) -> list[int]:
-    from qviz.models import ByteTokenizer
-
     tok = model.tokenizer
     if isinstance(tok, ByteTokenizer):
         return list(text.encode("utf-8"))

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qviz._version import __version__
+
 # Section modules in report order. A module that does not exist yet is skipped.
 SECTIONS = (
     "qviz.report_sections.outliers",
@@ -60,7 +62,7 @@ def _say(msg: str, quiet: bool) -> None:
 
 
 def _render(content: Any, div_id: str) -> str:
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: Plotly loads only when a page is written
 
     if isinstance(content, go.Figure):
         return content.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True})
@@ -88,7 +90,7 @@ footer{color:#6a7280;font-size:12px;padding:0 28px 30px}
 
 
 def _page(title: str, subtitle: list[str], sections: list[tuple[str, str, list[tuple[str, str]]]], footer: str) -> str:
-    from plotly.offline import get_plotlyjs
+    from plotly.offline import get_plotlyjs  # lazy: as above
 
     nav = " ".join(f'<a href="#{sid}">{html.escape(name)}</a>' for sid, name, _ in sections)
     body = []
@@ -218,8 +220,9 @@ def build_report(
     >>> res.html_path                                     # doctest: +SKIP
     PosixPath('digits.html')
     """
-    import qviz
-    from qviz._io import save
+    from qviz._io import save  # lazy: xarray and netCDF load only when a report is built
+    from qviz.data import calibration_data  # lazy: torch loads only when a report is built
+    from qviz.models import load  # lazy: as above
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
@@ -235,8 +238,8 @@ def build_report(
 
     t0 = time.perf_counter()
     _say(f"loading model {model if isinstance(model, str) else type(model).__name__!s} ...", quiet)
-    qmodel = qviz.load(model)
-    calib = qviz.calibration_data(qmodel, n=n_calib)
+    qmodel = load(model)
+    calib = calibration_data(qmodel, n=n_calib)
     ctx: dict[str, Any] = {"datasets": {}, "progress": progress, **({} if thorough else QUICK)}
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     rendered: list[tuple[str, str, list[tuple[str, str]]]] = []
@@ -269,7 +272,7 @@ def build_report(
     for name, ds in ctx["datasets"].items():
         netcdf_paths[name] = save(ds, data_dir / f"{name}.nc")
     total = time.perf_counter() - t0
-    import torch
+    import torch  # lazy: as above
 
     subtitle = [
         f"{qmodel!r}",
@@ -281,7 +284,7 @@ def build_report(
     ]
     if qmodel.random_weights:
         subtitle.append("This model has RANDOM weights: its numbers test code paths, not a real network.")
-    footer = f"qviz {qviz.__version__}. Datasets: " + ", ".join(str(p) for p in netcdf_paths.values())
+    footer = f"qviz {__version__}. Datasets: " + ", ".join(str(p) for p in netcdf_paths.values())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_page(f"qviz report: {qmodel.name}", subtitle, rendered, footer), encoding="utf-8")
     _say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {len(netcdf_paths)} netCDF files in {data_dir}", quiet)

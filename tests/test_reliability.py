@@ -161,7 +161,7 @@ def test_a_model_larger_than_free_memory_is_refused_before_allocating(monkeypatc
     import qviz.models as models
 
     net = nn.Sequential(nn.Linear(256, 256))
-    monkeypatch.setattr(models, "available_memory", lambda: 100_000)  # 0.1 MB free
+    monkeypatch.setattr(models.model, "available_memory", lambda: 100_000)  # 0.1 MB free (read by check_fits_in_memory there)
     rss = psutil.Process().memory_info().rss
     with pytest.raises(MemoryError, match=r"needs about 0\.00 GB, but only 0\.00 GB of memory is free. Nothing was"):
         qviz.quantize(net, qviz.RTN(bits=4, group_size=None), progress=False)

@@ -4,7 +4,7 @@
 channels and walks the rows in tiles of ``BLOCK_R``: per tile it takes the count, mean, central
 moments M2..M4 (float32, about the tile's own mean), min, max and absmax, and folds them into
 float64 running values with the pairwise update of Chan et al. / Pébay (2008) — the update
-:class:`qviz._capture._ChannelStats` uses; log10|x| histogram counts go in by atomics. Rows
+:mod:`kernels_numba.stats` uses on the host; log10|x| histogram counts go in by atomics. Rows
 outside ``row_mask`` (padding tokens) and NaN/Inf values are left out, the latter counted on the
 device. With ``accumulate=True`` the batch folds straight into the running state (one launch);
 otherwise it is written out as a batch summary that :func:`merge_summary` folds into any number

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qviz._engine import conv_patches  # noqa: F401 - gptq reads it here; layer input -> rows lives in the engine
 from qviz.models import layer_type, weight_matrix
 from qviz.quant.modules import FakeQuantLinear, fake_quant_activation, fake_quant_module
 
@@ -171,23 +172,3 @@ def layer_weight(module: nn.Module, name: str = "layer") -> torch.Tensor:
             "Check the checkpoint or the training run that produced it."
         )
     return w
-
-
-def conv_patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``[batch*positions, in*kh*kw]`` input patches of a Conv2d (the rows its weight matrix multiplies)."""
-    if conv.groups != 1:
-        raise TypeError(f"Grouped convolutions (groups={conv.groups}) are not supported; use groups=1 layers.")
-    cols = nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # [B, C*kh*kw, L]
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
-def input_matrix(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """A layer's input as the ``[tokens, in]`` matrix its ``[out, in]`` weight multiplies.
-
-    Padding tokens are dropped where ``mask`` ``[batch, tokens]`` matches the input's leading dims.
-    """
-    if isinstance(module, nn.Conv2d):
-        return conv_patches(module, x) if x.dim() == 4 else x
-    if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-        return x[mask]
-    return x.reshape(-1, x.shape[-1])

@@ -1,4 +1,6 @@
-"""Model-level helpers of the methods: layer inputs, which layers share an input, folding scales.
+"""Model-level helpers of the methods: which layers share an input, folding scales into a producer.
+
+The layer inputs themselves come from the capture engine (:func:`qviz._engine.input_absmax`).
 
 Everything that looks at activations goes through :func:`qviz.hooks`, so the
 hooks are gone when these functions return, however they return.
@@ -14,53 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from qviz._engine import input_absmax
 from qviz._hooks import hooks
-from qviz.methods._common import input_matrix
-from qviz.models import QvizModel, _hf_conv1d_type, as_module, is_norm, layer_type
-from qviz.models import load as _load
+from qviz.models import QvizModel, as_module, is_norm, layer_type, load as _load
+from qviz.models.layers import _hf_conv1d_type
+
+__all__ = ["InputGroup", "as_qviz_model", "clone_model", "find_input_groups", "fold_scale_", "input_absmax"]
 
 
 def as_qviz_model(model: Any) -> QvizModel:
     """A :class:`~qviz.QvizModel` for a QvizModel, a name or a module."""
     return model if isinstance(model, QvizModel) else _load(model)
-
-
-def _forward_all(model: QvizModel, calib: Any, batch_size: int, on_batch: Any = None) -> None:
-    for inputs in model.batches(calib, batch_size):
-        if on_batch is not None:
-            on_batch(model.token_mask(inputs))
-        model.run(inputs)
-
-
-def input_absmax(model: QvizModel, calib: Any, names: Sequence[str], *, batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Streaming per-input-channel ``max |X_j|`` ``[in]`` of each named layer over the calibration set.
-
-    Examples
-    --------
-    >>> net = nn.Sequential(nn.Linear(2, 2))
-    >>> input_absmax(QvizModel(net, "net", "module"), torch.tensor([[1.0, -3.0], [-2.0, 0.5]]), ["0"])["0"].tolist()
-    [2.0, 3.0]
-    """
-    names = list(names)
-    out: dict[str, torch.Tensor] = {}
-    mask: list[torch.Tensor | None] = [None]
-
-    def fn(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
-        x = input_matrix(module, inputs[0].detach(), mask[0]).float()  # [tokens, in]
-        if x.shape[0] == 0:
-            return
-        amax = x.abs().amax(0)  # stays on the layer's device: no host sync per layer
-        out[name] = amax if name not in out else torch.maximum(out[name], amax)
-
-    with hooks(model, fn, layers=names, include_norms=False):
-        _forward_all(model, calib, batch_size, lambda m: mask.__setitem__(0, m))
-    missing = [n for n in names if n not in out]
-    if missing:
-        raise ValueError(
-            f"The calibration data never reached layer(s) {missing[:5]}; they saw no input. Check that the "
-            "calibration batch is not empty and that these layers are used in the forward pass."
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- input groups and folding

@@ -296,7 +296,7 @@ class QATMethod(Method):
 
     def prepare(self, model: Any, cfg: QAT, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.methods._model import as_qviz_model
-        from qviz.quant.api import check_calib
+        from qviz._engine import check_calib
 
         if cfg.steps > 0:
             check_calib(calib, "QAT (it fine-tunes on the calibration inputs)")

@@ -252,7 +252,7 @@ class SmoothQuantMethod(Method):
     def prepare(self, model: Any, cfg: SmoothQuant, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.methods._model import as_qviz_model
         from qviz.models import layer_type
-        from qviz.quant.api import check_calib
+        from qviz._engine import check_calib
 
         check_calib(calib, "SmoothQuant (it measures each layer's activation ranges)")
         model = as_qviz_model(model)
@@ -380,7 +380,7 @@ def smoothquant_alpha_sweep(
     from qviz._hooks import select_layers
     from qviz.methods._model import as_qviz_model
     from qviz.models import layer_type
-    from qviz.quant.api import check_calib
+    from qviz._engine import check_calib
 
     model = as_qviz_model(model)
     check_calib(calib, "smoothquant_alpha_sweep")

@@ -162,7 +162,7 @@ def calibrate_act_amax(model: Any, calib: Any, names: list[str], who: str) -> di
     {'0': 3.0}
     """
     from qviz._hooks import hooks
-    from qviz.quant.api import CAPTURE_BATCH, check_calib
+    from qviz._engine import CAPTURE_BATCH, check_calib
 
     check_calib(calib, f"{who} with act_static=True (static activation scales)")
     amax = dict.fromkeys(names, 0.0)

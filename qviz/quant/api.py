@@ -29,16 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from qviz._engine import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, reusable  # noqa: F401 - as_float32 etc. also read from here by notebook 03 and the widgets
 from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
 from qviz.quant.config import QuantConfig
 from qviz.quant.primitives import check_tensor, count_nonfinite
 from qviz.quant.registry import Method, method_for
-
-MAX_ROWS = 4096
-"""Calibration rows (tokens, or pixel positions of a convolution) kept per layer."""
-
-CAPTURE_BATCH = 16
 
 
 # --------------------------------------------------------------------------- one tensor
@@ -522,139 +518,6 @@ def _check_layer(name: str, module: nn.Module, cfg: QuantConfig) -> None:
             f"({tuple(w.shape)[0]}x{cols}). Valid group sizes for it include {valid}; or use group_size=None "
             f"(one scale per output channel), or leave the layer out with skip=[{name!r}]."
         )
-
-
-# --------------------------------------------------------------------------- capture
-
-
-def as_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A layer's raw input as the rows its ``[out, in]`` weight multiplies: ``[rows, in]``.
-
-    Linear inputs are already rows; a convolution's input is unfolded into patches
-    ``[batch * positions, in * kh * kw]``.
-    """
-    if isinstance(module, nn.Conv2d):
-        cols = nn.functional.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                                    stride=module.stride)  # [batch, in*kh*kw, positions]
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    if isinstance(module, nn.Conv1d):
-        x4 = x.unsqueeze(-1)  # [batch, in, length, 1]
-        cols = nn.functional.unfold(x4, (module.kernel_size[0], 1), dilation=(module.dilation[0], 1),
-                                    padding=(module.padding[0], 0), stride=(module.stride[0], 1))
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])
-
-
-class _Reservoir:
-    """Keeps a uniform random sample of at most ``cap`` rows of a stream (smallest random keys win)."""
-
-    def __init__(self, cap: int, seed: int) -> None:
-        self.cap = cap
-        self.gen = torch.Generator().manual_seed(seed)
-        self.rows: torch.Tensor | None = None
-        self.keys: torch.Tensor | None = None
-
-    def add(self, rows: torch.Tensor) -> None:  # rows [n, ...]
-        keys = torch.rand(rows.shape[0], generator=self.gen)
-        if self.rows is not None:
-            rows = torch.cat([self.rows, rows])
-            keys = torch.cat([self.keys, keys])
-        if rows.shape[0] > self.cap:
-            idx = torch.topk(keys, self.cap, largest=False).indices.sort().values
-            rows, keys = rows[idx], keys[idx]
-        self.rows, self.keys = rows, keys
-
-
-def capture_inputs(
-    model: QvizModel, calib: Any, names: Iterable[str], max_rows: int = MAX_ROWS, batch_size: int = CAPTURE_BATCH
-) -> dict[str, torch.Tensor]:
-    """Run ``calib`` through ``model`` and keep each named layer's input (float32, on CPU).
-
-    Linear inputs are kept as rows ``[tokens, in]`` with padding tokens
-    removed (``model.token_mask``); convolution inputs are kept as whole images
-    ``[images, channels, ...]``. At most ``max_rows`` tokens (or pixel positions)
-    per layer are kept, a uniform random sample (seed 0) when there are more.
-    """
-    names = list(names)
-    if not names:
-        return {}
-    module = model.module
-    layers = {n: module.get_submodule(n) for n in names}
-    store = {n: _Reservoir(max_rows, seed=i) for i, n in enumerate(names)}
-    image_budget = dict.fromkeys(names, max_rows)
-    current_mask: list[torch.Tensor | None] = [None]
-
-    def hook(name: str, mod: nn.Module, inputs: tuple, output: Any) -> None:
-        x = inputs[0].detach()
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            positions = int(np.prod(output.shape[2:])) or 1
-            if image_budget[name] <= 0:
-                return
-            take = max(1, min(x.shape[0], -(-image_budget[name] // positions)))
-            image_budget[name] -= take * positions
-            store[name].add(x[:take].float().cpu())
-            return
-        mask = current_mask[0]
-        if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-            rows = x[mask]  # [real tokens, in]
-        else:
-            rows = x.reshape(-1, x.shape[-1])
-        store[name].add(rows.float().cpu())
-
-    from qviz._hooks import hooks
-
-    with torch.no_grad(), hooks(module, hook, layers=names, include_norms=False):
-        for inputs in model.batches(calib, batch_size):
-            current_mask[0] = model.token_mask(inputs)
-            model.run(inputs)
-    out = {}
-    for n in names:
-        rows = store[n].rows
-        if rows is None:
-            raise RuntimeError(
-                f"Layer {n!r} never ran on the calibration batch, so it has no inputs. "
-                "Is it used in the model's forward pass? Leave it out with skip=[...]."
-            )
-        out[n] = rows
-    del layers
-    return out
-
-
-def reusable(calib: Any) -> Any:
-    """``calib`` itself, or a list of its batches when it is a one-shot iterator (a generator).
-
-    The drivers read the calibration data more than once (one pass per config,
-    per layer for GPTQ); a generator would be empty from the second pass on.
-    """
-    from collections.abc import Iterator
-
-    if isinstance(calib, Iterator) and not isinstance(calib, (torch.Tensor, np.ndarray)):
-        return list(calib)
-    return calib
-
-
-def as_float32(model: QvizModel) -> QvizModel:
-    """``model`` itself when it computes in float32 (or float64), else a float32 copy of it.
-
-    Measurements (layer errors, the explorers) run in float32: half-precision
-    weights are exact in float32, so the error measured is that of quantizing
-    the model's own weights, and captured inputs (kept as float32) match the layers.
-    """
-    if model.dtype in (torch.float32, torch.float64):
-        return model
-    return model.with_module(copy.deepcopy(model.module).float())
-
-
-def check_calib(calib: Any, who: str) -> None:
-    """Raise a clear error when calibration data is missing or empty."""
-    if calib is None:
-        raise ValueError(
-            f"{who} needs calibration inputs (calib=...). Pass e.g. calib=qviz.calibration_data(model, n=64)."
-        )
-    if isinstance(calib, (list, tuple)) and len(calib) == 0:
-        raise ValueError(f"{who} got an empty calibration batch. Pass at least one input, e.g. qviz.calibration_data(model, n=64).")
-    if isinstance(calib, (torch.Tensor, np.ndarray)) and (calib.ndim == 0 or len(calib) == 0):
-        raise ValueError(f"{who} got an empty calibration batch (shape {tuple(calib.shape)}). Pass at least one input.")
 
 
 # --------------------------------------------------------------------------- the driver

@@ -35,7 +35,8 @@ from torch import nn
 
 from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
-from qviz.quant.api import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, plan, reusable
+from qviz._engine import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, reusable
+from qviz.quant.api import _set_module, plan
 from qviz.quant.config import QuantConfig
 from qviz.quant.method import weight_only_output
 from qviz.quant.registry import LayerQuant, Method, method_for
@@ -81,7 +82,6 @@ def _finished_layers(qm: QvizModel, cfg: QuantConfig, calib: Any, names: list[st
     ORIGINAL layers on the original inputs), not of the layers before training.
     Layers are replaced in model order, as :func:`qviz.quantize` does.
     """
-    from qviz.quant.api import _set_module
 
     method = method_for(cfg)
     work = qm.copy()

@@ -205,7 +205,7 @@ class GGUFMethod(Method):
         imat: dict[str, np.ndarray] = {}
         if cfg.imatrix and layers:
             from qviz._capture import capture
-            from qviz.quant.api import check_calib
+            from qviz._engine import check_calib
 
             check_calib(calib, f"{cfg.label} (the importance matrix comes from the calibration batch)")
             stats = capture(model, calib, layers=list(layers), progress=False)

@@ -15,20 +15,28 @@ from typing import Any
 
 import numpy as np
 
+from qviz import plot
+from qviz.evaluate.accuracy import TopicTask
+from qviz.evaluate.compare import compare
+from qviz.evaluate.cost import gemv_benchmark
+from qviz.evaluate.size import projection_table
+from qviz.models import layer_type, quantizable_layers, weight_matrix
+from qviz.quant.config import RTN, BnbInt8, BnbNF4
+from qviz.report_sections import default_group_size
+from qviz.report_sections._html import html_table
+from qviz.report_sections.decoder import MAX_NEW_TOKENS, PROMPTS
+
 
 def default_configs(model: Any) -> list[Any]:
     """RTN 8-bit per channel, RTN 4/3/2-bit (groups of 128 where every Linear row divides by 128, else per channel), LLM.int8, NF4."""
-    import qviz
-    from qviz.report_sections import default_group_size
-
     group = default_group_size(model)
     return [
-        qviz.RTN(bits=8, group_size=None),
-        qviz.RTN(bits=4, group_size=group),
-        qviz.RTN(bits=3, group_size=group),
-        qviz.RTN(bits=2, group_size=group),
-        qviz.BnbInt8(threshold=6.0),
-        qviz.BnbNF4(blocksize=64),
+        RTN(bits=8, group_size=None),
+        RTN(bits=4, group_size=group),
+        RTN(bits=3, group_size=group),
+        RTN(bits=2, group_size=group),
+        BnbInt8(threshold=6.0),
+        BnbNF4(blocksize=64),
     ]
 
 
@@ -41,15 +49,7 @@ def _decoder_args(model: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     """For decoders: the prompts each config answers (the decoder section shows them side by side)."""
     if model.kind != "decoder":
         return {}
-    from qviz.report_sections.decoder import MAX_NEW_TOKENS, PROMPTS
-
     return {"prompts": list(ctx.get("decoder_prompts", PROMPTS)), "max_new_tokens": int(ctx.get("decoder_max_new_tokens", MAX_NEW_TOKENS))}
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="qv"><tr>{head}</tr>{body}</table>'
 
 
 def projection_html(table: Any) -> str:
@@ -59,7 +59,7 @@ def projection_html(table: Any) -> str:
          f"{float(table.overhead_gb.sel(config=c)):.2f}", html.escape(str(table.overhead.sel(config=c).item()))]
         for c in table.config.values
     ]
-    return _table(rows, ["format", "size [GB]", "bits/weight", "overhead [GB]", "overhead is"])
+    return html_table(rows, ["format", "size [GB]", "bits/weight", "overhead [GB]", "overhead is"])
 
 
 def gemv_html(ds: Any) -> str:
@@ -71,7 +71,7 @@ def gemv_html(ds: Any) -> str:
             t, sp = float(ds.time_us.sel(shape=s, kernel=k)), float(ds.speedup.sel(shape=s, kernel=k))
             row.append("—" if not np.isfinite(t) else f"{t:.0f} µs ({sp:.2f}x)")
         rows.append(row)
-    return _table(rows, ["weight [out x in]", *[str(k) for k in ds.kernel.values]])
+    return html_table(rows, ["weight [out x in]", *[str(k) for k in ds.kernel.values]])
 
 
 SMOKE_WIDTH = 0.3
@@ -113,12 +113,6 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
     >>> m = qviz.load("digits-cnn")                                                     # doctest: +SKIP
     >>> items = section(m, qviz.calibration_data(m, n=64), {"datasets": {}})            # doctest: +SKIP
     """
-    import qviz
-    from qviz import plot
-    from qviz.evaluate.cost import gemv_benchmark
-    from qviz.evaluate.size import projection_table
-    from qviz.models import layer_type, quantizable_layers, weight_matrix
-
     datasets = ctx.setdefault("datasets", {})
     if ctx.get("compare_configs"):
         configs = list(ctx["compare_configs"])
@@ -126,10 +120,8 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
         configs = quick_configs(model) if ctx.get("compare_quick_configs") else default_configs(model)
     task = None
     if ctx.get("compare_n_eval") and model.kind == "text-encoder":
-        from qviz.evaluate.accuracy import TopicTask
-
         task = TopicTask(n_eval=int(ctx["compare_n_eval"]), support_per_class=int(ctx.get("compare_support", 6)))
-    cmp = qviz.compare(
+    cmp = compare(
         model, configs, task, calib=calib, metrics=ctx.get("compare_metrics"), hardware=ctx.get("hardware"),
         n_attack=ctx.get("compare_n_attack"), eps=ctx.get("compare_eps"),
         attack_steps=int(ctx.get("compare_attack_steps", 5)), threads=ctx.get("compare_timing_threads", 1),

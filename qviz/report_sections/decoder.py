@@ -12,6 +12,10 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from qviz.massive import massive_activations
+from qviz.models.gguf import reference_note
+from qviz.report_sections._html import html_table
+
 PROMPTS = ("What is the capital of France?", "Name three primary colours.", "What is 12 plus 7?")
 """Prompts every config answers in the report (greedy)."""
 
@@ -24,8 +28,6 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 def metrics_html(cmp: Any) -> str:
     """One row per config: ppl ± stderr, ΔPPL %, mean KL, KL p99, KL max, Δp mean / p01, same-top-1, bits/weight, size."""
-    from qviz.report_sections.compare import _table
-
     def v(name: str, c: Any) -> float:
         return float(cmp[name].sel(config=c)) if name in cmp else float("nan")
 
@@ -38,14 +40,12 @@ def metrics_html(cmp: Any) -> str:
     ]
     header = ["config", "perplexity ± stderr", "ΔPPL [%]", "mean KL [nat]", "KL p99", "KL max", "mean Δp [%]",
               "Δp p01 [%]", "same top-1 [%]", "bits/weight", "size [MB]"]
-    return _table(rows, header)
+    return html_table(rows, header)
 
 
 def answers_html(cmp: Any) -> str:
     """Each prompt's answer per config; the token where an answer first leaves full precision's is marked."""
     import json
-
-    from qviz.report_sections.compare import _table
 
     rows = []
     for c in cmp.config.values:
@@ -58,20 +58,18 @@ def answers_html(cmp: Any) -> str:
                 text += f'<br><small>first differs at token {div}: <mark>{html.escape(tokens[div])}</mark></small>'
             cells.append(text)
         rows.append(cells)
-    return _table(rows, ["config", *[str(p) for p in cmp.prompt.values]])
+    return html_table(rows, ["config", *[str(p) for p in cmp.prompt.values]])
 
 
 def massive_html(ds: Any) -> str:
     """Per block: the largest channel, its |x|, the token it sits on, and the max/median channel ratio."""
-    from qviz.report_sections.compare import _table
-
     rows = [
         [str(int(b)), str(int(ds.channel.sel(block=b, rank=0))), _fmt(float(ds.absmax.sel(block=b, rank=0)), 5),
          str(int(ds.token_position.sel(block=b, rank=0))), html.escape(str(ds.token.sel(block=b, rank=0).item())),
          _fmt(float(ds.ratio.sel(block=b)), 4)]
         for b in ds.block.values
     ]
-    return _table(rows, ["block input", "top channel", "max |x|", "token position", "token", "max / median channel"])
+    return html_table(rows, ["block input", "top channel", "max |x|", "token position", "token", "max / median channel"])
 
 
 def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -84,9 +82,6 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
     >>> section(qviz.load("digits-cnn"), None, {"datasets": {}})      # doctest: +SKIP
     []
     """
-    import qviz
-    from qviz.models_gguf import reference_note
-
     if model.kind != "decoder":
         return []
     items: list[tuple[str, Any]] = []
@@ -104,7 +99,7 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
                       f"<p>{n:,} held-out tokens scored (second half of each chunk). {note}.</p>" + metrics_html(cmp)))
         if "answer" in cmp:
             items.append(("Answers side by side (greedy)", answers_html(cmp)))
-    ds = qviz.massive_activations(model, calib)
+    ds = massive_activations(model, calib)
     ctx["datasets"]["massive_activations"] = ds
     items.append(("Massive activations of the residual stream", massive_html(ds)))
     return items

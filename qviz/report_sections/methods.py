@@ -23,6 +23,16 @@ from typing import Any
 
 import numpy as np
 
+import qviz.plot
+from qviz._engine import as_rows, capture_inputs, input_absmax
+from qviz.data import eval_data
+from qviz.methods import awq_search, smoothing_ranges, smoothquant_alpha_sweep
+from qviz.methods._common import layer_weight
+from qviz.methods.gptq import GPTQMethod, gptq_loss_dataset
+from qviz.models import layer_type, quantizable_layers
+from qviz.quant.config import AWQ, GPTQ, RTN, ActQuant, SmoothQuant
+from qviz.quant.error import layer_error
+
 _DEFAULT_ALPHAS = (0.3, 0.5, 0.7, 0.9)
 
 
@@ -31,8 +41,6 @@ def _fig(fig: Any) -> str:
 
 
 def _linear_layers(model: Any) -> dict[str, Any]:
-    from qviz.models import layer_type, quantizable_layers
-
     return {n: m for n, m in quantizable_layers(model).items() if layer_type(m) == "linear"}
 
 
@@ -70,10 +78,6 @@ def _alpha_sweep(model: Any, calib: Any, alphas: list[float], n_held: int = 64) 
     The alpha is the sweep's best by held-out cosine to full precision; 0.5 (the
     paper's default) when there is no sweep.
     """
-    import qviz
-    from qviz.data import eval_data
-    from qviz.methods import smoothquant_alpha_sweep
-
     if not alphas:
         return [], 0.5, None
     try:
@@ -111,13 +115,6 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]
     >>> [title for title, _ in items][:2]                                             # doctest: +SKIP
     ['Summary', 'Per-layer output error relative to the baseline']
     """
-    import qviz
-    from qviz.methods import awq_search, smoothing_ranges
-    from qviz.methods._common import layer_weight
-    from qviz.methods._model import input_absmax
-    from qviz.methods.gptq import GPTQMethod, gptq_loss_dataset
-    from qviz.quant.api import as_rows, capture_inputs
-
     datasets = ctx.setdefault("datasets", {})
     layers = _linear_layers(model)
     if not layers:
@@ -131,18 +128,18 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, str]
     bits = int(ctx.get("methods_bits", 4))
     widths = [int(layer_weight(m).shape[1]) for m in layers.values()]
     group = 128 if all(w % 128 == 0 for w in widths) else None
-    rtn, gptq = qviz.RTN(bits=bits, group_size=group), qviz.GPTQ(bits=bits, group_size=group)
-    awq = qviz.AWQ(bits=bits, group_size=group, n_grid=int(ctx.get("awq_n_grid", 20)))
+    rtn, gptq = RTN(bits=bits, group_size=group), GPTQ(bits=bits, group_size=group)
+    awq = AWQ(bits=bits, group_size=group, n_grid=int(ctx.get("awq_n_grid", 20)))
     # SmoothQuant's alpha is model-specific (0.5 in the paper for OPT, ~0.8 for others): the held-out
     # sweep runs first and the best alpha is the one compared layer by layer
     sweep_items, alpha, sweep = _alpha_sweep(model, calib, list(ctx.get("methods_alphas", _DEFAULT_ALPHAS)),
                                              int(ctx.get("methods_sweep_n", 64)))
     if sweep is not None:
         datasets["smoothquant_sweep"] = sweep
-    naive, sq = qviz.ActQuant(8, "per-tensor"), qviz.SmoothQuant(alpha=alpha, act_scheme="per-tensor")
+    naive, sq = ActQuant(8, "per-tensor"), SmoothQuant(alpha=alpha, act_scheme="per-tensor")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # explicit scales, rank-deficient Hessians: reported in the figures
-        errors = qviz.layer_error(model, [rtn, gptq, awq, naive, sq], calib, layers=names)
+        errors = layer_error(model, [rtn, gptq, awq, naive, sq], calib, layers=names)
     datasets["method_errors"] = errors
     pairs = [(gptq.label, rtn.label), (awq.label, rtn.label), (sq.label, naive.label)]
     items: list[tuple[str, str]] = [(

@@ -7,6 +7,11 @@ from typing import Any
 
 import numpy as np
 
+import qviz.plot
+from qviz._capture import capture
+from qviz.models import quantizable_layers
+from qviz.outliers import recurring_channels
+
 
 def summary_table(stats: Any, n: int = 12) -> str:
     """An HTML table of the layers with the largest outlier ratio."""
@@ -29,13 +34,9 @@ def summary_table(stats: Any, n: int = 12) -> str:
 
 def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]]:
     """Capture activation statistics and show where the outliers are."""
-    import qviz
-    from qviz.models import quantizable_layers
-    from qviz.outliers import recurring_channels
-
     linear = [n for n, m in quantizable_layers(model).items() if type(m).__name__ != "Embedding"]
     sample = linear[len(linear) // 2 - 1] if linear else None
-    stats = qviz.capture(model, calib, sample=sample, progress=ctx.get("progress", True))
+    stats = capture(model, calib, sample=sample, progress=ctx.get("progress", True))
     ctx["stats"] = stats
     ctx["datasets"]["stats"] = stats
     worst = str(stats.layer.values[int(np.nanargmax(stats["outlier_ratio"].values))])

@@ -14,20 +14,25 @@ from typing import Any
 
 import numpy as np
 
+from qviz.models import quantizable_layers
+from qviz.plot import quant as qplot
+from qviz.quant.config import RTN, ActQuant, BnbInt8, BnbNF4
+from qviz.quant.error import layer_error
+from qviz.quant.limits import limits
+from qviz.quant.sensitivity import recommend, sensitivity
+from qviz.report_sections import default_group_size
+
 
 def default_configs(model: Any) -> list[Any]:
     """RTN at 8/4/3 bits, W8A8, LLM.int8 and NF4; groups of 128 where every Linear row divides by 128, else per channel."""
-    import qviz
-    from qviz.report_sections import default_group_size
-
     group = default_group_size(model)
     return [
-        qviz.RTN(bits=8, group_size=None, symmetric=True),
-        qviz.RTN(bits=4, group_size=group),
-        qviz.RTN(bits=3, group_size=group),
-        qviz.ActQuant(8, "per-token"),
-        qviz.BnbInt8(threshold=6.0),
-        qviz.BnbNF4(blocksize=64),
+        RTN(bits=8, group_size=None, symmetric=True),
+        RTN(bits=4, group_size=group),
+        RTN(bits=3, group_size=group),
+        ActQuant(8, "per-token"),
+        BnbInt8(threshold=6.0),
+        BnbNF4(blocksize=64),
     ]
 
 
@@ -65,15 +70,11 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
     >>> m = qviz.load("digits-cnn")                                                     # doctest: +SKIP
     >>> items = section(m, qviz.calibration_data(m, n=64), {"datasets": {}})            # doctest: +SKIP
     """
-    import qviz
-    from qviz.models import quantizable_layers
-    from qviz.plot import quant as qplot
-
     datasets = ctx.setdefault("datasets", {})
     configs = list(ctx.get("quant_configs") or default_configs(model))
-    errors = qviz.layer_error(model, configs, calib)
+    errors = layer_error(model, configs, calib)
     datasets["errors"] = errors
-    lim = qviz.limits(model, bits=range(2, 9))
+    lim = limits(model, bits=range(2, 9))
     datasets["limits"] = lim
     first = str(lim.scheme.values[0])
     gap = float((lim["shannon_bound_db"] - lim["sqnr_db"].sel(scheme=first)).sel(bits=4).mean())
@@ -95,12 +96,12 @@ def section(model: Any, calib: Any, ctx: dict[str, Any]) -> list[tuple[str, Any]
     if ctx.get("quant_sensitivity", n_layers <= 8):
         choices = [c for c in configs if c.label in ("RTN w8 ch sym",) or getattr(c, "bits", None) in (4, 3)]
         choices = [c for c in choices if getattr(c, "act_bits", None) is None]
-        sens = qviz.sensitivity(model, choices, calib)
+        sens = sensitivity(model, choices, calib)
         datasets["sensitivity"] = sens
         items.append(("Sensitivity: end-to-end change with one layer quantized", qplot.bits_heatmap(sens, "sensitivity")))
         budget = float(np.nanmean(sens["bits_per_weight"].values))
         try:
-            _, rec = qviz.recommend(model, choices, calib, budget_bits_per_weight=budget, sens=sens)
+            _, rec = recommend(model, choices, calib, budget_bits_per_weight=budget, sens=sens)
         except ValueError as err:
             items.append(("Mixed precision", f"<p>No recommendation: {html.escape(str(err))}</p>"))
         else:

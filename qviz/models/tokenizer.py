@@ -1,0 +1,36 @@
+"""The byte-level tokenizer of the random-weight decoders (no vocabulary file needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+__all__ = ["ByteTokenizer"]
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids (vocab 259: 256 bytes, BOS, EOS, PAD), for the random decoders.
+
+    Examples
+    --------
+    >>> ByteTokenizer()(["hi"])["input_ids"].tolist()
+    [[256, 104, 105]]
+    """
+
+    bos_id, eos_id, pad_id = 256, 257, 258
+    vocab_size = 259
+
+    def __call__(self, texts: Sequence[str], max_length: int = 128) -> dict[str, torch.Tensor]:
+        rows = [[self.bos_id, *list(t.encode("utf-8"))[: max_length - 1]] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        special = {self.bos_id: "<bos>", self.eos_id: "<eos>", self.pad_id: "<pad>"}
+        return [special[int(i)] if int(i) in special else bytes([int(i)]).decode("latin-1") for i in ids]
