@@ -10,7 +10,9 @@ from torch import nn
 from qviz.evaluate.accuracy import _as_model
 from qviz.models import layer_type, quantizable_layers, weight_matrix
 from qviz.quant.config import RTN
+from qviz.quant.granularity import PerGroup
 from qviz.quant.modules import PackedLinear
+from qviz.quant.primitives import fake_quantize_codes
 from qviz.quant.registry import method_for
 from qviz.robustness.straight_through import _swap
 
@@ -52,17 +54,29 @@ class RowGemvLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
+def int4_layer(module: nn.Module, group: int) -> Int4Linear | None:
+    """An :class:`Int4Linear` for an ``nn.Linear`` on CUDA (RTN w4 asymmetric, ``group`` columns), else None."""
+    from qviz.gpu import available  # lazy: Triton loads only for a model on a CUDA device
+    from qviz.gpu.int4 import Int4Linear
+
+    if not isinstance(module, nn.Linear) or not available(module.weight):
+        return None
+    w = module.weight.detach().float()  # [out, in]
+    if w.shape[1] % group or group % 16:
+        return None
+    _, codes, qp = fake_quantize_codes(w, PerGroup(group), 4, symmetric=False)
+    return Int4Linear(codes, qp.scale, qp.zero, group, module.bias)
+
+
 def _gemv_layer(module: nn.Module, cfg: RTN) -> nn.Module | None:
     """A real-kernel replacement for weight-only RTN: on the CPU the Numba GEMV of a packed layer (INT4
     asymmetric with even groups, or INT8 per row), on CUDA the Triton INT4 kernel (:mod:`qviz.gpu.int4`;
     w4 asymmetric groups)."""
-    if not isinstance(cfg, RTN) or cfg.act_bits is not None or layer_type(module) != "linear":
+    if not method_for(cfg).packs(cfg) or layer_type(module) != "linear":  # packs: weight-only RTN
         return None
     if module.weight.device.type == "cuda":  # the Triton INT4 kernel (weight-only w4, asymmetric, even groups)
         if cfg.bits != 4 or cfg.symmetric or cfg.clip_search or not isinstance(cfg.group_size, int):
             return None
-        from qviz.gpu.int4 import int4_layer  # lazy: Triton loads only for a model on a CUDA device
-
         return int4_layer(module, cfg.group_size)
     cols = weight_matrix(module).shape[1]
     group = cfg.group_size

@@ -181,21 +181,6 @@ class Int4Linear(nn.Module):
         return 4 * self.packed.numel() + 2 * self.scale.numel() + self.zero.numel()
 
 
-def int4_layer(module: nn.Module, group: int) -> Int4Linear | None:
-    """An :class:`Int4Linear` for an ``nn.Linear`` on CUDA (RTN w4 asymmetric, ``group`` columns), else None."""
-    from qviz.gpu import available
-    from qviz.quant.granularity import PerGroup
-    from qviz.quant.primitives import fake_quantize_codes
-
-    if not isinstance(module, nn.Linear) or not available(module.weight):
-        return None
-    w = module.weight.detach().float()  # [out, in]
-    if w.shape[1] % group or group % 16:
-        return None
-    _, codes, qp = fake_quantize_codes(w, PerGroup(group), 4, symmetric=False)
-    return Int4Linear(codes, qp.scale, qp.zero, group, module.bias)
-
-
 def tinygemm_pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
                   inner_k_tiles: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """The same RTN w4 weight in torch's tinygemm format (``torch._weight_int4pack_mm``; bf16 scales).
@@ -214,4 +199,4 @@ def tinygemm_pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     return packed, sz
 
 
-__all__ = ["Int4Linear", "int4_layer", "int4_linear", "pack_int4_groups", "tinygemm_pack"]
+__all__ = ["Int4Linear", "int4_linear", "pack_int4_groups", "tinygemm_pack"]

@@ -285,6 +285,7 @@ class QATMethod(Method):
     to the trained quantized weight. ``finalize`` returns ``{"qat": Dataset}`` with the loss per step.
     """
 
+    replacement_types = (QATLinear, QATConv2d)
     needs_inputs = False
     sequential = False
     finalize_changes_layers = True

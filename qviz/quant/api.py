@@ -34,7 +34,7 @@ from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
 from qviz.quant.config import QuantConfig
 from qviz.quant.primitives import check_tensor, count_nonfinite
-from qviz.quant.registry import Method, method_for
+from qviz.quant.registry import Method, method_for, replacement_types
 
 
 # --------------------------------------------------------------------------- one tensor
@@ -411,19 +411,6 @@ def plan(model: QvizModel | nn.Module, cfg: Any, layers: LayerSpec = None, skip:
     return Plan(assign, skipped)
 
 
-def _replacement_classes() -> tuple[type, ...]:
-    from qviz.quant.modules import FakeQuantConv1d, FakeQuantConv2d, FakeQuantLinear, PackedLinear
-
-    found: list[type] = [FakeQuantLinear, FakeQuantConv1d, FakeQuantConv2d, PackedLinear]
-    try:
-        from qviz.methods.qat import QATConv2d, QATLinear
-
-        found += [QATLinear, QATConv2d]
-    except ImportError:  # pragma: no cover - qviz.methods ships with qviz
-        pass
-    return tuple(found)
-
-
 _QUANTIZED_MODULE_PREFIXES = ("bitsandbytes.", "torch.ao.nn.quantized", "torch.nn.quantized")
 
 
@@ -435,7 +422,7 @@ def quantized_layer_names(model: QvizModel | nn.Module) -> dict[str, str]:
     if record is not None and getattr(record, "layers", None):
         return {n: f"a {type(modules[n]).__name__ if n in modules else 'layer'} quantized by qviz.quantize ({r.config})"
                 for n, r in record.layers.items()}
-    classes = _replacement_classes()
+    classes = replacement_types()
     out = {}
     for name, sub in modules.items():
         w = getattr(sub, "weight", None)

@@ -197,6 +197,9 @@ class Method:
     data_free: bool = False
     #: layer types (qviz.models.layer_type) this method can quantize
     layer_types: tuple[str, ...] = ("linear", "conv1d", "conv2d")
+    #: module classes of its own that quantize_layer puts in the model (beyond qviz.quant.modules'
+    #: fake-quant and packed layers), so a quantized model is recognised as one
+    replacement_types: tuple[type, ...] = ()
 
     # ----------------------------------------------------------------- running it
     def prepare(self, model: Any, cfg: QuantConfig, calib: Any, layers: dict[str, nn.Module]) -> Any:
@@ -346,6 +349,11 @@ def unregister(config_type: type[QuantConfig]) -> None:
         known = ", ".join(sorted(t.__name__ for t in _REGISTRY)) or "none"
         raise KeyError(f"{getattr(config_type, '__name__', config_type)!r} has no registered method; registered: {known}.")
     del _REGISTRY[config_type]
+
+
+def registered_methods() -> list[Method]:
+    """The registered Method instances, in registration order."""
+    return list(_REGISTRY.values())
 
 
 def registered_types() -> list[type[QuantConfig]]:

@@ -48,9 +48,11 @@ from qviz.quant.method import (
     menu,
     method_for,
     register,
+    registered_methods,
     registered_types,
     unregister,
 )
+from qviz.quant.modules import FakeQuantConv1d, FakeQuantConv2d, FakeQuantLinear, PackedLinear
 
 __all__ = [
     "CONTROL_NAMES",
@@ -63,8 +65,22 @@ __all__ = [
     "menu",
     "method_for",
     "register",
+    "replacement_types",
     "unregister",
 ]
+
+
+def replacement_types() -> tuple[type, ...]:
+    """The module classes qviz puts in a quantized model: qviz.quant.modules' layers and every method's own.
+
+    Examples
+    --------
+    >>> from qviz.quant.modules import PackedLinear
+    >>> PackedLinear in replacement_types()
+    True
+    """
+    own = [t for method in registered_methods() for t in method.replacement_types]
+    return tuple(dict.fromkeys([FakeQuantLinear, FakeQuantConv1d, FakeQuantConv2d, PackedLinear, *own]))
 
 
 def known_config_types() -> list[type[QuantConfig]]:

@@ -32,7 +32,7 @@ def test_pack_layout_round_trips():
 @pytest.mark.parametrize("tokens", [1, 7, 32])
 @pytest.mark.parametrize("shape", [(512, 1024), (1536, 576)])
 def test_int4_linear_matches_fake_quant_weight(tokens, shape):
-    from qviz.gpu.int4 import int4_layer
+    from qviz.evaluate.kernels import int4_layer
 
     torch.manual_seed(tokens)
     lin = nn.Linear(shape[1], shape[0]).cuda()
