@@ -1,14 +1,14 @@
-"""Time per layer of GPTQ and AWQ (qviz.methods) against straightforward torch versions of the same algorithms.
+"""Time per layer of GPTQ and AWQ (qviz.quant.methods) against straightforward torch versions of the same algorithms.
 
 For each layer shape (384x1536 as in MiniLM's MLP, and 4096x4096 as in a 7B decoder) it
 prints seconds per layer of
 
-* ``qviz.methods.gptq_quantize_weight`` (numba row-parallel block kernel, BLAS lazy updates,
+* ``qviz.quant.methods.gptq_quantize_weight`` (numba row-parallel block kernel, BLAS lazy updates,
   one Cholesky + one triangular inverse) and of a plain torch GPTQ written the way the reference
   implementation is (a Python loop over columns with vectorised row updates, lazy block updates,
   ``cholesky`` + ``cholesky_inverse`` + ``cholesky(upper=True)``), and the ratio of the two;
   the baseline is also timed with qviz's inverse, to isolate the column loop;
-* ``qviz.methods.awq_search`` (numba RTN kernel, Gram matrices where they are cheaper) and a
+* ``qviz.quant.methods.awq_search`` (numba RTN kernel, Gram matrices where they are cheaper) and a
   plain torch AWQ (torch fake-quant, the output error as ``||X W^T - X W_hat^T||^2`` for every
   alpha, the clipping error from the per-group partial outputs of every token) with the same
   grid, tokens and clipping ratios, and the ratio.
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qviz.methods import awq_search, gptq_hessian, gptq_quantize_weight  # noqa: E402
+from qviz.quant.methods import awq_search, gptq_hessian, gptq_quantize_weight  # noqa: E402
 from qviz.quant.primitives import qparams_from_range  # noqa: E402
 
 # --------------------------------------------------------------------------- plain torch GPTQ

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import qviz  # noqa: E402
-from qviz.methods.smoothquant import end_to_end_quality, smoothquant_alpha_sweep  # noqa: E402
+from qviz.quant.methods.smoothquant import end_to_end_quality, smoothquant_alpha_sweep  # noqa: E402
 
 
 def _cosine(model, qmodel, data, ref=None):

@@ -1,30 +1,15 @@
-"""Outlier-aware quantization methods: SmoothQuant, AWQ, GPTQ and QAT.
+"""The outlier-aware methods' public names, under their earlier path.
 
-Importing this package registers each method for its config type
-(:mod:`qviz.quant.registry` imports it lazily). The algorithms are pure
-functions on tensors in the submodules; the registered ``Method`` classes are
-thin glue that :func:`qviz.quantize` drives layer by layer.
+The methods live in :mod:`qviz.quant.methods` (quantization: configs, arithmetic, formats,
+methods, apply). This package keeps ``qviz.methods.awq_search`` and the like working; it adds
+nothing of its own.
+
+Examples
+--------
+>>> import qviz.methods, qviz.quant.methods
+>>> qviz.methods.gptq_quantize_weight is qviz.quant.methods.gptq_quantize_weight
+True
 """
 
-from qviz.methods import awq, gptq, qat, smoothquant  # noqa: F401  (importing registers the methods)
-from qviz.methods.awq import AWQApplied, awq_apply, awq_scales, awq_search
-from qviz.methods.gptq import GPTQResult, gptq_hessian, gptq_quantize_weight, hessian_loss
-from qviz.methods.qat import QATConv2d, QATLinear, qat_finetune
-from qviz.methods.smoothquant import smoothing_factors, smoothing_ranges, smoothquant_alpha_sweep
-
-__all__ = [
-    "AWQApplied",
-    "GPTQResult",
-    "QATConv2d",
-    "QATLinear",
-    "awq_apply",
-    "awq_scales",
-    "awq_search",
-    "gptq_hessian",
-    "gptq_quantize_weight",
-    "hessian_loss",
-    "qat_finetune",
-    "smoothing_factors",
-    "smoothing_ranges",
-    "smoothquant_alpha_sweep",
-]
+from qviz.quant.methods import *  # noqa: F403
+from qviz.quant.methods import __all__  # noqa: F401

@@ -2,11 +2,11 @@
 
 * :func:`smoothing_ranges` — SmoothQuant's migration of difficulty: per-channel activation and
   weight ranges of one layer before and after smoothing
-  (from :func:`qviz.methods.smoothing_ranges`).
+  (from :func:`qviz.quant.methods.smoothing_ranges`).
 * :func:`alpha_sweep` — end-to-end quality over SmoothQuant's alpha, with the naive W8A8 line
-  (from :func:`qviz.methods.smoothquant_alpha_sweep`).
+  (from :func:`qviz.quant.methods.smoothquant_alpha_sweep`).
 * :func:`awq_search` — AWQ's output error over the alpha grid and over the clipping ratios,
-  with the chosen point and the RTN baseline (from :func:`qviz.methods.awq_search`).
+  with the chosen point and the RTN baseline (from :func:`qviz.quant.methods.awq_search`).
 * :func:`gptq_loss` — GPTQ's relative loss per layer beside RTN's on the same Hessian, flagged
   layers marked (from the ``"gptq"`` Dataset that GPTQ's finalize returns).
 * :func:`qat_loss` — the QAT distillation loss per step (from the ``"qat"`` Dataset).
@@ -15,7 +15,7 @@
 Examples
 --------
 >>> import torch, qviz
->>> from qviz.methods import smoothing_ranges as ranges
+>>> from qviz.quant.methods import smoothing_ranges as ranges
 >>> fig = qviz.plot.smoothing_ranges(ranges(torch.tensor([30.0, 1.0, 2.0]), torch.ones(4, 3), 0.5))
 >>> len(fig.data)
 4
@@ -48,11 +48,11 @@ def smoothing_ranges(ds: xr.Dataset, title: str | None = None) -> go.Figure:
     Examples
     --------
     >>> import torch
-    >>> from qviz.methods import smoothing_ranges as ranges
+    >>> from qviz.quant.methods import smoothing_ranges as ranges
     >>> smoothing_ranges(ranges(torch.tensor([9.0, 1.0]), torch.ones(2, 2), 0.5)).layout.yaxis.type
     'log'
     """
-    ds = _check(ds, ("act_absmax", "w_absmax"), "smoothing_ranges", "qviz.methods.smoothing_ranges(...)")
+    ds = _check(ds, ("act_absmax", "w_absmax"), "smoothing_ranges", "qviz.quant.methods.smoothing_ranges(...)")
     ch = ds.channel.values
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         "activations: max |X_j| per input channel", "weights: max |W_j| per input channel"))
@@ -83,7 +83,7 @@ def alpha_sweep(ds: xr.Dataset, title: str | None = None) -> go.Figure:
     >>> [t.name for t in alpha_sweep(ds).data]
     ['SmoothQuant', 'naive W8A8 (no smoothing)']
     """
-    ds = _check(ds, ("cosine", "naive_cosine"), "alpha_sweep", "qviz.methods.smoothquant_alpha_sweep(...)")
+    ds = _check(ds, ("cosine", "naive_cosine"), "alpha_sweep", "qviz.quant.methods.smoothquant_alpha_sweep(...)")
     a = ds.alpha.values
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=a, y=ds.cosine.values, mode="lines+markers", name="SmoothQuant",
@@ -106,12 +106,12 @@ def awq_search(ds: xr.Dataset, title: str | None = None) -> go.Figure:
     Examples
     --------
     >>> import torch
-    >>> from qviz.methods import awq_search as search
+    >>> from qviz.quant.methods import awq_search as search
     >>> fig = awq_search(search(torch.randn(8, 16), torch.randn(64, 16), group_size=8, n_grid=5))
     >>> fig.layout.xaxis.title.text
     'alpha (s = mean|X|^alpha)'
     """
-    ds = _check(ds, ("loss", "clip_loss", "best_alpha", "rtn_rel_err"), "awq_search", "qviz.methods.awq_search(W, X)")
+    ds = _check(ds, ("loss", "clip_loss", "best_alpha", "rtn_rel_err"), "awq_search", "qviz.quant.methods.awq_search(W, X)")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("scale search", "clipping search (after scaling)"))
     fig.add_trace(go.Scatter(x=ds.alpha.values, y=ds.loss.values, mode="lines+markers", name="AWQ scales",
                              line={"color": _AFTER}), row=1, col=1)
@@ -140,7 +140,7 @@ def gptq_loss(ds: xr.Dataset, title: str | None = None) -> go.Figure:
 
     Examples
     --------
-    >>> from qviz.methods.gptq import gptq_loss_dataset
+    >>> from qviz.quant.methods.gptq import gptq_loss_dataset
     >>> ds = gptq_loss_dataset({"a": {"gptq_loss": 1.0, "gptq_rel_loss": 0.01, "rtn_rel_loss": 0.02, "n_tokens": 9.0}})
     >>> [t.name for t in gptq_loss(ds).data]
     ['RTN', 'GPTQ']

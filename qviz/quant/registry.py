@@ -30,7 +30,7 @@ import json
 from typing import Any
 
 # The built-in methods: importing each module runs its @register decorators.
-import qviz.methods  # noqa: F401  (SmoothQuant, AWQ, GPTQ, QAT)
+import qviz.quant.methods  # noqa: F401  (SmoothQuant, AWQ, GPTQ, QAT)
 import qviz.quant.bnb  # noqa: F401
 import qviz.quant.fp  # noqa: F401
 import qviz.quant.gguf  # noqa: F401

@@ -26,9 +26,9 @@ import numpy as np
 import qviz.plot
 from qviz._engine import as_rows, capture_inputs, input_absmax
 from qviz.data import eval_data
-from qviz.methods import awq_search, smoothing_ranges, smoothquant_alpha_sweep
-from qviz.methods._common import layer_weight
-from qviz.methods.gptq import GPTQMethod, gptq_loss_dataset
+from qviz.quant.methods import awq_search, smoothing_ranges, smoothquant_alpha_sweep
+from qviz.quant.methods._common import layer_weight
+from qviz.quant.methods.gptq import GPTQMethod, gptq_loss_dataset
 from qviz.models import layer_type, quantizable_layers
 from qviz.quant.config import AWQ, GPTQ, RTN, ActQuant, SmoothQuant
 from qviz.quant.error import layer_error

@@ -8,9 +8,9 @@ import torch
 import xarray as xr
 
 import qviz
-from qviz.methods import awq_search, smoothing_ranges
-from qviz.methods.gptq import gptq_loss_dataset
-from qviz.methods.qat import qat_loss_dataset
+from qviz.quant.methods import awq_search, smoothing_ranges
+from qviz.quant.methods.gptq import gptq_loss_dataset
+from qviz.quant.methods.qat import qat_loss_dataset
 
 
 def test_smoothing_ranges_figure():

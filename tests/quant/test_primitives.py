@@ -246,7 +246,7 @@ def test_straight_through_never_leaves_the_tensor(monkeypatch):
     w = torch.randn(6, 16, requires_grad=True)
     y = fake_quantize_ste(w, PerGroup(8), 4)
     y.sum().backward()
-    from qviz.methods.qat import QATLinear
+    from qviz.quant.methods.qat import QATLinear
 
     q = QATLinear.from_float(torch.nn.Linear(16, 4), bits=4, group_size=8)
     q(torch.randn(2, 16)).sum().backward()

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.methods._model import clone_model
-from qviz.methods.smoothquant import (
+from qviz.quant.methods._model import clone_model
+from qviz.quant.methods.smoothquant import (
     SmoothQuantMethod,
     _apply_smoothing_,
     _smoothing_plan,

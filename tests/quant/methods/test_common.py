@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from qviz.methods._common import ScaledFakeQuantLinear, check_alpha, check_matrix, replacement_for
+from qviz.quant.methods._common import ScaledFakeQuantLinear, check_alpha, check_matrix, replacement_for
 
 
 def test_scaled_linear_applies_its_input_scale_first():

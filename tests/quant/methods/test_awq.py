@@ -11,7 +11,7 @@ import xarray as xr
 from torch import nn
 
 import qviz
-from qviz.methods.awq import AWQMethod, _sq_err, awq_apply, awq_scales, awq_search
+from qviz.quant.methods.awq import AWQMethod, _sq_err, awq_apply, awq_scales, awq_search
 from qviz.quant.granularity import PerGroup
 from qviz.quant.primitives import fake_quantize_codes
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.methods.qat import QATConv2d, QATLinear, QATMethod, distillation_loss, qat_finetune
+from qviz.quant.methods.qat import QATConv2d, QATLinear, QATMethod, distillation_loss, qat_finetune
 from qviz.quant.granularity import PerGroup, granularity_of
 from qviz.quant.primitives import fake_quantize_codes, fake_quantize_ste
 

@@ -13,7 +13,7 @@ from torch import nn
 import qviz
 from qviz.quant.granularity import granularity_of
 from qviz.quant.primitives import fake_quantize_codes, qparams_from_range
-from qviz.methods.gptq import (
+from qviz.quant.methods.gptq import (
     GPTQMethod,
     gptq_hessian,
     gptq_loss_dataset,

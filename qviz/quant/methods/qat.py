@@ -34,7 +34,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz.methods._common import layer_weight
+from qviz.quant.methods._common import layer_weight
 from qviz.quant.config import QAT
 from qviz.quant.granularity import granularity_of
 from qviz.quant.modules import fake_quant_activation
@@ -296,7 +296,7 @@ class QATMethod(Method):
         return scale_format_bits(cfg.label, cfg.bits, cfg.group_size, cfg.symmetric, row_length)
 
     def prepare(self, model: Any, cfg: QAT, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
-        from qviz.methods._model import as_qviz_model
+        from qviz.quant.methods._model import as_qviz_model
         from qviz._engine import check_calib
 
         if cfg.steps > 0:
@@ -319,7 +319,7 @@ class QATMethod(Method):
                           kernel=new.kernel, info={"qat_steps": float(cfg.steps)})
 
     def finalize(self, model: Any, cfg: QAT, calib: Any, state: Any) -> dict[str, Any]:
-        from qviz.methods._model import as_qviz_model
+        from qviz.quant.methods._model import as_qviz_model
 
         state = state or {}
         modules: dict[str, nn.Module] = state.get("modules", {})

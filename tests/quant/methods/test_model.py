@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.methods._model import clone_model, find_input_groups, fold_scale_, input_absmax
+from qviz.quant.methods._model import clone_model, find_input_groups, fold_scale_, input_absmax
 
 
 def test_fold_scale_keeps_the_function_for_norm_and_linear_predecessors():

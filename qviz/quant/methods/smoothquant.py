@@ -37,7 +37,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz.methods._common import check_alpha, layer_weight, replacement_for
+from qviz.quant.methods._common import check_alpha, layer_weight, replacement_for
 from qviz.quant.config import SmoothQuant
 from qviz.quant.granularity import PerChannel
 from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register, scale_format_bits
@@ -135,7 +135,7 @@ def smoothing_ranges(act_absmax: torch.Tensor, W: torch.Tensor, alpha: float) ->
 
 def _smoothing_plan(model: Any, calib: Any, names: list[str], *, check: bool = True) -> tuple[dict, list]:
     """Activation maxima per layer and the input groups (which layers share an input, foldability)."""
-    from qviz.methods._model import find_input_groups, input_absmax
+    from qviz.quant.methods._model import find_input_groups, input_absmax
 
     absmax = input_absmax(model, calib, names)
     groups = find_input_groups(model, names, calib, check=check)
@@ -144,7 +144,7 @@ def _smoothing_plan(model: Any, calib: Any, names: list[str], *, check: bool = T
 
 def _apply_smoothing_(model: Any, cfg: SmoothQuant, absmax: dict, groups: list, alpha: float | None = None) -> dict:
     """Compute ``s`` per group, fold it where allowed (IN PLACE on ``model``, a copy); return per-layer state."""
-    from qviz.methods._model import fold_scale_
+    from qviz.quant.methods._model import fold_scale_
 
     alpha = cfg.alpha if alpha is None else alpha
     modules = dict(model.module.named_modules())
@@ -250,7 +250,7 @@ class SmoothQuantMethod(Method):
                                  " (smoothing scales folded into the norm)")
 
     def prepare(self, model: Any, cfg: SmoothQuant, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
-        from qviz.methods._model import as_qviz_model
+        from qviz.quant.methods._model import as_qviz_model
         from qviz.models import layer_type
         from qviz._engine import check_calib
 
@@ -303,7 +303,7 @@ class SmoothQuantMethod(Method):
 
 
 def _smoothquant_copy(model: Any, cfg: SmoothQuant, absmax: dict, groups: list, alpha: float | None) -> Any:
-    from qviz.methods._model import clone_model
+    from qviz.quant.methods._model import clone_model
 
     out = clone_model(model)
     state = _apply_smoothing_(out, cfg, absmax, groups, alpha)
@@ -378,7 +378,7 @@ def smoothquant_alpha_sweep(
     """
     from qviz.data import eval_data as default_eval
     from qviz._hooks import select_layers
-    from qviz.methods._model import as_qviz_model
+    from qviz.quant.methods._model import as_qviz_model
     from qviz.models import layer_type
     from qviz._engine import check_calib
 
@@ -423,7 +423,7 @@ def smoothquant_alpha_sweep(
 
 def _naive_copy(model: Any, cfg: SmoothQuant, absmax: dict, groups: list) -> Any:
     """W8A8 with ``s = 1`` everywhere (no smoothing), the same quantizer otherwise."""
-    from qviz.methods._model import clone_model
+    from qviz.quant.methods._model import clone_model
 
     out = clone_model(model)
     root = out.module

@@ -46,7 +46,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz.methods._common import check_matrix, conv_patches, layer_weight, replacement_for
+from qviz.quant.methods._common import check_matrix, conv_patches, layer_weight, replacement_for
 from qviz.quant.config import GPTQ
 from qviz.quant.granularity import granularity_of
 from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register, scale_format_bits

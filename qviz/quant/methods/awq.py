@@ -42,7 +42,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz.methods._common import check_matrix, layer_weight, replacement_for
+from qviz.quant.methods._common import check_matrix, layer_weight, replacement_for
 from qviz.quant.config import AWQ
 from qviz.quant.granularity import granularity_of
 from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register, scale_format_bits
@@ -310,7 +310,7 @@ class AWQMethod(Method):
                                  " (input scales folded into the previous layer)")
 
     def prepare(self, model: Any, cfg: AWQ, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
-        from qviz.methods._model import as_qviz_model, find_input_groups, fold_scale_
+        from qviz.quant.methods._model import as_qviz_model, find_input_groups, fold_scale_
         from qviz.models import layer_type
         from qviz._engine import as_rows, capture_inputs, check_calib
 
@@ -349,7 +349,7 @@ class AWQMethod(Method):
         return state
 
     def quantize_layer(self, name: str, module: nn.Module, cfg: AWQ, inputs: Any, state: Any) -> LayerQuant:
-        from qviz.methods.gptq import layer_input_rows
+        from qviz.quant.methods.gptq import layer_input_rows
 
         state = state if state is not None else {"folded": {}, "search": {}, "reasons": {}}
         W = layer_weight(module, name)  # [out, in]; already scaled by s when folded
