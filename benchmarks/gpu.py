@@ -204,8 +204,8 @@ def random_llama(hidden: int, inter: int, layers: int, heads: int, kv: int, voca
 
 
 def capture_vs_forward(model: qviz.QvizModel, batch: int = 8, tokens: int = 256, n_batches: int = 8) -> dict[str, float]:
-    import qviz._capture as cap
-    from qviz._moments import HostMoments
+    import qviz.activations.capture as cap
+    from qviz.activations.moments import HostMoments
 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 250, (batch * n_batches, tokens), generator=gen)

@@ -28,10 +28,10 @@ _LAZY: dict[str, str] = {
     "eval_data": "qviz.data",
     "generate": "qviz.generation",
     # capture
-    "hooks": "qviz._hooks",
-    "capture": "qviz._capture",
-    "outlier_summary": "qviz.outliers",
-    "massive_activations": "qviz.massive",
+    "hooks": "qviz.activations.hooks",
+    "capture": "qviz.activations.capture",
+    "outlier_summary": "qviz.activations.outliers",
+    "massive_activations": "qviz.activations.massive",
     # quantization
     "RTN": "qviz.quant.config",
     "BnbInt8": "qviz.quant.config",
@@ -61,10 +61,10 @@ _LAZY: dict[str, str] = {
     "quantize": "qviz.quant.api",
     "fake_quantize": "qviz.quant.api",
     "quantize_tensor": "qviz.quant.api",
-    "layer_error": "qviz.quant.error",
-    "sensitivity": "qviz.quant.sensitivity",
-    "recommend": "qviz.quant.sensitivity",
-    "limits": "qviz.quant.limits",
+    "layer_error": "qviz.measure.error",
+    "sensitivity": "qviz.measure.sensitivity",
+    "recommend": "qviz.measure.sensitivity",
+    "limits": "qviz.measure.limits",
     "compare": "qviz.evaluate.compare",
     "project_size": "qviz.evaluate.size",
     "save": "qviz._io",
@@ -115,7 +115,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
-    from qviz._capture import capture
+    from qviz.activations.capture import capture
     from qviz.data import calibration_data, eval_data
-    from qviz._hooks import hooks
+    from qviz.activations.hooks import hooks
     from qviz.models import KNOWN_MODELS, QvizModel, load

@@ -34,7 +34,7 @@ def batch():
 
 
 def test_stats_dataset_displays_its_figure(ip, net, batch):
-    from qviz._capture import capture
+    from qviz.activations.capture import capture
 
     stats = capture(net, batch, progress=False)
     data, _ = ip.display_formatter.format(stats)
@@ -62,7 +62,7 @@ def test_other_datasets_display_as_before(ip):
 
 
 def test_unload_removes_the_display_and_the_magic(net, batch):
-    from qviz._capture import capture
+    from qviz.activations.capture import capture
 
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "qviz")

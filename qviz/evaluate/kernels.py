@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from qviz.quant.modules import PackedLinear
 from qviz.quant.primitives import fake_quantize_codes
 from qviz.quant.registry import method_for
 from qviz.robustness.straight_through import _swap
+
+if TYPE_CHECKING:  # the CUDA module, named in annotations only (Triton loads on first CUDA use)
+    from qviz.gpu.int4 import Int4Linear
 
 __all__ = ["RowGemvLinear", "kernel_class", "kernel_model", "model_kernel"]
 

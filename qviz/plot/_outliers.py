@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from qviz.outliers import _check_stats
+from qviz.activations.outliers import _check_stats
 
 __all__ = [
     "outliers",
@@ -172,7 +172,7 @@ def outlier_bars(stats: xr.Dataset) -> go.Figure:
     """
     _check_stats(stats)
     if "outlier_ratio" not in stats:
-        from qviz.outliers import outlier_summary
+        from qviz.activations.outliers import outlier_summary
 
         stats = outlier_summary(stats)
     names = [str(n) for n in stats.layer.values]
@@ -305,7 +305,7 @@ def channel_recurrence(stats: xr.Dataset, n: int = 20) -> go.Figure:
     """
     _check_stats(stats)
     if "channel_recurrence" not in stats:
-        from qviz.outliers import outlier_summary
+        from qviz.activations.outliers import outlier_summary
 
         stats = outlier_summary(stats)
     rec = stats["channel_recurrence"].values

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from qviz.outliers import _check_stats
+from qviz.activations.outliers import _check_stats
 
 __all__ = ["outlier_ratio_change", "heatmap_change", "outlier_change"]
 

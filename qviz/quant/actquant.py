@@ -161,8 +161,8 @@ def calibrate_act_amax(model: Any, calib: Any, names: list[str], who: str) -> di
     >>> calibrate_act_amax(qviz.load(net), torch.tensor([[1.0, -3.0]]), ["0"], "test")
     {'0': 3.0}
     """
-    from qviz._hooks import hooks
-    from qviz._engine import CAPTURE_BATCH, check_calib
+    from qviz.activations.hooks import hooks
+    from qviz.activations.engine import CAPTURE_BATCH, check_calib
 
     check_calib(calib, f"{who} with act_static=True (static activation scales)")
     amax = dict.fromkeys(names, 0.0)

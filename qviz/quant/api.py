@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qviz._engine import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, reusable  # noqa: F401 - as_float32 etc. also read from here by notebook 03 and the widgets
+from qviz.activations.engine import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, reusable  # noqa: F401 - as_float32 etc. also read from here by notebook 03 and the widgets
 from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
 from qviz.quant.config import QuantConfig

@@ -204,8 +204,8 @@ class GGUFMethod(Method):
             types = {n: (cfg.base_type, None) for n in cols}
         imat: dict[str, np.ndarray] = {}
         if cfg.imatrix and layers:
-            from qviz._capture import capture
-            from qviz._engine import check_calib
+            from qviz.activations.capture import capture
+            from qviz.activations.engine import check_calib
 
             check_calib(calib, f"{cfg.label} (the importance matrix comes from the calibration batch)")
             stats = capture(model, calib, layers=list(layers), progress=False)

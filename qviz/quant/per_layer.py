@@ -148,7 +148,7 @@ class PerLayerMethod(Method):
     def prepare(self, model: Any, cfg: PerLayer, calib: Any, layers: dict[str, nn.Module]) -> _Plan:
         """Each sub-method's ``prepare`` on its own layers; inputs captured for those that need them."""
         from qviz.models import layer_type
-        from qviz._engine import capture_inputs, check_calib
+        from qviz.activations.engine import capture_inputs, check_calib
 
         groups: dict[QuantConfig, dict[str, nn.Module]] = {}
         for name, module in layers.items():
@@ -174,7 +174,7 @@ class PerLayerMethod(Method):
     def quantize_layer(self, name: str, module: nn.Module, cfg: PerLayer, inputs: torch.Tensor | None,
                        state: Any) -> LayerQuant:
         """The chosen sub-method's ``quantize_layer`` for this layer."""
-        from qviz._engine import as_rows
+        from qviz.activations.engine import as_rows
 
         if isinstance(state, _Plan) and name in state.owners:
             sub, method, sub_state = state.owners[name]

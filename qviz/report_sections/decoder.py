@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from qviz.massive import massive_activations
+from qviz.activations.massive import massive_activations
 from qviz.models.gguf import reference_note
 from qviz.report_sections._html import html_table
 

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 
 import qviz.plot
-from qviz._engine import as_rows, capture_inputs, input_absmax
+from qviz.activations.engine import as_rows, capture_inputs, input_absmax
 from qviz.data import eval_data
 from qviz.quant.methods import awq_search, smoothing_ranges, smoothquant_alpha_sweep
 from qviz.quant.methods._common import layer_weight
 from qviz.quant.methods.gptq import GPTQMethod, gptq_loss_dataset
 from qviz.models import layer_type, quantizable_layers
 from qviz.quant.config import AWQ, GPTQ, RTN, ActQuant, SmoothQuant
-from qviz.quant.error import layer_error
+from qviz.measure.error import layer_error
 
 _DEFAULT_ALPHAS = (0.3, 0.5, 0.7, 0.9)
 

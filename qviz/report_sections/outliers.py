@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 import qviz.plot
-from qviz._capture import capture
+from qviz.activations.capture import capture
 from qviz.models import quantizable_layers
-from qviz.outliers import recurring_channels
+from qviz.activations.outliers import recurring_channels
 
 
 def summary_table(stats: Any, n: int = 12) -> str:

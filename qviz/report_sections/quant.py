@@ -17,9 +17,9 @@ import numpy as np
 from qviz.models import quantizable_layers
 from qviz.plot import quant as qplot
 from qviz.quant.config import RTN, ActQuant, BnbInt8, BnbNF4
-from qviz.quant.error import layer_error
-from qviz.quant.limits import limits
-from qviz.quant.sensitivity import recommend, sensitivity
+from qviz.measure.error import layer_error
+from qviz.measure.limits import limits
+from qviz.measure.sensitivity import recommend, sensitivity
 from qviz.report_sections import default_group_size
 
 

@@ -9,8 +9,8 @@ import torch
 import xarray as xr
 from torch import nn
 
-from qviz._engine import capture_outputs
-from qviz._hooks import select_layers
+from qviz.activations.engine import capture_outputs
+from qviz.activations.hooks import select_layers
 from qviz.models import QvizModel, is_quantizable, layer_type
 from qviz.robustness._checks import as_qviz
 

@@ -1,7 +1,7 @@
-"""The old home of QuantExplorer's computation, now :mod:`qviz.quant.lab` (kept importable: tests use it)."""
+"""The old home of QuantExplorer's computation, now :mod:`qviz.measure.lab` (kept importable: tests use it)."""
 
 from qviz.quant.gguf import GGUF_BY_BITS
-from qviz.quant.lab import (
+from qviz.measure.lab import (
     MAX_ROWS,
     SWEEP_BITS,
     LayerLab,

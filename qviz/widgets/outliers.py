@@ -20,7 +20,7 @@ import ipywidgets as W
 import numpy as np
 import xarray as xr
 
-from qviz.outliers import _check_stats, outlier_summary
+from qviz.activations.outliers import _check_stats, outlier_summary
 from qviz.plot import channel_profile
 from qviz.widgets._base import Choice, Explorer, PlotPane, sync_figure
 from qviz.widgets._canvas import HeatmapCanvas
@@ -179,7 +179,7 @@ class OutlierExplorer(Explorer):
                     "OutlierExplorer needs a model and a calibration batch, e.g. "
                     "OutlierExplorer(model, qviz.calibration_data(model, n=32)), or stats=qviz.capture(...)."
                 )
-            from qviz._capture import capture
+            from qviz.activations.capture import capture
             from qviz.models import QvizModel, load
 
             model = model if isinstance(model, QvizModel) else load(model)
@@ -260,7 +260,7 @@ class OutlierExplorer(Explorer):
             return self._samples[layer]
         if self.model is None or self.batch is None:
             return None
-        from qviz._capture import capture
+        from qviz.activations.capture import capture
 
         widths = self._base_stats["n_channels"].values if "n_channels" in self._base_stats else None
         budget_all = (
@@ -282,7 +282,7 @@ class OutlierExplorer(Explorer):
             return
         self._views[self._view] = (self.model, self._base_stats, self._samples, self._sample_all_done)
         if view not in self._views:
-            from qviz._capture import capture
+            from qviz.activations.capture import capture
 
             model = transformed_model(self._views["original"][0], self.batch, view, self._names)
             stats = capture(model, self.batch, progress=False, **self._capture_args)

@@ -26,7 +26,7 @@ from typing import Any
 import ipywidgets as W
 
 from qviz.quant.config import BnbFP4, BnbInt8, BnbNF4, QuantConfig
-from qviz.quant.lab import LayerLab, LayerResult, available_methods, check_fits, make_config, method_controls
+from qviz.measure.lab import LayerLab, LayerResult, available_methods, check_fits, make_config, method_controls
 from qviz.widgets._base import BackgroundJob, Choice, Explorer, PlotPane, sync_figure
 from qviz.widgets._figures import error_bars_spec, histogram_spec, sqnr_bits_spec
 from qviz.widgets._static import bars_html, table_html

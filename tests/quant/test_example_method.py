@@ -192,7 +192,7 @@ def test_compare(pow2):
 
 
 def test_quant_explorer_lists_it_and_builds_its_config(pow2, mlp):
-    from qviz.quant.lab import available_methods, make_config
+    from qviz.measure.lab import available_methods, make_config
 
     assert available_methods()[-1] == "Pow2"
     assert make_config("Pow2", bits=5, group_size="channel") == pow2(bits=5)
@@ -211,7 +211,7 @@ def test_unregister_takes_it_out_of_every_driver(mlp):
     unregister(Pow2RTN)
     with pytest.raises(TypeError, match="Known configs"):
         qviz.quantize(mlp, Pow2RTN(), progress=False)
-    from qviz.quant.lab import available_methods
+    from qviz.measure.lab import available_methods
 
     assert "Pow2" not in available_methods()
     with pytest.raises(KeyError, match="no registered method"):

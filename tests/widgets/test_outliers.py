@@ -99,7 +99,7 @@ def test_displaying_prints_the_static_picture_then_the_live_widget(explorer, mon
 
 
 def test_explore_a_saved_stats_dataset(outlier_net, outlier_batch):
-    from qviz._capture import capture
+    from qviz.activations.capture import capture
 
     stats = capture(outlier_net, outlier_batch, progress=False, sample="fc1")
     ex = OutlierExplorer(stats=stats, debounce=0, threshold=2.0)

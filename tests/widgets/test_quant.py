@@ -139,7 +139,7 @@ def test_layer_numbers_match_layer_error(outlier_net, outlier_batch):
     lab = LayerLab(outlier_net, outlier_batch)
     res = lab.quantize("fc2", cfg)
     lab.output_error(res, cfg)
-    from qviz.quant.error import layer_error
+    from qviz.measure.error import layer_error
 
     ref = layer_error(outlier_net, cfg, calib=outlier_batch, layers=["fc2"])
     assert res.weight_sqnr_db == pytest.approx(float(ref.weight_sqnr_db.sel(layer="fc2")), rel=1e-9)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qviz._engine import conv_patches  # noqa: F401 - gptq reads it here; layer input -> rows lives in the engine
+from qviz.activations.engine import conv_patches  # noqa: F401 - gptq reads it here; layer input -> rows lives in the engine
 from qviz.models import layer_type, weight_matrix
 from qviz.quant.modules import FakeQuantLinear, fake_quant_activation, fake_quant_module
 

@@ -1,6 +1,6 @@
 """Model-level helpers of the methods: which layers share an input, folding scales into a producer.
 
-The layer inputs themselves come from the capture engine (:func:`qviz._engine.input_absmax`).
+The layer inputs themselves come from the capture engine (:func:`qviz.activations.engine.input_absmax`).
 
 Everything that looks at activations goes through :func:`qviz.hooks`, so the
 hooks are gone when these functions return, however they return.
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from qviz._engine import input_absmax
-from qviz._hooks import hooks
+from qviz.activations.engine import input_absmax
+from qviz.activations.hooks import hooks
 from qviz.models import QvizModel, as_module, is_norm, layer_type, load as _load
 from qviz.models.layers import _hf_conv1d_type
 

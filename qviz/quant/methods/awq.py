@@ -312,7 +312,7 @@ class AWQMethod(Method):
     def prepare(self, model: Any, cfg: AWQ, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.quant.methods._model import as_qviz_model, find_input_groups, fold_scale_
         from qviz.models import layer_type
-        from qviz._engine import as_rows, capture_inputs, check_calib
+        from qviz.activations.engine import as_rows, capture_inputs, check_calib
 
         check_calib(calib, "AWQ (it searches scales on each layer's calibration inputs)")
         model = as_qviz_model(model)

@@ -297,7 +297,7 @@ class QATMethod(Method):
 
     def prepare(self, model: Any, cfg: QAT, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.quant.methods._model import as_qviz_model
-        from qviz._engine import check_calib
+        from qviz.activations.engine import check_calib
 
         if cfg.steps > 0:
             check_calib(calib, "QAT (it fine-tunes on the calibration inputs)")

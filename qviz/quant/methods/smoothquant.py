@@ -252,7 +252,7 @@ class SmoothQuantMethod(Method):
     def prepare(self, model: Any, cfg: SmoothQuant, calib: Any, layers: dict[str, nn.Module]) -> dict[str, Any]:
         from qviz.quant.methods._model import as_qviz_model
         from qviz.models import layer_type
-        from qviz._engine import check_calib
+        from qviz.activations.engine import check_calib
 
         check_calib(calib, "SmoothQuant (it measures each layer's activation ranges)")
         model = as_qviz_model(model)
@@ -377,10 +377,10 @@ def smoothquant_alpha_sweep(
     True
     """
     from qviz.data import eval_data as default_eval
-    from qviz._hooks import select_layers
+    from qviz.activations.hooks import select_layers
     from qviz.quant.methods._model import as_qviz_model
     from qviz.models import layer_type
-    from qviz._engine import check_calib
+    from qviz.activations.engine import check_calib
 
     model = as_qviz_model(model)
     check_calib(calib, "smoothquant_alpha_sweep")

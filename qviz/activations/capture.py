@@ -31,14 +31,14 @@ import xarray as xr
 from torch import nn
 
 from qviz._checks import check_bool, check_int, check_number
-from qviz._engine import channel_rows, run_hooked
+from qviz.activations.engine import channel_rows, run_hooked
 from qviz._errors import did_you_mean
 from qviz._filters import LayerSpec
-from qviz._hooks import select_layers
-from qviz._moments import HIST_LOG10_RANGE, accumulator, fetch_all
+from qviz.activations.hooks import select_layers
+from qviz.activations.moments import HIST_LOG10_RANGE, accumulator, fetch_all
 from qviz._version import __version__
 from qviz.models import QvizModel, dequantized_weight, layer_type, load, weight_matrix
-from qviz.outliers import outlier_summary
+from qviz.activations.outliers import outlier_summary
 
 __all__ = ["HIST_LOG10_RANGE", "capture"]
 

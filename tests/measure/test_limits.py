@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import qviz
-from qviz.quant.limits import DB_PER_BIT, code_entropy_bits, differential_entropy_bits, limits
+from qviz.measure.limits import DB_PER_BIT, code_entropy_bits, differential_entropy_bits, limits
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ Examples
 --------
 >>> import torch, qviz
 >>> from torch import nn
->>> lim = qviz.quant.limits.limits(nn.Sequential(nn.Linear(256, 64)), bits=[2, 4, 8])
+>>> lim = qviz.measure.limits.limits(nn.Sequential(nn.Linear(256, 64)), bits=[2, 4, 8])
 >>> bool((lim.sqnr_db <= lim.shannon_bound_db + 1e-6).sel(scheme="RTN ch sym").all())
 True
 """

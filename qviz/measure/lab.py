@@ -39,7 +39,7 @@ from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
 from qviz.quant.api import as_float32, as_rows, capture_inputs, check_calib, fake_quantize, plan, quantize_tensor, reusable
 from qviz.quant.config import RTN, QuantConfig
-from qviz.quant.error import quantized_output
+from qviz.measure.error import quantized_output
 from qviz.quant.registry import Controls, LayerQuant, Method, menu, method_for
 from qviz.quant.rtn import output_without_bias
 from kernels_numba.histogram import ErrorHistogram, error_and_histogram

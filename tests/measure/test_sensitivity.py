@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import qviz
-from qviz.quant.sensitivity import choose_configs
+from qviz.measure.sensitivity import choose_configs
 
 
 def brute_force(cost, size, budget):

@@ -1,4 +1,4 @@
-"""The capture engine (qviz/_engine.py): the batch loop, layer input -> rows, and what it captures."""
+"""The capture engine (qviz/activations/engine.py): the batch loop, layer input -> rows, and what it captures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import qviz
-from qviz._engine import (
+from qviz.activations.engine import (
     capture_inputs,
     capture_outputs,
     channel_rows,

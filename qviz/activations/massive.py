@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from qviz._hooks import hooks
+from qviz.activations.hooks import hooks
 from qviz.models import QvizModel, is_norm, load
 
 __all__ = ["massive_activations"]

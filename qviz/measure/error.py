@@ -35,7 +35,7 @@ from torch import nn
 
 from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
-from qviz._engine import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, reusable
+from qviz.activations.engine import MAX_ROWS, as_float32, as_rows, capture_inputs, check_calib, reusable
 from qviz.quant.api import _set_module, plan
 from qviz.quant.config import QuantConfig
 from qviz.quant.method import weight_only_output

@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 import qviz
-from qviz.outliers import recurring_channels
+from qviz.activations.outliers import recurring_channels
 
 
 def _stats():

@@ -40,7 +40,7 @@ from qviz._filters import LayerSpec
 from qviz.models import QvizModel, layer_type, load, weight_matrix
 from qviz.quant.api import MAX_ROWS, _device_of, _set_module, as_rows, capture_inputs, check_calib, plan, quantize
 from qviz.quant.config import QuantConfig
-from qviz.quant.error import normalize_configs
+from qviz.measure.error import normalize_configs
 from qviz.quant.registry import method_for
 
 METRICS = {

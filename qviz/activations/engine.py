@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qviz._hooks import HookFn, HookRecorder, hooks
+from qviz.activations.hooks import HookFn, HookRecorder, hooks
 from qviz.models import QvizModel
 
 MAX_ROWS = 4096  # calibration rows kept per layer by capture_inputs (a uniform sample beyond that)

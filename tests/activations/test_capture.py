@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import qviz
-from qviz._moments import HostMoments, accumulator
+from qviz.activations.moments import HostMoments, accumulator
 
 
 def _reference(x: np.ndarray) -> dict[str, np.ndarray]:
