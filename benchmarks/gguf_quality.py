@@ -75,17 +75,19 @@ def fixed_point(model) -> None:
     stored = gguf_tensor_types(smollm2_path())
     q = qviz.quantize(model, qviz.GGUF("Q4_1", pure=True), progress=False)
     a, b = quantizable_layers(model), quantizable_layers(q)
-    worst, rel, n = 0.0, 0.0, 0
+    worst = {}  # stored type -> (max |w_q - w|, max relative Frobenius error, layers)
     for name, m in a.items():
         if layer_type(m) != "linear" or name not in b:
             continue
         w, wq = weight_matrix(m).detach().float(), weight_matrix(b[name]).detach().float()
-        worst = max(worst, float((wq - w).abs().max()))
-        rel = max(rel, float((wq - w).norm() / w.norm()))
-        n += 1
+        # torch name -> GGUF name: model.layers.N.self_attn.q_proj -> blk.N.attn_q; lm_head is tied to token_embd
+        kind = "Q8_0 (lm_head, tied to token_embd)" if name == "lm_head" else "Q4_1"
+        e, r, n = worst.get(kind, (0.0, 0.0, 0))
+        worst[kind] = (max(e, float((wq - w).abs().max())), max(r, float((wq - w).norm() / w.norm())), n + 1)
     kinds = collections.Counter(stored.values())
-    print(f"\nGGUF('Q4_1', pure=True) on {model.name}'s own weights (file types: {dict(kinds)}): over {n} linear layers, "
-          f"max |w_q - w| = {worst:.3g}, max ||w_q - w|| / ||w|| = {rel:.3g}; types given: {_types(q)}", flush=True)
+    print(f"\nGGUF('Q4_1', pure=True) on {model.name}'s own weights (file types: {dict(kinds)}; types given: {_types(q)}):")
+    for kind, (e, r, n) in worst.items():
+        print(f"   stored {kind}: {n} linear layers, max |w_q - w| = {e:.3g}, max ||w_q - w|| / ||w|| = {r:.3g}", flush=True)
 
 
 def files(model, qmodel_cfg) -> None:
@@ -104,8 +106,9 @@ def files(model, qmodel_cfg) -> None:
               f"bits per weight: whole file {ds.attrs['bits_per_weight']:.4f}, matrices {ds.attrs['bits_per_weight_matrices']:.4f}")
         for t in sorted(set(ds.type.values.tolist())):
             sel = ds.where(ds.type == t, drop=True)
-            print(f"   {t:5s} {sel.sizes['tensor']:4d} tensors  {int(sel.n_weights.sum()):>11,} weights  "
-                  f"{float(sel.nbytes.sum()) / 1e6:8.2f} MB  {8 * float(sel.nbytes.sum()) / float(sel.n_weights.sum()):.4f} bits/weight")
+            nw, nb = float(sel["n_weights"].sum()), float(sel["nbytes"].sum())
+            print(f"   {t:5s} {sel.sizes['tensor']:4d} tensors  {int(nw):>11,} weights  {nb / 1e6:8.2f} MB  "
+                  f"{8 * nb / nw:.4f} bits/weight")
     t0 = time.perf_counter()
     q = qviz.quantize(model, qmodel_cfg, progress=False)
     out = pathlib.Path(tempfile.mkdtemp(prefix="qviz-gguf-export-")) / "smollm2-135m-Q4_K_M.gguf"
