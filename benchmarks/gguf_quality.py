@@ -49,11 +49,12 @@ def _group(model) -> int:
     return 128 if all(weight_matrix(m).shape[1] % 128 == 0 for m in lin) else 64
 
 
-def configs(model, others: bool) -> list:
+def configs(model, others: bool, types=GGUF_TYPES, imatrix: bool = True) -> list:
     import qviz
 
-    out = [qviz.GGUF(t) for t in GGUF_TYPES]
-    out += [qviz.GGUF("Q4_K_M", imatrix=True), qviz.GGUF("Q2_K", imatrix=True)]
+    out = [qviz.GGUF(t) for t in types]
+    if imatrix:
+        out += [qviz.GGUF("Q4_K_M", imatrix=True), qviz.GGUF("Q2_K", imatrix=True)]
     if others:
         g = _group(model)
         out += [qviz.RTN(bits=4, group_size=g), qviz.BnbNF4(blocksize=64), qviz.GPTQ(bits=4, group_size=g),
@@ -134,6 +135,9 @@ def main() -> None:
     ap.add_argument("--n-chunks", type=int, default=80, help="held-out chunks of 256 tokens (127 scored each)")
     ap.add_argument("--n-calib", type=int, default=32)
     ap.add_argument("--no-others", action="store_true", help="only the GGUF types")
+    ap.add_argument("--types", nargs="+", default=list(GGUF_TYPES), help="GGUF file types to score (default: all ten)")
+    ap.add_argument("--no-imatrix", action="store_true", help="leave out the Q4_K_M / Q2_K imatrix rows")
+    ap.add_argument("--no-fixed-point", action="store_true", help="leave out the Q4_1 fixed-point check")
     ap.add_argument("--files", action="store_true", help="inspect_gguf on the model's file and an export round trip")
     args = ap.parse_args()
 
@@ -142,7 +146,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = qviz.load(args.model)
     calib = qviz.calibration_data(model, n=args.n_calib)
-    if args.model == "smollm2-135m":
+    if args.model == "smollm2-135m" and not args.no_fixed_point:
         fixed_point(model)
     ref = rows.reference(model, args.n_chunks)
     base = rows.reference_row(model, ref)
@@ -154,7 +158,7 @@ def main() -> None:
     print(f"{rows.HEAD} {'model b/w':>9}  tensor types")
     print(rows.line(base) + f" {8 * base['size_bytes'] / n_params:>9.3f}", flush=True)
     kl = {}
-    for cfg in configs(model, not args.no_others):
+    for cfg in configs(model, not args.no_others, args.types, not args.no_imatrix):
         r = rows.evaluate(model, cfg, ref, calib=calib, keep_model=True)
         kl[cfg.label] = r["kl_divergence"]
         types = _types(r.pop("model"))
