@@ -1,6 +1,6 @@
 """Floating-point formats, HQQ and Hadamard rotation, measured in one run.
 
-Run ``python benchmarks/fp_formats.py [--model tiny-llama] [--n-calib 16] [--n-eval 32]``
+Run ``python benchmarks/fp_formats.py [--model tiny-llama] [--n-calib 16] [--n-chunks 80]``
 (any decoder ``qviz.load`` knows, e.g. ``smollm2-135m`` once that loader exists;
 ``--kernels-only`` for part 1 alone). It prints:
 
@@ -15,7 +15,8 @@ Run ``python benchmarks/fp_formats.py [--model tiny-llama] [--n-calib 16] [--n-e
    held-out text, and the mean per-layer output error, for:
    W4A4 naive / SmoothQuant / rotation / rotation + GPTQ (the QuaRot recipe);
    W8A8 INT8 vs FP8 E4M3 dynamic per-token vs static per-tensor;
-   about 4.25-4.5 bits per weight: MXFP4, NVFP4, NF4, FP4, RTN g32 and g128, HQQ g64;
+   about 4.25-4.5 bits per weight: MXFP4, NVFP4, NF4, FP4, GGUF Q4_0, RTN g32 and g128 (g64 where
+   128 does not divide every row, as on smollm2), HQQ g64;
    HQQ vs RTN at 4 and 3 bits (group 64, no calibration).
 
 Layers a format cannot hold (a row length that is not a multiple of its block)
@@ -34,6 +35,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
@@ -105,12 +107,22 @@ def outliers(model, calib) -> None:
         print(f"   {layer:44s} {r[0]:9.1f} {r[1]:9.1f} {s:9.1f} {rot_ch.reduction.values[i]:14.1f}x")
     print(f"   median reduction by rotation {float(np.median(rot_ch.reduction.values)):.1f}x, "
           f"by smoothing {float(np.median(sm_ch.reduction.values)):.1f}x")
-    texts = list(qviz.eval_data(model, n=8)[0])
-    inputs = model.prepare(texts)
+    inputs = {k: v[:4] for k, v in calib.items()}
     with torch.no_grad():
-        y, y_rot = model.run(inputs).float(), rot.run(rot.prepare(texts)).float()
+        y, y_rot = model.run(inputs).float(), rot.run(inputs).float()
     print(f"   rotated full-precision output error ||y_rot - y|| / ||y|| = {float((y_rot - y).norm() / y.norm()):.2e} "
-          f"({next(model.module.parameters()).dtype})")
+          f"(logits of {int(inputs['input_ids'].numel())} calibration tokens, {next(model.module.parameters()).dtype})",
+          flush=True)
+
+
+def _one_pass(cfg):
+    """``cfg`` with every layer's calibration inputs captured once from the unquantized model (``qviz.PerLayer``).
+
+    qviz's GPTQ alone is sequential: one full calibration pass per linear layer (211 on smollm2), hours on 2 cores.
+    """
+    import qviz
+
+    return qviz.PerLayer({"*": cfg}, default=cfg)
 
 
 def _skips(model, cfg) -> list[str]:
@@ -124,36 +136,40 @@ def _skips(model, cfg) -> list[str]:
     return [n for n in _linear_names(model) if weight_matrix(root.get_submodule(n)).shape[1] % group]
 
 
-def quality(model, calib, texts, groups: dict[str, list]) -> None:
-    import qviz
-    from qviz.evaluate.accuracy import decoder_metrics
+def quality(model, calib, n_chunks: int, groups: dict[str, list]) -> None:
+    import _decoder_rows as rows
 
-    base = decoder_metrics(model, model, texts)
-    print(f"\n3. quality on {len(texts)} held-out texts of {model.name} (fp32 perplexity {base['perplexity']:.3f})")
+    ref = rows.reference(model, n_chunks)
+    base = rows.reference_row(model, ref)
+    from qviz.models_gguf import reference_note
+
+    print(f"\n3. quality on {base['n_scored_tokens']:,} held-out tokens of {model.name} ({n_chunks} chunks of 256, second "
+          f"halves scored; {reference_note(model)}; {calib['input_ids'].shape[0]} calibration chunks)")
+    print(f"   {rows.HEAD}")
+    print(f"   {rows.line(base)}", flush=True)
+    done: dict[str, str] = {}  # label -> printed line (a config in two groups is measured once)
     for title, cfgs in groups.items():
-        print(f"   -- {title}")
-        print(f"   {'config':40s} {'mean KL':>9s} {'dPPL %':>8s} {'same top1':>9s} {'layer err':>10s} {'bits/w':>7s}")
+        print(f"   -- {title}", flush=True)
         for cfg in cfgs:
-            skip = _skips(model, cfg)
-            t0 = time.perf_counter()
-            try:
-                q = qviz.quantize(model, cfg, calib=calib, skip=skip or None, progress=False)
-            except ValueError as err:  # e.g. no layer whose row the group divides
-                print(f"   {cfg.label:40s} not run: {err}")
+            if cfg.label in done:
+                print(f"   {done[cfg.label]}  (measured above)", flush=True)
                 continue
-            r = decoder_metrics(q, model, texts)
-            err = qviz.layer_error(model, cfg, calib=calib, skip=skip or None)
-            note = f"  (full precision: {len(skip)} layers)" if skip else ""
-            print(f"   {cfg.label:40s} {r['kl_divergence']:9.4f} {100 * (r['perplexity'] / base['perplexity'] - 1):8.2f} "
-                  f"{r['agreement']:9.3f} {float(err.output_rel_err.mean()):10.4f} "
-                  f"{q.quantization.bits_per_weight:7.3f}  {time.perf_counter() - t0:5.0f}s{note}")
+            skip = _skips(model, cfg)
+            try:
+                r = rows.evaluate(model, cfg, ref, calib=calib, skip=skip)
+            except Exception as err:  # noqa: BLE001  (e.g. no layer whose row the group divides): report, go on
+                print(f"   {cfg.label:40s} not run: {type(err).__name__}: {err}", flush=True)
+                continue
+            note = f"  (full precision: {len(skip)} layers whose rows {cfg.group_size} does not divide)" if skip else ""
+            done[cfg.label] = rows.line(r) + note
+            print(f"   {done[cfg.label]}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-llama", help="a decoder qviz.load knows (default tiny-llama)")
     ap.add_argument("--n-calib", type=int, default=16)
-    ap.add_argument("--n-eval", type=int, default=32)
+    ap.add_argument("--n-chunks", type=int, default=80, help="held-out chunks of 256 tokens (127 scored each)")
     ap.add_argument("--kernels-only", action="store_true")
     ap.add_argument("--no-kernels", action="store_true")
     ap.add_argument("--only", choices=("outliers", "w4a4", "w8a8", "4bit", "hqq"), action="append",
@@ -169,28 +185,33 @@ def main() -> None:
     if model.kind != "decoder":
         raise SystemExit(f"{args.model} is a {model.kind}; this benchmark needs a decoder (tiny-llama, smollm2-135m).")
     calib = qviz.calibration_data(model, n=args.n_calib)
-    texts = list(qviz.eval_data(model, n=args.n_eval)[0])
     only = set(args.only or ("outliers", "w4a4", "w8a8", "4bit", "hqq"))
     if "outliers" in only:
         outliers(model, calib)
+    from qviz.models import weight_matrix
+
+    root = model.module
+    # groups of 128 where every row takes them; smollm2's 576-wide rows (4.5 x 128) take 64
+    wide = 128 if all(weight_matrix(root.get_submodule(n)).shape[1] % 128 == 0 for n in _linear_names(model)) else 64
     w4a4 = qviz.RTN(bits=4, group_size=None, symmetric=True, act_bits=4)
     groups = {
         "w4a4": ("W4A4 (per-channel weights, per-token activations)", [
             w4a4, qviz.SmoothQuant(alpha=0.5, w_bits=4, a_bits=4, act_scheme="per-token"),
-            qviz.Rotated(w4a4), qviz.Rotated(qviz.GPTQ(bits=4, group_size=None, symmetric=True), act_bits=4)]),
+            qviz.Rotated(w4a4), qviz.Rotated(_one_pass(qviz.GPTQ(bits=4, group_size=None, symmetric=True)), act_bits=4)]),
         "w8a8": ("W8A8", [
             qviz.RTN(bits=8, group_size=None, symmetric=True, act_bits=8), qviz.FP8(act_bits=8),
             qviz.FP8(act_bits=8, act_scheme="per-tensor", act_static=True)]),
         "4bit": ("about 4.25-4.5 bits per weight", [
             qviz.MXFP4(), qviz.NVFP4(), qviz.BnbNF4(blocksize=64), qviz.BnbFP4(blocksize=64),
-            qviz.RTN(bits=4, group_size=32), qviz.RTN(bits=4, group_size=128), qviz.HQQ(bits=4, group_size=64)]),
+            qviz.GGUF("Q4_0", pure=True), qviz.RTN(bits=4, group_size=32), qviz.RTN(bits=4, group_size=wide),
+            qviz.HQQ(bits=4, group_size=64)]),
         "hqq": ("HQQ vs RTN, no calibration", [
             qviz.RTN(bits=4, group_size=64), qviz.HQQ(bits=4, group_size=64),
             qviz.RTN(bits=3, group_size=64), qviz.HQQ(bits=3, group_size=64)]),
     }
     chosen = {title: cfgs for key, (title, cfgs) in groups.items() if key in only}
     if chosen:
-        quality(model, calib, texts, chosen)
+        quality(model, calib, args.n_chunks, chosen)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ SmolLM2's rows are 576 wide, which groups of 128 do not divide (576 = 4.5 × 128
 configs use groups of 64, the nearest size that divides every row. The reference is the GGUF's
 Q4_1 weights, dequantized (not the original bf16 checkpoint).
 
-Run:  nice python benchmarks/llm_quality.py [--n-chunks 80] [--n-calib 32] [--quick] [--out DIR]
+Run:  nice python benchmarks/llm_quality.py [--n-chunks 80] [--n-calib 32] [--quick]
+
+Rows are scored one by one against a reference kept on disk (benchmarks/_decoder_rows.py) and printed as
+they finish; the peak memory of a real ``qviz.compare`` call is measured at the end on --compare-chunks chunks.
 """
 
 from __future__ import annotations
@@ -26,45 +29,46 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qviz  # noqa: E402
+
+import _decoder_rows as rows_mod  # noqa: E402
 
 PROMPTS = ["What is the capital of France?", "Name three primary colours.", "What is 12 plus 7?"]
 GROUP = 64
 
 
-def configs(quick: bool) -> list:
+def _gptq(bits: int):
+    """GPTQ with every layer's inputs taken from the full-precision model in one pass (``PerLayer`` captures once).
+
+    qviz's own GPTQ is sequential: it re-runs the whole calibration batch through the model for each of
+    smollm2's 211 linear layers (each layer calibrated on the already-quantized earlier ones), which is hours
+    on a shared 2-core machine.
+    """
+    g = qviz.GPTQ(bits=bits, group_size=GROUP)
+    return qviz.PerLayer({"*": g}, default=g)
+
+
+def configs(quick: bool) -> list[tuple[object, bool]]:
+    """(config, answers?) in the order the must-show claims need them first; answers for the weight-only bit widths."""
     rows = [
-        qviz.BnbInt8(threshold=6.0),
-        qviz.BnbInt8(threshold=0.0),
-        qviz.RTN(bits=8, group_size=None),
-        qviz.RTN(bits=4, group_size=GROUP),
-        qviz.RTN(bits=3, group_size=GROUP),
-        qviz.RTN(bits=2, group_size=GROUP),
-        qviz.BnbNF4(blocksize=64),
-        qviz.BnbFP4(blocksize=64),
-        qviz.GPTQ(bits=4, group_size=GROUP),
-        qviz.GPTQ(bits=3, group_size=GROUP),
-        qviz.AWQ(bits=4, group_size=GROUP),
-        qviz.AWQ(bits=3, group_size=GROUP),
-        qviz.SmoothQuant(alpha=0.5, w_bits=8, a_bits=8, act_scheme="per-tensor"),
-        qviz.RTN(bits=8, group_size=None, act_bits=8, act_scheme="per-tensor"),  # naive W8A8: no smoothing
+        (qviz.RTN(bits=4, group_size=GROUP), True),
+        (_gptq(4), True),
+        (qviz.AWQ(bits=4, group_size=GROUP), True),
+        (qviz.RTN(bits=3, group_size=GROUP), True),
+        (_gptq(3), True),
+        (qviz.AWQ(bits=3, group_size=GROUP), True),
+        (qviz.RTN(bits=8, group_size=None, act_bits=8, act_scheme="per-tensor"), False),  # naive W8A8: no smoothing
+        (qviz.SmoothQuant(alpha=0.5, w_bits=8, a_bits=8, act_scheme="per-tensor"), False),
+        (qviz.RTN(bits=8, group_size=None), True),
+        (qviz.RTN(bits=2, group_size=GROUP), True),
+        (qviz.BnbNF4(blocksize=64), True),
+        (qviz.BnbFP4(blocksize=64), False),
+        (qviz.BnbInt8(threshold=6.0), False),
+        (qviz.BnbInt8(threshold=0.0), False),
     ]
-    return rows[2:6] if quick else rows
-
-
-def _peak_rss_reset() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
-    except OSError:
-        pass
-
-
-def _peak_rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1e6
-    return float("nan")
+    return [rows[0], rows[3]] if quick else rows
 
 
 def load_times() -> qviz.QvizModel:
@@ -102,50 +106,108 @@ def massive(model, calib) -> None:
               f"{str(r0.token.item())!r:>14} {int(r1.channel):>5} {float(r1.absmax):>10.1f} {float(ds.ratio.sel(block=b)):>11.1f}")
 
 
-def table(model, cfgs, n_chunks: int, calib, out: Path | None) -> None:
+from qviz.generation import first_divergence  # noqa: E402
+
+
+def table(model, cfgs, n_chunks: int, calib, max_new_tokens: int, skip_first: int = 0) -> None:
+    rows_mod.peak_rss_reset()
+    before = rows_mod.peak_rss_gb()
+    t = time.perf_counter()
+    ref = rows_mod.reference(model, n_chunks)
+    base = rows_mod.reference_row(model, ref)
+    from qviz.models_gguf import reference_note
+
+    print(f"\n{reference_note(model)}; {base['n_scored_tokens']:,} held-out tokens scored ({n_chunks} chunks of 256, "
+          f"second halves); {calib['input_ids'].shape[0]} calibration chunks of {calib['input_ids'].shape[1]} tokens")
+    print(rows_mod.HEAD)
+    print(rows_mod.line(base), flush=True)
+    ref_answers = qviz.generate(model, PROMPTS, max_new_tokens)
+    _print_answers("fp32", ref_answers, ref_answers)
+    rows = [base]
+    claims_printed = False
+    for cfg, want_answers in cfgs[skip_first:]:
+        r = rows_mod.evaluate(model, cfg, ref, calib=calib, prompts=PROMPTS if want_answers else None,
+                              max_new_tokens=max_new_tokens)
+        rows.append(r)
+        print(rows_mod.line(r), flush=True)
+        if "answers" in r:
+            _print_answers(r["label"], r["answers"], ref_answers)
+        if not claims_printed and _claims(rows, final=False):
+            claims_printed = True
+    secs = time.perf_counter() - t
+    print(f"table: {secs:.0f} s, peak RSS {rows_mod.peak_rss_gb():.2f} GB (process before: {before:.2f} GB)")
+    _claims(rows, final=True)
+    print(f"\nanswers (greedy, {max_new_tokens} new tokens at most; [n] = first token that differs from fp32), by prompt:")
+    for i, p in enumerate(PROMPTS):
+        print(f"  {p}")
+        for r in [{"label": "fp32", "answers": ref_answers}, *rows[1:]]:
+            if "answers" in r:
+                d = first_divergence(r["answers"][i], ref_answers[i])
+                print(f"    {r['label']:<34} {'' if d < 0 else f'[{d}] '}{r['answers'][i].text!r}")
+
+
+CLAIMS = ((f"GPTQ w4 g{GROUP}", f"RTN w4 g{GROUP}"), (f"AWQ w4 g{GROUP}", f"RTN w4 g{GROUP}"),
+          (f"GPTQ w3 g{GROUP}", f"RTN w3 g{GROUP}"), (f"AWQ w3 g{GROUP}", f"RTN w3 g{GROUP}"),
+          ("SmoothQuant", "RTN w8 ch asym a8"))
+
+
+def _claims(rows, final: bool) -> bool:
+    """Print the must-show comparisons once every row they need is measured (or, ``final``, whatever there is)."""
+    kl = {r["label"]: (r["kl_divergence"], r["kl_divergence_stderr"]) for r in rows}
+    found = [(next((k for k in kl if k.startswith(a)), None), next((k for k in kl if k.startswith(b)), None))
+             for a, b in CLAIMS]
+    if not final and not all(la and lb for la, lb in found):
+        return False
+    print("\nmust-show claims (mean KL ± stderr):", flush=True)
+    for (a, b), (la, lb) in zip(CLAIMS, found, strict=True):
+        if la is None or lb is None:
+            print(f"  {a} vs {b}: not both measured")
+            continue
+        (ka, sa), (kb, sb) = kl[la], kl[lb]
+        print(f"  {la} {ka:.5f} ± {sa:.5f}  <  {lb} {kb:.5f} ± {sb:.5f} : {'holds' if ka < kb else 'DOES NOT hold'}",
+              flush=True)
+    print(flush=True)
+    return True
+
+
+def _print_answers(label, answers, ref_answers) -> None:
+    for a, r in zip(answers, ref_answers, strict=True):
+        d = first_divergence(a, r)
+        print(f"      answer {label:<30} {'' if d < 0 else f'[{d}] '}{a.text!r}", flush=True)
+
+
+def compare_memory(model, calib, n_chunks: int) -> None:
+    """Peak memory of one real ``qviz.compare`` call (fp32 + RTN w4) on ``n_chunks`` chunks."""
     from qviz.evaluate.accuracy import PerplexityTask
 
-    _peak_rss_reset()
-    before = _peak_rss_gb()
+    rows_mod.peak_rss_reset()
+    before = rows_mod.peak_rss_gb()
     t = time.perf_counter()
-    cmp = qviz.compare(model, cfgs, task=PerplexityTask(n=n_chunks, seq_len=256), calib=calib,
-                       metrics=["accuracy", "size"], prompts=PROMPTS, max_new_tokens=32, progress=True)
-    secs = time.perf_counter() - t
-    peak = _peak_rss_gb()
-    n = int(cmp.n_scored_tokens.sel(config="fp32"))
-    print(f"\n{cmp.attrs['reference']}; {n:,} held-out tokens scored ({n_chunks} chunks of 256, second halves); "
-          f"{calib['input_ids'].shape[0]} calibration chunks of {calib['input_ids'].shape[1]} tokens")
-    print(f"qviz.compare: {secs:.0f} s, peak RSS {peak:.2f} GB (process before: {before:.2f} GB)")
-    head = f"{'config':<34} {'PPL':>9} {'±':>6} {'ΔPPL%':>7} {'mean KL':>9} {'KL p99':>8} {'top-1%':>7} {'bits/w':>7} {'size MB':>8}"
-    print(head)
-    for c in cmp.config.values:
-        r = cmp.sel(config=c)
-        print(f"{str(c):<34} {float(r.perplexity):>9.4f} {float(r.perplexity_stderr):>6.3f} {float(r.delta_perplexity_pct):>+7.2f} "
-              f"{float(r.kl_divergence):>9.5f} {float(r.kl_divergence_p99):>8.4f} {100 * float(r.agreement):>7.2f} "
-              f"{float(r.bits_per_weight):>7.3f} {float(r.size_bytes) / 1e6:>8.2f}")
-    print("\nanswers (greedy, 32 new tokens at most; [n] = first token that differs from fp32):")
-    for p in cmp.prompt.values:
-        print(f"  {p}")
-        for c in cmp.config.values:
-            d = int(cmp.first_divergence.sel(config=c, prompt=p))
-            print(f"    {str(c):<34} {'' if d < 0 else f'[{d}] '}{str(cmp.answer.sel(config=c, prompt=p).item())!r}")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        qviz.save(cmp, out / "llm_quality.nc")
+    cmp = qviz.compare(model, [qviz.RTN(bits=4, group_size=GROUP)], task=PerplexityTask(n=n_chunks, seq_len=256),
+                       calib=calib, metrics=["accuracy", "size"], progress=False)
+    print(f"\nqviz.compare(smollm2-135m, [RTN w4 g{GROUP}], PerplexityTask(n={n_chunks}), metrics=accuracy+size): "
+          f"{time.perf_counter() - t:.0f} s, peak RSS {rows_mod.peak_rss_gb():.2f} GB (process before {before:.2f} GB); "
+          f"mean KL {float(cmp.kl_divergence.sel(config=f'RTN w4 g{GROUP} asym')):.5f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-chunks", type=int, default=80, help="held-out chunks of 256 tokens (127 scored each)")
     ap.add_argument("--n-calib", type=int, default=32, help="calibration chunks of 128 tokens")
-    ap.add_argument("--quick", action="store_true", help="RTN rows only")
-    ap.add_argument("--out", type=Path, default=None, help="write the comparison Dataset here (netCDF)")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--compare-chunks", type=int, default=8, help="chunks for the qviz.compare peak-memory run (0: skip)")
+    ap.add_argument("--quick", action="store_true", help="RTN w4 and w3 rows only")
+    ap.add_argument("--skip-first", type=int, default=0, help="leave out the first N configs (measured by an earlier run)")
+    ap.add_argument("--table-only", action="store_true", help="skip the load timing, capture/forward and massive activations")
     args = ap.parse_args()
-    model = load_times()
+    model = qviz.load("smollm2-135m") if args.table_only else load_times()
     calib = qviz.calibration_data(model, n=args.n_calib)
-    capture_ratio(model, qviz.calibration_data(model, n=4))
-    massive(model, calib)
-    table(model, configs(args.quick), args.n_chunks, calib, args.out)
+    if not args.table_only:
+        capture_ratio(model, qviz.calibration_data(model, n=2))
+        massive(model, calib)
+    table(model, configs(args.quick), args.n_chunks, calib, args.max_new_tokens, args.skip_first)
+    if args.compare_chunks:
+        compare_memory(model, calib, args.compare_chunks)
 
 
 if __name__ == "__main__":
