@@ -141,7 +141,7 @@ def quality(model, calib, n_chunks: int, groups: dict[str, list]) -> None:
 
     ref = rows.reference(model, n_chunks)
     base = rows.reference_row(model, ref)
-    from qviz.models_gguf import reference_note
+    from qviz.models.gguf import reference_note
 
     print(f"\n3. quality on {base['n_scored_tokens']:,} held-out tokens of {model.name} ({n_chunks} chunks of 256, second "
           f"halves scored; {reference_note(model)}; {calib['input_ids'].shape[0]} calibration chunks)")

@@ -71,7 +71,7 @@ def _types(q) -> str:
 def fixed_point(model) -> None:
     import qviz
     from qviz.models import layer_type, quantizable_layers, weight_matrix
-    from qviz.models_gguf import gguf_tensor_types, smollm2_path
+    from qviz.models.gguf import gguf_tensor_types, smollm2_path
 
     stored = gguf_tensor_types(smollm2_path())
     q = qviz.quantize(model, qviz.GGUF("Q4_1", pure=True), progress=False)
@@ -96,7 +96,7 @@ def files(model, qmodel_cfg) -> None:
 
     path = None
     try:
-        from qviz.models_gguf import smollm2_path
+        from qviz.models.gguf import smollm2_path
 
         path = smollm2_path()
     except (ImportError, ModuleNotFoundError) as err:
@@ -150,7 +150,7 @@ def main() -> None:
         fixed_point(model)
     ref = rows.reference(model, args.n_chunks)
     base = rows.reference_row(model, ref)
-    from qviz.models_gguf import reference_note
+    from qviz.models.gguf import reference_note
 
     n_params = model.n_params()
     print(f"\n{reference_note(model)}; {base['n_scored_tokens']:,} held-out tokens scored ({args.n_chunks} chunks of 256, "

@@ -115,7 +115,7 @@ def table(model, cfgs, n_chunks: int, calib, max_new_tokens: int, skip_first: in
     t = time.perf_counter()
     ref = rows_mod.reference(model, n_chunks)
     base = rows_mod.reference_row(model, ref)
-    from qviz.models_gguf import reference_note
+    from qviz.models.gguf import reference_note
 
     print(f"\n{reference_note(model)}; {base['n_scored_tokens']:,} held-out tokens scored ({n_chunks} chunks of 256, "
           f"second halves); {calib['input_ids'].shape[0]} calibration chunks of {calib['input_ids'].shape[1]} tokens")
