@@ -205,7 +205,10 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: str) -> st
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        writer.add_token_merges([])
+        # llama.cpp refuses a BPE vocabulary without a merges key, and gguf-py cannot write an empty
+        # array: one merge of two NUL bytes stands for "no merges" (NUL never occurs in text, and the
+        # merged string is not in the vocabulary, so llama.cpp would fall back to the bytes anyway)
+        writer.add_token_merges([f"{table[0]} {table[0]}"])
         writer.add_bos_token_id(tokenizer.bos_id)
         writer.add_eos_token_id(tokenizer.eos_id)
         writer.add_pad_token_id(tokenizer.pad_id)
