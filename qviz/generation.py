@@ -29,7 +29,7 @@ import torch
 
 from qviz.models import ByteTokenizer, QvizModel, load
 
-__all__ = ["Answer", "first_divergence", "generate"]
+__all__ = ["Answer", "check_max_new_tokens", "check_prompts", "first_divergence", "generate"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,14 @@ class Answer:
         return self.text
 
 
-def _check_prompts(prompts: Any) -> list[str]:
+def check_prompts(prompts: Any) -> list[str]:
+    """The prompts as a list of strings, or a clear error (one string, an empty list, a non-string entry).
+
+    Examples
+    --------
+    >>> check_prompts(("Hi", "Hello"))
+    ['Hi', 'Hello']
+    """
     if isinstance(prompts, str):
         raise TypeError(f"prompts must be a list of strings, not one string; pass [{prompts!r}].")
     if not isinstance(prompts, Sequence):
@@ -71,7 +78,14 @@ def _check_prompts(prompts: Any) -> list[str]:
     return list(prompts)
 
 
-def _check_max_new_tokens(n: Any) -> int:
+def check_max_new_tokens(n: Any) -> int:
+    """``n`` if it is a positive int (tokens to generate per prompt), else a ValueError naming it.
+
+    Examples
+    --------
+    >>> check_max_new_tokens(16)
+    16
+    """
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise ValueError(f"max_new_tokens must be a positive int (tokens to generate per prompt); got {n!r}.")
     return n
@@ -170,8 +184,8 @@ def generate(
     ValueError: max_new_tokens must be a positive int (tokens to generate per prompt); got 0.
     """
     model = load(model) if not isinstance(model, QvizModel) else model
-    prompts = _check_prompts(prompts)
-    max_new_tokens = _check_max_new_tokens(max_new_tokens)
+    prompts = check_prompts(prompts)
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
     if model.kind != "decoder" or model.tokenizer is None:
         raise ValueError(
             f"generate needs a decoder with a tokenizer; {model.name!r} is a {model.kind!r}. "

@@ -257,7 +257,7 @@ def _text_robustness(ctx: _Context, q: QvizModel, index: torch.Tensor) -> dict[s
     tokens = {"HotFlip white-box (STE)": hot["success"].tolist(), "HotFlip transfer from fp32": transfer_hot}
     amp = None
     if n_active:
-        e0 = R._embed_inputs(q, clean_inputs)
+        e0 = R.embed_inputs(q, clean_inputs)
         mask = clean_inputs["attention_mask"]
         amp = R.error_amplification(
             q, {"inputs_embeds": e0, "attention_mask": mask}, {"inputs_embeds": e0 + a["amp_delta"], "attention_mask": mask}
@@ -510,16 +510,16 @@ def compare(
 
     if calib is None and any(method_for(c).needs_inputs for c in cfgs):
         calib = _default_calib(model, None)
-    hw = cost_mod._as_table(hardware) if isinstance(hardware, xr.Dataset) else cost_mod.hardware_table(hardware)
+    hw = cost_mod.as_hardware_table(hardware) if isinstance(hardware, xr.Dataset) else cost_mod.hardware_table(hardware)
     ref = t.reference(model)
     cost_inputs, n_tokens = _cost_inputs(model, ref)
-    cost_mod._Threads(threads)  # validates
+    cost_mod.Threads(threads)  # validates
     ctx = _Context(model, t, ref, metrics, eps_arr, calib, hw, cost_inputs, n_tokens, threads)
     if prompts is not None:
-        from qviz.generation import _check_max_new_tokens, _check_prompts, generate
+        from qviz.generation import check_max_new_tokens, check_prompts, generate
 
-        ctx.prompts = _check_prompts(prompts)
-        ctx.max_new_tokens = _check_max_new_tokens(max_new_tokens)
+        ctx.prompts = check_prompts(prompts)
+        ctx.max_new_tokens = check_max_new_tokens(max_new_tokens)
         ctx.ref_answers = generate(model, ctx.prompts, ctx.max_new_tokens)
     if "robustness" in metrics:
         _prepare_attacks(ctx, n_attack, attack_steps, seed=0)
@@ -547,7 +547,7 @@ def compare(
     if "prompt" in out.coords:
         out["prompt"].attrs = {"long_name": "prompt (one user turn for chat models)"}
     if getattr(t, "name", "") == "perplexity":
-        from qviz.models_gguf import reference_note
+        from qviz.models.gguf import reference_note
 
         out.attrs["reference"] = reference_note(model)
     if "hardware" in out.dims:

@@ -50,10 +50,6 @@ from qviz.evaluate.kernels import kernel_class, kernel_model, model_kernel
 from qviz.evaluate.roofline import cost_table, fits_on, offload_roofline, roofline, usd_per_1k_queries, usd_per_1m_tokens
 from qviz.evaluate.timing import Threads, measure_latency
 
-# the names qviz.evaluate.compare reads under their former private spelling
-_as_table = as_hardware_table
-_Threads = Threads
-
 __all__ = [
     "DEFAULT_HARDWARE",
     "Hardware",

@@ -48,9 +48,10 @@ from qviz.robustness._checks import NORMS
 from qviz.robustness.amplification import error_amplification
 from qviz.robustness.images import fgsm, pgd, success_counts, success_rate
 from qviz.robustness.straight_through import straight_through
-from qviz.robustness.text import embedding_pgd, retrieval_success_counts, retrieval_success_rate, token_substitution
+from qviz.robustness.text import embed_inputs, embedding_pgd, retrieval_success_counts, retrieval_success_rate, token_substitution
 
 __all__ = [
+    "embed_inputs",
     "NORMS",
     "dequantized_weight",
     "embedding_pgd",

@@ -31,7 +31,16 @@ def _check_retrieval(model: QvizModel, queries: Any, index: Any, targets: Any) -
     return list(queries), index.detach().float(), targets
 
 
-def _embed_inputs(model: QvizModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def embed_inputs(model: QvizModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The input embeddings ``[batch, tokens, dim]`` (float32) of a text model's tokenized ``inputs``.
+
+    Examples
+    --------
+    >>> import qviz
+    >>> m = qviz.load("tiny-llama")
+    >>> embed_inputs(m, {"input_ids": torch.tensor([[1, 2, 3]])}).shape[:2]
+    torch.Size([1, 3])
+    """
     emb = model.module.get_input_embeddings()
     with torch.no_grad():
         return emb(inputs["input_ids"]).float()  # [batch, tokens, dim]
@@ -116,7 +125,7 @@ def embedding_pgd(
     alpha_t = 2.5 * eps_t / steps if alpha is None else check_eps(alpha, "alpha")
     clean = qm.prepare(queries)
     mask = clean["attention_mask"]
-    e0 = _embed_inputs(qm, clean)  # [batch, tokens, dim]
+    e0 = embed_inputs(qm, clean)  # [batch, tokens, dim]
     keep = mask.unsqueeze(-1).to(e0.dtype)  # [batch, tokens, 1]
     if delta is not None:
         if delta.shape != e0.shape:
