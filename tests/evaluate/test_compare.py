@@ -101,3 +101,13 @@ def test_compare_on_a_dask_client_equals_local():
         remote = qviz.compare(m, [qviz.RTN(bits=3, group_size=16)], client=client, **args)
     np.testing.assert_allclose(remote.perplexity.values, local.perplexity.values, rtol=1e-6)
     np.testing.assert_array_equal(remote.size_bytes.values, local.size_bytes.values)
+
+
+@pytest.mark.slow
+def test_compare_text_robustness_on_minilm():
+    """The text-attack path (embedding PGD, HotFlip, error amplification) end to end on the real encoder:
+    ``qviz report --model minilm`` runs it, and the robustness split once left it calling a name that had moved."""
+    cmp = qviz.compare(qviz.load("minilm"), [qviz.RTN(bits=8, group_size=None)], metrics=["robustness"],
+                       eps=[0.0, 0.5], n_attack=4, attack_steps=2, progress=False)
+    assert "attack_success_rate" in cmp and "error_amplification" in cmp
+    assert np.isfinite(cmp["error_amplification"].values).all()
