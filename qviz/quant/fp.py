@@ -41,7 +41,7 @@ from torch import nn
 from qviz.models import weight_matrix
 from qviz.quant.actquant import ActSpec, act_module, calibrate_act_amax, check_act_fields
 from qviz.quant.config import QuantConfig
-from qviz.quant.modules import packed_nbytes
+from qviz.quant.primitives import packed_nbytes
 from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register
 from qviz.quant.rtn import output_without_bias
 

@@ -35,9 +35,8 @@ import torch
 
 from qviz.quant.fp import WeightFormatMethod, _ActFields
 from qviz.quant.granularity import Granularity, PerTensor, granularity_of
-from qviz.quant.modules import packed_nbytes
 from qviz.quant.method import Controls, FormatBits, register
-from qviz.quant.primitives import check_bits, check_group_size
+from qviz.quant.primitives import check_bits, check_group_size, packed_nbytes
 
 __all__ = ["HQQ", "HQQParams", "hqq_qparams", "hqq_quantize", "hqq_dequantize", "shrink_lp"]
 

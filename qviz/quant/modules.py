@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from qviz.quant.primitives import packed_nbytes  # noqa: F401 - the packed layers' byte rule, read here by their callers
+
 ACT_SCHEMES = ("per-token", "per-tensor")
 
 
@@ -235,17 +237,6 @@ def fake_quant_module(module: nn.Module, weight_hat: torch.Tensor, act_bits: int
 
 
 # --------------------------------------------------------------------------- packed layer
-
-
-def packed_nbytes(rows: int, cols: int, bits: int) -> int:
-    """Bytes of a ``[rows, cols]`` code matrix packed row by row: ``rows * ceil(cols * bits / 8)``.
-
-    Examples
-    --------
-    >>> packed_nbytes(384, 384, 4), packed_nbytes(2, 10, 3)
-    (73728, 8)
-    """
-    return int(rows) * ((int(cols) * int(bits) + 7) // 8)
 
 
 class PackedLinear(nn.Module):

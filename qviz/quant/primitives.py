@@ -598,6 +598,17 @@ def _param_nbytes(n_scales: int, symmetric: bool) -> int:
     return 2 * n_scales + (0 if symmetric else n_scales)
 
 
+def packed_nbytes(rows: int, cols: int, bits: int) -> int:
+    """Bytes of a ``[rows, cols]`` code matrix packed row by row: ``rows * ceil(cols * bits / 8)``.
+
+    Examples
+    --------
+    >>> packed_nbytes(384, 384, 4), packed_nbytes(2, 10, 3)
+    (73728, 8)
+    """
+    return int(rows) * ((int(cols) * int(bits) + 7) // 8)
+
+
 def rtn_nbytes(shape: tuple[int, int], bits: int, group_size: Any = None, symmetric: bool = False) -> int:
     """True bytes of an RTN-quantized ``[out, in]`` weight: packed codes + float16 scales + uint8 zeros.
 
@@ -618,7 +629,7 @@ def rtn_nbytes(shape: tuple[int, int], bits: int, group_size: Any = None, symmet
     bits = check_bits(bits)
     check_group_size(group_size, (rows, cols))
     n_scales = int(np.prod(granularity_of(group_size).scale_shape((rows, cols))))
-    return rows * ((cols * bits + 7) // 8) + _param_nbytes(n_scales, bool(symmetric))
+    return packed_nbytes(rows, cols, bits) + _param_nbytes(n_scales, bool(symmetric))
 
 
 # --------------------------------------------------------------------------- GPU kernel path
