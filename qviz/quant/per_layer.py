@@ -143,7 +143,7 @@ class PerLayerMethod(Method):
                 f"of layer {name!r}. Pick a divisor, or give this layer its own rule."
             )
         method = method_for(sub)
-        return method.refuse(name, shape, sub) if hasattr(method, "refuse") else None
+        return method.refuse(name, shape, sub)
 
     def prepare(self, model: Any, cfg: PerLayer, calib: Any, layers: dict[str, nn.Module]) -> _Plan:
         """Each sub-method's ``prepare`` on its own layers; inputs captured for those that need them."""
