@@ -112,6 +112,19 @@ def fake_quant(n: int) -> dict[str, float]:
         q, st = F.quantize_4bit(x, blocksize=64, quant_type="nf4")
         F.dequantize_4bit(q, st)
 
+    import qviz.gpu.fakequant as fq
+
+    sweep = {}
+    default = (fq.TILE, fq.WARPS)
+    try:  # tile size and warps of the two kernels; the defaults are what the rows above ran
+        for tile in (1024, 2048, 4096, 8192):
+            for warps in (4, 8, 16):
+                fq.TILE, fq.WARPS = tile, warps
+                sweep[f"rtn_tile{tile}_w{warps}_us"] = bench_us(lambda: rtn_groups(x, 128, 4, False, check=False))
+                sweep[f"nf4_tile{tile}_w{warps}_us"] = bench_us(lambda: codebook_blocks(x, 64, "nf4", check=False))
+    finally:
+        fq.TILE, fq.WARPS = default
+    out["sweep"] = sweep
     t = attempt(f"bnb nf4 quantize+dequantize {n}", lambda: bench_us(bnb_nf4))
     if t is not None:
         out["bnb_nf4_quant_dequant_us"] = t
@@ -172,7 +185,17 @@ def matmul(n: int, batch: int, copy_gbps: float) -> dict[str, dict[str, float]]:
         packed = pack_int4_groups(codes, 128)
         s16, z = qp.scale.half(), qp.zero
         int4_bytes = 4 * packed.numel() + 3 * s16.numel()
+        import qviz.gpu.int4 as int4_mod
+
         record("qviz triton int4 (g128)", lambda: int4_linear(x16, packed, s16, z, 128), int4_bytes)
+        if batch == 1:  # the other batch-1 kernel, for the record
+            other = "rows" if int4_mod.GEMV == "splitk" else "splitk"
+            saved = int4_mod.GEMV
+            try:
+                int4_mod.GEMV = other
+                record(f"qviz triton int4 (g128, {other} GEMV)", lambda: int4_linear(x16, packed, s16, z, 128), int4_bytes)
+            finally:
+                int4_mod.GEMV = saved
         tg = attempt("tinygemm pack", lambda: tinygemm_pack(codes, qp.scale, qp.zero, 128))
         if tg is not None:
             record("torch tinygemm int4 (g128, bf16)", lambda: torch._weight_int4pack_mm(xb, tg[0], 128, tg[1]),
@@ -203,7 +226,8 @@ def random_llama(hidden: int, inter: int, layers: int, heads: int, kv: int, voca
     return base.with_module(module, name=f"random Llama h{hidden} x{layers}")
 
 
-def capture_vs_forward(model: qviz.QvizModel, batch: int = 8, tokens: int = 256, n_batches: int = 8) -> dict[str, float]:
+def capture_vs_forward(model: qviz.QvizModel, batch: int = 8, tokens: int = 256, n_batches: int = 8,
+                       profile: bool = False) -> dict[str, float]:
     import qviz.activations.capture as cap
     from qviz.activations.moments import HostMoments
 
@@ -223,6 +247,14 @@ def capture_vs_forward(model: qviz.QvizModel, batch: int = 8, tokens: int = 256,
     finally:
         cap.accumulator = saved
     n_layers = len(qviz.capture(model, one, batch_size=batch, progress=False).layer)
+    if profile:  # where a many-batch capture spends its time (host and device), for the record
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            qviz.capture(model, many, batch_size=batch, progress=False)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), flush=True)
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12), flush=True)
     return {"forward_ms": fwd, "capture_ms": cap1, "speed_vs_forward": fwd / cap1,
             f"forward_{n_batches}_batches_ms": fwd_many, f"capture_{n_batches}_batches_ms": cap_many,
             f"speed_vs_forward_{n_batches}_batches": fwd_many / cap_many,
@@ -361,12 +393,16 @@ def main() -> None:
     bw = r["fake_quant"]["8192"]["copy_bandwidth_gbps"]
     r["matmul"] = {f"{n}_b{b}": matmul(n, b, bw) for n in (4096, 8192) for b in (1, 32)}
     print(json.dumps(r["matmul"], indent=1), flush=True)
+    partial = Path(args.out) / "RESULTS.partial.json"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text(json.dumps(r, indent=1, default=str))
     smol = random_llama(576, 1536, 30, 9, 3, 49152)
-    r["capture"] = {"smollm2": capture_vs_forward(smol)}
+    r["capture"] = {"smollm2": capture_vs_forward(smol, profile=True)}
     big = random_llama(2048, 5632, 4, 16, 4, 32000)
     r["capture"]["llama2048"] = capture_vs_forward(big)
     del big
     print(json.dumps(r["capture"], indent=1), flush=True)
+    partial.write_text(json.dumps(r, indent=1, default=str))
     if not args.skip_compare:
         r["compare"] = attempt("compare on the GPU", lambda: compare_on_gpu(smol))
     r["failed"] = dict(FAILED)

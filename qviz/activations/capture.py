@@ -35,7 +35,7 @@ from qviz.activations.engine import channel_rows, run_hooked
 from qviz._errors import did_you_mean
 from qviz._filters import LayerSpec
 from qviz.activations.hooks import select_layers
-from qviz.activations.moments import HIST_LOG10_RANGE, accumulator, fetch_all
+from qviz.activations.moments import HIST_LOG10_RANGE, DeviceQueue, TritonMoments, accumulator, fetch_all
 from qviz._version import __version__
 from qviz.models import QvizModel, dequantized_weight, layer_type, load, weight_matrix
 from qviz.activations.outliers import outlier_summary
@@ -118,12 +118,25 @@ class _Layer:
 # --------------------------------------------------------------------------- the hook
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter, or None for tensors without one (made under inference_mode)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return None
+
+
 class _StatsHook:
     """The forward hook of :func:`capture`: folds each layer's activation into its running statistics.
 
     q, k and v projections read one tensor: its statistics are computed once per batch. Which
     layers share is learnt in the first batch a layer runs in; a layer that shared nothing then
     folds its batches straight into its running state.
+
+    On a CUDA device the first batch runs layer by layer (one launch each) while the hook notes
+    every tensor's version counter. If the forward pass wrote to none of them in place after its
+    layer ran, the later batches are queued (:class:`~qviz.activations.moments.DeviceQueue`) and
+    folded in a few grouped launches, so the host does not launch per layer.
     """
 
     def __init__(self, model: QvizModel, layers: dict[str, _Layer], n_bins: int,
@@ -139,9 +152,18 @@ class _StatsHook:
         self.seen: dict[tuple, tuple[str, Any, weakref.ref]] = {}  # this batch's inputs -> their statistics
         self.n_tokens = 0
         self.n_items = 0
+        self.n_batches = 0
+        self.queue: DeviceQueue | None = None  # set once the first batch showed queueing is safe
+        self.probe: list[tuple[torch.Tensor, int]] | None = []  # first batch's CUDA tensors and versions
+        self._probe_bytes = 0
 
     def start_batch(self, inputs: Any) -> None:
         """Note a batch's padding mask and its token and item counts before it runs."""
+        if self.n_batches == 1 and self.probe and all(_version(t) == v for t, v in self.probe):
+            self.queue = DeviceQueue()  # nothing was written in place after its hook: queue from now on
+        if self.n_batches >= 1:
+            self.probe = None
+        self.n_batches += 1
         mask = self.model.token_mask(inputs)
         self.mask, self.seen = mask, {}
         if mask is not None:
@@ -157,10 +179,25 @@ class _StatsHook:
             self.n_items += int(first.shape[0])
 
     def accumulator(self, name: str, device: torch.device) -> Any:
+        lo, hi = HIST_LOG10_RANGE
         if name not in self.acc:
-            lo, hi = HIST_LOG10_RANGE
-            self.acc[name] = accumulator(self.layers[name].channels, self.n_bins, lo, hi, device)
+            acc = accumulator(self.layers[name].channels, self.n_bins, lo, hi, device)
+            if isinstance(acc, TritonMoments):  # every layer still without one, in one device allocation
+                todo = [n for n in self.layers if n not in self.acc]
+                self.acc.update(zip(todo, TritonMoments.many([self.layers[n].channels for n in todo], self.n_bins,
+                                                             lo, hi, device)))
+            else:
+                self.acc[name] = acc
+        elif isinstance(self.acc[name], TritonMoments) and self.acc[name]._state.device != device:
+            raise RuntimeError(f"Layer {name!r} ran on {device} after running on {self.acc[name]._state.device}; "
+                               "a capture expects each layer to stay on one device.")
         return self.acc[name]
+
+    def finish(self) -> None:
+        """Fold whatever is still queued (the end of the capture)."""
+        if self.queue is not None:
+            self.queue.flush()
+        self.probe = None
 
     def __call__(self, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
         layer = self.layers[name]
@@ -172,6 +209,20 @@ class _StatsHook:
         if shared is not None and shared[2]() is not x:  # a freed tensor's memory, reused by another one
             shared = None
         acc = self.accumulator(name, x.device)
+        if self.queue is not None and isinstance(acc, TritonMoments):
+            rows, row_mask = self._rows(x, layer, masked=True)
+            if rows.shape[-1] == layer.channels and rows.shape[0]:
+                self.queue.add(rows, row_mask, acc, x)
+                if name in self.samples:
+                    self._sample(name, rows, row_mask)
+            return
+        if self.probe is not None and isinstance(acc, TritonMoments):
+            self._probe_bytes += x.numel() * x.element_size()
+            version = _version(x)
+            if self._probe_bytes > (1 << 30) or version is None:
+                self.probe = None  # too much to hold for the check, or no version counter: stay layer by layer
+            else:
+                self.probe.append((x, version))
         first_batch = name not in self.role
         if shared is not None and self.layers[shared[0]].channels == layer.channels and name not in self.samples:
             acc.merge(shared[1])
@@ -455,6 +506,7 @@ def capture(
     hook = _StatsHook(qmodel, described, n_bins, sample_names, max_sample_tokens)
     rec = run_hooked(qmodel, batch, hook, layers=list(selected), batch_size=batch_size, on_batch=hook.start_batch,
                      nonfinite="warn", progress=progress, desc="qviz capture")
+    hook.finish()
     never_ran = [name for name in selected if rec.calls.get(name, 0) == 0]
     ds = _statistics_dataset(qmodel, described, hook, n_bins, never_ran)
     return outlier_summary(ds, threshold=threshold, top_k=top_k)

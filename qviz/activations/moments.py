@@ -29,7 +29,7 @@ import kernels_numba as kn
 
 HIST_LOG10_RANGE = (-6.0, 4.0)  # |x| from 1e-6 to 1e4; the end bins also hold what falls outside
 
-__all__ = ["HIST_LOG10_RANGE", "HostMoments", "TritonMoments", "accumulator", "fetch_all"]
+__all__ = ["HIST_LOG10_RANGE", "DeviceQueue", "HostMoments", "TritonMoments", "accumulator", "fetch_all"]
 
 
 def _summary(state: kn.ChannelStats) -> dict[str, np.ndarray]:
@@ -88,15 +88,21 @@ class TritonMoments:
 
     takes_row_mask = True
 
-    def __init__(self, n_channels: int, n_bins: int, lo: float, hi: float, device: torch.device) -> None:
+    def __init__(self, n_channels: int, n_bins: int, lo: float, hi: float, device: torch.device,
+                 storage: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
         self.n_channels, self.n_bins, self.lo, self.hi = n_channels, n_bins, lo, hi
-        # one [8, channels] float64 block (count, min, max, absmax, mean, m2, m3, m4): one copy to the host
-        self._state = torch.zeros((8, n_channels), dtype=torch.float64, device=device)
-        self._state[1] = float("inf")
-        self._state[2] = float("-inf")
-        self.hist = torch.zeros(n_channels * n_bins, dtype=torch.int32, device=device)
-        self._bad = torch.zeros(1, dtype=torch.int32, device=device)
+        if storage is None:
+            storage = _device_storage([n_channels], n_bins, device)[0]
+        # [8, channels] float64 (count, min, max, absmax, mean, m2, m3, m4), a column slice of a shared block
+        self._state, self.hist, self._bad = storage
         self._host: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    @classmethod
+    def many(cls, channels: list[int], n_bins: int, lo: float, hi: float,
+             device: torch.device) -> list[TritonMoments]:
+        """One accumulator per channel count, all carved out of three device allocations (not five per layer)."""
+        return [cls(c, n_bins, lo, hi, device, storage=st)
+                for c, st in zip(channels, _device_storage(channels, n_bins, device))]
 
     @property
     def n_nonfinite(self) -> int:
@@ -136,6 +142,69 @@ class TritonMoments:
             nonfinite=np.zeros(c, np.int64), lo=self.lo, hi=self.hi,
         )
         return _summary(host)
+
+
+def _device_storage(channels: list[int], n_bins: int,
+                    device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Fresh running states for layers of ``channels`` channels: ``(state [8, c], hist [c * n_bins], bad [1])``.
+
+    All layers share one ``[8, sum(channels)]`` block (each state is a column slice of it, row stride
+    ``sum(channels)``), so making them is five device writes however many layers there are.
+    """
+    total = sum(channels)
+    state = torch.zeros((8, total), dtype=torch.float64, device=device)
+    state[1] = float("inf")  # min
+    state[2] = float("-inf")  # max
+    hist = torch.zeros(total * n_bins, dtype=torch.int32, device=device)
+    bad = torch.zeros(len(channels), dtype=torch.int32, device=device)
+    out, c0 = [], 0
+    for i, c in enumerate(channels):
+        out.append((state[:, c0: c0 + c], hist[c0 * n_bins: (c0 + c) * n_bins], bad[i: i + 1]))
+        c0 += c
+    return out
+
+
+class DeviceQueue:
+    """Layer activations on a CUDA device waiting to be folded into their statistics in grouped launches.
+
+    The capture hook adds ``(rows, row_mask, accumulator)`` and keeps going; :meth:`flush` (at the end,
+    or once the distinct tensors held pass ``budget_bytes``) folds them with
+    :func:`qviz.gpu.stats.channel_stats_many`, one launch per channel count instead of one per layer.
+    Holding a tensor past its hook is only right if nothing writes to it in place afterwards, so every
+    item keeps the tensor's version counter and :meth:`flush` refuses a tensor that changed.
+    """
+
+    def __init__(self, budget_bytes: int = 1 << 30) -> None:
+        self.budget_bytes = budget_bytes
+        self.items: list[tuple[torch.Tensor, torch.Tensor | None, TritonMoments, torch.Tensor, int]] = []
+        self._held: dict[int, int] = {}  # data address -> bytes, of the distinct tensors held
+        self.launches = 0
+
+    def add(self, rows: torch.Tensor, row_mask: torch.Tensor | None, acc: TritonMoments, base: torch.Tensor) -> None:
+        """Queue one layer's batch ``rows`` ``[rows, channels]`` (a view of ``base``, the hooked tensor)."""
+        self.items.append((rows, row_mask, acc, base, base._version))
+        self._held.setdefault(base.data_ptr(), base.numel() * base.element_size())
+        if sum(self._held.values()) > self.budget_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold everything queued into its accumulator (grouped launches, no host sync)."""
+        if not self.items:
+            return
+        from qviz.gpu.stats import channel_stats_many  # lazy: Triton loads only on a CUDA capture
+
+        changed = [i for i, it in enumerate(self.items) if it[3]._version != it[4]]  # inference tensors never queue
+        if changed:
+            raise RuntimeError(
+                "A captured activation was modified in place after its layer ran (an in-place op in the "
+                "model's forward), so its statistics cannot be read later. This should have been caught "
+                "by the first batch's check; please report it with the model's name."
+            )
+        items = [(rows, mask, acc) for rows, mask, acc, _, _ in self.items]
+        self.items, self._held = [], {}
+        before = len({(r.shape[1], r.dtype, m is None) for r, m, _ in items})
+        channel_stats_many(items)
+        self.launches += before
 
 
 def fetch_all(accs: list[Any]) -> None:

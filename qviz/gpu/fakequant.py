@@ -17,7 +17,9 @@ Both are bit-identical to the Numba kernels (tests/gpu/test_fakequant_gpu.py che
 on the GPU). Each program handles several groups (a tile of about 4096 values), so the
 kernel streams at close to the copy bandwidth. Inputs are float32, contiguous, on CUDA; they are
 never written to. Non-finite inputs and float16 scale overflow are reported through one flag
-word read once at the end (one host synchronisation per call), then raised as the CPU path does.
+word read once at the end (one host synchronisation per call), then raised as the CPU path does;
+the same word says whether the input had nonzero values and the output none (``zeroed``), so the
+caller's all-zero warning needs no second pass over either tensor.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from qviz.gpu._math import rint as _rint
 
 _FLAG_NONFINITE = 1
 _FLAG_OVERFLOW = 2
+_FLAG_X_NONZERO = 4  # some input value is nonzero
+_FLAG_XHAT_NONZERO = 8  # some dequantized value is nonzero (set only where x_hat is computed)
 TILE = 4096  # values per program
+WARPS = 8  # warps per program
 MAX_GROUP = 16384  # widest group one program holds in registers
 
 
@@ -66,6 +71,15 @@ def _store_scale_f16(scale, steps):
     spacing = tl.where(r < 6.103515625e-05, 5.960464477539063e-08, _pow2(_ilog2(r) - 10))
     r = tl.where((scale - r) * steps > 0.5 * r, r + spacing, r)
     return tl.where(scale == 0.0, 1.0, r)
+
+
+@triton.jit
+def _set_flags(flag_ptr, bits):
+    """OR ``bits`` into the call's flag word; a plain read first, so that once a bit is set the programs that
+    follow skip the atomic (thousands of programs would otherwise queue on one address)."""
+    if bits != 0:
+        if (bits & ~tl.load(flag_ptr)) != 0:
+            tl.atomic_or(flag_ptr, bits)
 
 
 @triton.jit
@@ -107,8 +121,7 @@ def _rtn_groups_kernel(x_ptr, xhat_ptr, codes_ptr, scale_ptr, zero_ptr, flag_ptr
         z32 = zero.to(tl.float32)
         tl.store(scale_ptr + g, s32, mask=gmask)
         tl.store(zero_ptr + g, z32.to(tl.uint8), mask=gmask)
-    if bad != 0:
-        tl.atomic_or(flag_ptr, bad)
+    bad = bad | tl.max(tl.max(tl.where(m & (x != 0.0), 4, 0), axis=1), axis=0)
 
     inv = tl.math.div_rn(1.0, s32)  # [GPP] correctly rounded float32 reciprocal
     q = _rint(x * inv[:, None])
@@ -117,6 +130,7 @@ def _rtn_groups_kernel(x_ptr, xhat_ptr, codes_ptr, scale_ptr, zero_ptr, flag_ptr
         tl.store(codes_ptr + offs, q.to(tl.uint8), mask=m)
     if WRITE_XHAT or WRITE_STATS:
         xhat = (q - z32[:, None]) * s32[:, None]
+        bad = bad | tl.max(tl.max(tl.where(m & (xhat != 0.0), 8, 0), axis=1), axis=0)
         if WRITE_XHAT:
             tl.store(xhat_ptr + offs, xhat, mask=m)
         if WRITE_STATS:
@@ -125,6 +139,7 @@ def _rtn_groups_kernel(x_ptr, xhat_ptr, codes_ptr, scale_ptr, zero_ptr, flag_ptr
             tl.store(sse_ptr + g, tl.sum(d * d, axis=1), mask=gmask)
             tl.store(sig_ptr + g, tl.sum(x64 * x64, axis=1), mask=gmask)
             tl.store(mx_ptr + g, tl.max(tl.abs(d), axis=1).to(tl.float32), mask=gmask)
+    _set_flags(flag_ptr, bad)
 
 
 @triton.jit
@@ -144,23 +159,32 @@ def _codebook_kernel(x_ptr, xhat_ptr, codes_ptr, absmax_ptr, flag_ptr, mid_ptr, 
     x = tl.load(x_ptr + offs, mask=m, other=0.0)  # [BPP, BLOCKSIZE]
     ax = tl.abs(x)
     bad = tl.max(tl.max(tl.where(m & ~(ax < float("inf")), 1, 0), axis=1), axis=0)
-    if bad != 0:
-        tl.atomic_or(flag_ptr, bad)
+    bad = bad | tl.max(tl.max(tl.where(m & (x != 0.0), 4, 0), axis=1), axis=0)
     am = tl.max(ax, axis=1)  # [BPP]
     clamped = tl.maximum(am, tl.full((BPP,), 1e-38, tl.float32))  # a float32 subnormal, as bitsandbytes
     full = (b.to(tl.int64) + 1) * BLOCKSIZE <= n
     inv = tl.math.div_rn(1.0, clamped)
-    v = tl.where(full[:, None], x * inv[:, None], tl.math.div_rn(x, clamped[:, None]))
+    if (pid + 1).to(tl.int64) * BPP * BLOCKSIZE > n:  # this program holds the short last block: it divides
+        v = tl.where(full[:, None], x * inv[:, None], tl.math.div_rn(x, clamped[:, None]))
+    else:
+        v = x * inv[:, None]
     v = tl.minimum(tl.maximum(v, -1.0), 1.0)
-    k = tl.zeros((BPP, BLOCKSIZE), tl.int32)
+    # the entry each value falls in, by a chain of selects over the sorted midpoints (the last midpoint a
+    # value exceeds names its entry): no gathers from the tables
+    xv = tl.full((BPP, BLOCKSIZE), 0.0, tl.float32) + tl.load(value_ptr)
+    kc = tl.full((BPP, BLOCKSIZE), 0, tl.uint8) + tl.load(index_ptr)
     for j in tl.static_range(N_MID):
-        k += (v > tl.load(mid_ptr + j)).to(tl.int32)
+        above = v > tl.load(mid_ptr + j)
+        xv = tl.where(above, tl.load(value_ptr + j + 1), xv)
+        if WRITE_CODES:
+            kc = tl.where(above, tl.load(index_ptr + j + 1), kc)
     a = tl.where(full, am, clamped)
     tl.store(absmax_ptr + b, a, mask=bmask)
     if WRITE_CODES:
-        tl.store(codes_ptr + offs, tl.load(index_ptr + k), mask=m)
+        tl.store(codes_ptr + offs, kc, mask=m)
     if WRITE_XHAT or WRITE_STATS:
-        xhat = tl.load(value_ptr + k) * a[:, None]
+        xhat = xv * a[:, None]
+        bad = bad | tl.max(tl.max(tl.where(m & (xhat != 0.0), 8, 0), axis=1), axis=0)
         if WRITE_XHAT:
             tl.store(xhat_ptr + offs, xhat, mask=m)
         if WRITE_STATS:
@@ -169,6 +193,7 @@ def _codebook_kernel(x_ptr, xhat_ptr, codes_ptr, absmax_ptr, flag_ptr, mid_ptr, 
             tl.store(sse_ptr + b, tl.sum(d * d, axis=1), mask=bmask)
             tl.store(sig_ptr + b, tl.sum(x64 * x64, axis=1), mask=bmask)
             tl.store(mx_ptr + b, tl.max(tl.abs(d), axis=1).to(tl.float32), mask=bmask)
+    _set_flags(flag_ptr, bad)
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -187,6 +212,9 @@ class GroupResult(NamedTuple):
         float32 / uint8 ``[n_groups]`` (those passed in when parameters were given).
     stats : tuple or None
         ``(sse, signal, max_abs_err)`` as Python floats.
+    zeroed : bool or None
+        The input had nonzero values and all of ``x_hat`` is zero (read from the kernel's flag word;
+        None when the check was skipped or ``x_hat`` was not computed).
     """
 
     x_hat: Any
@@ -194,6 +222,7 @@ class GroupResult(NamedTuple):
     scale: Any
     zero: Any
     stats: Any
+    zeroed: Any = None
 
 
 def _check_input(x: torch.Tensor) -> torch.Tensor:
@@ -203,8 +232,9 @@ def _check_input(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-def _raise_flag(flag: torch.Tensor, x: torch.Tensor, what: str) -> None:
-    value = int(flag.item())  # the one host synchronisation of a call
+def _raise_flag(flag: torch.Tensor, x: torch.Tensor, what: str) -> int:
+    """Read the flag word (the one host synchronisation of a call), raise on NaN/Inf or scale overflow, return it."""
+    value = int(flag.item())
     if value & _FLAG_NONFINITE:
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(
@@ -216,6 +246,14 @@ def _raise_flag(flag: torch.Tensor, x: torch.Tensor, what: str) -> None:
             f"The tensor has values up to |x| = {float(x.abs().max()):.3g}, which need a {what} scale above "
             f"float16's maximum {F16_MAX:g}. Rescale the tensor before quantizing."
         )
+    return value
+
+
+def _zeroed(value: int, xhat_known: bool) -> bool | None:
+    """Whether every value quantized to zero although the input had nonzero ones (None: x_hat not computed)."""
+    if not xhat_known:
+        return None
+    return bool(value & _FLAG_X_NONZERO) and not value & _FLAG_XHAT_NONZERO
 
 
 def _stats(sse: torch.Tensor, sig: torch.Tensor, mx: torch.Tensor) -> tuple[float, float, float]:
@@ -271,11 +309,10 @@ def rtn_groups(x: torch.Tensor, group: int, bits: int, symmetric: bool, *, scale
                              BITS=int(bits), SYMMETRIC=bool(symmetric), HAVE_PARAMS=have,
                              WRITE_XHAT=bool(write_xhat), WRITE_CODES=bool(write_codes),
                              WRITE_STATS=bool(write_stats), GPP=gpp, BLOCK=block,
-                             num_warps=8 if block * gpp >= 4096 else 4)
-    if check:
-        _raise_flag(flag, x, "float16")
+                             num_warps=WARPS)
+    zeroed = _zeroed(_raise_flag(flag, x, "float16"), write_xhat or write_stats) if check else None
     return GroupResult(xhat if write_xhat else None, codes if write_codes else None, scale, zero,
-                       _stats(sse, sig, mx) if write_stats else None)
+                       _stats(sse, sig, mx) if write_stats else None, zeroed)
 
 
 class CodebookResult(NamedTuple):
@@ -291,12 +328,15 @@ class CodebookResult(NamedTuple):
         float32 ``[n_blocks]``.
     stats : tuple or None
         ``(sse, signal, max_abs_err)``.
+    zeroed : bool or None
+        As for :class:`GroupResult`.
     """
 
     x_hat: Any
     codes: Any
     absmax: Any
     stats: Any
+    zeroed: Any = None
 
 
 _TABLE_CACHE: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -346,11 +386,10 @@ def codebook_blocks(x: torch.Tensor, blocksize: int, quant_type: str = "nf4", *,
     _codebook_kernel[grid](x, xhat, codes, absmax, flag, mid, value, index, sse, sig, mx, n, n_blocks,
                            BLOCKSIZE=int(blocksize), N_MID=int(mid.numel()), BPP=bpp,
                            WRITE_XHAT=bool(write_xhat), WRITE_CODES=bool(write_codes),
-                           WRITE_STATS=bool(write_stats), num_warps=8)
-    if check:
-        _raise_flag(flag, x, "code-book")
+                           WRITE_STATS=bool(write_stats), num_warps=WARPS)
+    zeroed = _zeroed(_raise_flag(flag, x, "code-book"), write_xhat or write_stats) if check else None
     return CodebookResult(xhat if write_xhat else None, codes if write_codes else None, absmax,
-                          _stats(sse, sig, mx) if write_stats else None)
+                          _stats(sse, sig, mx) if write_stats else None, zeroed)
 
 
 __all__ = ["CodebookResult", "GroupResult", "MAX_GROUP", "codebook_blocks", "rtn_groups", "F16_MIN_SUBNORMAL"]

@@ -28,6 +28,9 @@ from torch import nn
 _GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPI": gpi}, num_warps=w, num_stages=st)
                  for bn, gpi, w, st in [(4, 4, 4, 3), (8, 2, 4, 3), (8, 4, 4, 3), (16, 2, 4, 3), (16, 4, 8, 3),
                                         (32, 1, 4, 3), (32, 2, 8, 2), (4, 8, 4, 2)]]
+_SPLITK_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPB": gpb}, num_warps=w, num_stages=1)
+                   for bn, gpb, w in [(32, 1, 4), (32, 2, 4), (64, 1, 4), (64, 2, 4), (64, 4, 8), (128, 1, 4),
+                                      (128, 2, 8), (128, 4, 8), (256, 1, 8), (256, 2, 8), (16, 4, 4), (32, 4, 4)]]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(16, 64, 4, 3), (32, 64, 4, 3), (32, 128, 4, 3), (64, 64, 4, 3),
                                        (32, 32, 4, 4), (16, 128, 8, 3)]]
@@ -74,6 +77,41 @@ def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, GROUP: t
         z = tl.load(z_ptr + so, mask=sm, other=0).to(tl.float32)
         acc += tl.sum((qg - z * xg[None, :]) * sc, axis=1)  # sum((q - z) x) s = (sum(q x) - z sum(x)) s
     tl.store(y_ptr + n, acc.to(tl.float16), mask=nm)
+
+
+@triton.autotune(configs=_SPLITK_CONFIGS, key=["N", "K", "GROUP"], reset_to_zero=["y_ptr"])
+@triton.jit
+def _gemv_splitk_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, GROUP: tl.constexpr,
+                        BLOCK_N: tl.constexpr, GPB: tl.constexpr):
+    # Split-K GEMV: program (j, k) takes output rows j*BLOCK_N.. over the GPB groups k*GPB.. of the row, and
+    # adds its partial dot products into y (float32, zeroed by the caller) by atomics. Thousands of
+    # programs each read one tile of packed words, so many loads are in flight at once: what a
+    # memory-bound product needs to reach the HBM bandwidth.
+    # x [K] float16; p [N, K/8] int32 (nibble t of word w = column 8w + t); s [N, K/GROUP] float16;
+    # z like s, uint8; y [N] float32
+    WPG: tl.constexpr = GROUP // 8  # words per group
+    WB: tl.constexpr = GPB * WPG  # words per program
+    NG: tl.constexpr = K // GROUP
+    KW: tl.constexpr = K // 8
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = n < N
+    w = tl.program_id(1) * WB + tl.arange(0, WB)  # word index in the row
+    wm = w < KW
+    words = tl.load(p_ptr + n.to(tl.int64)[:, None] * KW + w[None, :], mask=nm[:, None] & wm[None, :], other=0)
+    qx = tl.zeros((BLOCK_N, WB), tl.float32)
+    xs = tl.zeros((WB,), tl.float32)
+    for t in tl.static_range(8):
+        xt = tl.load(x_ptr + w * 8 + t, mask=wm, other=0.0).to(tl.float32)
+        qx += _nibble(words, t) * xt[None, :]
+        xs += xt
+    g = tl.program_id(1) * GPB + tl.arange(0, GPB)
+    sm = nm[:, None] & (g < NG)[None, :]
+    so = n[:, None] * NG + g[None, :]
+    sc = tl.load(s_ptr + so, mask=sm, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + so, mask=sm, other=0).to(tl.float32)
+    qg = tl.sum(tl.reshape(qx, (BLOCK_N, GPB, WPG)), axis=2)  # [BLOCK_N, GPB]: sum(q x) per group
+    xg = tl.sum(tl.reshape(xs, (GPB, WPG)), axis=1)  # [GPB]: sum(x) per group
+    tl.atomic_add(y_ptr + n, tl.sum((qg - z * xg[None, :]) * sc, axis=1), mask=nm)
 
 
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "GROUP"])
@@ -127,6 +165,9 @@ def pack_int4_groups(codes: torch.Tensor, group: int) -> torch.Tensor:
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
 
 
+GEMV = "splitk"  # "splitk" (many programs, atomics) or "rows" (one program per block of rows, over all of K)
+
+
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                 group: int) -> torch.Tensor:
     """``x @ w_hat.T`` for float16 ``x`` ``[..., in]`` and a packed INT4 weight; float16 ``[..., out]``.
@@ -139,10 +180,16 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero
     N = packed.shape[0]
     x2 = x.reshape(-1, K).to(torch.float16).contiguous()  # [tokens, in]
     M = x2.shape[0]
-    y = torch.empty((M, N), dtype=torch.float16, device=x.device)
-    if M == 1:
+    if M == 1 and GEMV == "splitk":
+        y32 = torch.zeros(N, dtype=torch.float32, device=x.device)
+        _gemv_splitk_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, group * meta["GPB"]))](
+            x2, packed, scale, zero, y32, N, K, GROUP=group)
+        y = y32.to(torch.float16).reshape(1, N)
+    elif M == 1:
+        y = torch.empty((M, N), dtype=torch.float16, device=x.device)
         _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](x2, packed, scale, zero, y, N, K, GROUP=group)
     else:
+        y = torch.empty((M, N), dtype=torch.float16, device=x.device)
         _gemm_kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))](
             x2, packed, scale, zero, y, M, N, K, GROUP=group)
     return y.reshape(*x.shape[:-1], N)

@@ -1,6 +1,9 @@
-"""Per-channel activation statistics on the GPU (Triton): one launch per layer and batch, no host sync.
+"""Per-channel activation statistics on the GPU (Triton), reduced on the device, no host sync.
 
-:func:`channel_stats` reads one batch ``[rows, channels]`` once. Each program owns ``BLOCK_C``
+:func:`channel_stats` reads one layer's batch ``[rows, channels]`` once (one launch);
+:func:`channel_stats_many` folds many layers' batches in one launch per channel count, from a
+table of their addresses (what a capture over many batches uses, see
+:class:`qviz.activations.moments.DeviceQueue`). Each program owns ``BLOCK_C``
 channels and walks the rows in tiles of ``BLOCK_R``: per tile it takes the count, mean, central
 moments M2..M4 (float32, about the tile's own mean), min, max and absmax, and folds them into
 float64 running values with the pairwise update of Chan et al. / Pébay (2008) — the update
@@ -43,16 +46,18 @@ def _chan_merge(na, ma, m2a, m3a, m4a, nb, mb, m2b, m3b, m4b):
 
 
 @triton.jit
-def _channel_kernel(x_ptr, mask_ptr, rows, chans, stride, lo_edge, bins_per_unit, bad_ptr, hist_ptr, st_ptr,
-                    N_BINS: tl.constexpr, HAS_MASK: tl.constexpr, ACCUMULATE: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    # x [rows, chans] (row stride ``stride``), any float dtype; mask [rows] bool; bad [1] int32
-    # st [8, chans] float64 state (or batch summary): count, min, max, absmax, mean, m2, m3, m4
-    # hist [chans * N_BINS] int32
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+def _fold_rows(x_ptr, mask_ptr, rows, loop_rows, chans, stride, lo_edge, bins_per_unit, bad_ptr, hist_ptr, st_ptr, sts, c,
+               N_BINS: tl.constexpr, HAS_MASK: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_R: tl.constexpr,
+               BLOCK_C: tl.constexpr):
+    """Fold rows ``[rows, chans]`` of channels ``c`` into the state at ``st_ptr`` (or write a fresh summary there).
+
+    x [rows, chans] (row stride ``stride``), any float dtype; mask [rows] bool/int8; bad [1] int32;
+    st [8, chans] float64 (row stride ``sts``): count, min, max, absmax, mean, m2, m3, m4;
+    hist [chans * N_BINS] int32.
+    """
     cm = c < chans
-    count_ptr, min_ptr, max_ptr, amax_ptr = st_ptr, st_ptr + chans, st_ptr + 2 * chans, st_ptr + 3 * chans
-    mean_ptr, m2_ptr, m3_ptr, m4_ptr = st_ptr + 4 * chans, st_ptr + 5 * chans, st_ptr + 6 * chans, st_ptr + 7 * chans
+    count_ptr, min_ptr, max_ptr, amax_ptr = st_ptr, st_ptr + sts, st_ptr + 2 * sts, st_ptr + 3 * sts
+    mean_ptr, m2_ptr, m3_ptr, m4_ptr = st_ptr + 4 * sts, st_ptr + 5 * sts, st_ptr + 6 * sts, st_ptr + 7 * sts
     if ACCUMULATE:
         na = tl.load(count_ptr + c, mask=cm, other=0.0)
         ma = tl.load(mean_ptr + c, mask=cm, other=0.0)
@@ -72,7 +77,7 @@ def _channel_kernel(x_ptr, mask_ptr, rows, chans, stride, lo_edge, bins_per_unit
         hi = tl.full((BLOCK_C,), float("-inf"), tl.float64)
         am = tl.zeros((BLOCK_C,), tl.float64)
     n_bad = tl.sum(tl.zeros((BLOCK_C,), tl.int32), axis=0)  # a scalar carried through the loop
-    for r0 in range(0, rows, BLOCK_R):
+    for r0 in range(0, loop_rows, BLOCK_R):  # loop_rows >= rows: one trip count for a whole launch
         r = r0 + tl.arange(0, BLOCK_R)
         inside = (r < rows)[:, None] & cm[None, :]
         if HAS_MASK:
@@ -108,31 +113,62 @@ def _channel_kernel(x_ptr, mask_ptr, rows, chans, stride, lo_edge, bins_per_unit
 
 
 @triton.jit
-def _merge_kernel(s_ptr, bhist_ptr, st_ptr, hist_ptr, chans, N_BINS: tl.constexpr, BINS_P2: tl.constexpr,
+def _channel_kernel(x_ptr, mask_ptr, rows, chans, stride, lo_edge, bins_per_unit, bad_ptr, hist_ptr, st_ptr, sts,
+                    N_BINS: tl.constexpr, HAS_MASK: tl.constexpr, ACCUMULATE: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # one layer's batch: program p owns channels p*BLOCK_C .. p*BLOCK_C+BLOCK_C-1
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    _fold_rows(x_ptr, mask_ptr, rows, rows, chans, stride, lo_edge, bins_per_unit, bad_ptr, hist_ptr, st_ptr, sts, c,
+               N_BINS, HAS_MASK, ACCUMULATE, BLOCK_R, BLOCK_C)
+
+
+@triton.jit
+def _many_kernel(table_ptr, n_items, max_rows, chans, lo_edge, bins_per_unit, X_DTYPE: tl.constexpr, N_BINS: tl.constexpr,
+                 HAS_MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # many layers' batches with one channel count, one launch: program (i, p) folds item i's channels
+    # p*BLOCK_C.. into item i's running state. table [8, n_items] int64: data address, rows, row stride,
+    # mask address, state address, histogram address, NaN/Inf counter address, state row stride
+    i = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    x_ptr = tl.load(table_ptr + i).to(tl.pointer_type(X_DTYPE))
+    rows = tl.load(table_ptr + n_items + i)
+    stride = tl.load(table_ptr + 2 * n_items + i)
+    mask_ptr = tl.load(table_ptr + 3 * n_items + i).to(tl.pointer_type(tl.int8))
+    st_ptr = tl.load(table_ptr + 4 * n_items + i).to(tl.pointer_type(tl.float64))
+    hist_ptr = tl.load(table_ptr + 5 * n_items + i).to(tl.pointer_type(tl.int32))
+    bad_ptr = tl.load(table_ptr + 6 * n_items + i).to(tl.pointer_type(tl.int32))
+    sts = tl.load(table_ptr + 7 * n_items + i)
+    _fold_rows(x_ptr, mask_ptr, rows, max_rows, chans, stride, lo_edge, bins_per_unit, bad_ptr, hist_ptr, st_ptr,
+               sts, c, N_BINS, HAS_MASK, True, BLOCK_R, BLOCK_C)
+
+
+@triton.jit
+def _merge_kernel(s_ptr, bhist_ptr, st_ptr, hist_ptr, chans, sts, N_BINS: tl.constexpr, BINS_P2: tl.constexpr,
                   BLOCK_C: tl.constexpr):
-    # s [8, chans] float64 batch summary -> st [8, chans] running state, in place (rows as in _channel_kernel)
+    # s [8, chans] float64 batch summary (row stride chans) -> st [8, chans] running state (row stride sts),
+    # in place; rows as in _fold_rows
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < chans
     na, ma, m2a, m3a, m4a = _chan_merge(
-        tl.load(st_ptr + c, mask=cm, other=0.0), tl.load(st_ptr + 4 * chans + c, mask=cm, other=0.0),
-        tl.load(st_ptr + 5 * chans + c, mask=cm, other=0.0), tl.load(st_ptr + 6 * chans + c, mask=cm, other=0.0),
-        tl.load(st_ptr + 7 * chans + c, mask=cm, other=0.0),
+        tl.load(st_ptr + c, mask=cm, other=0.0), tl.load(st_ptr + 4 * sts + c, mask=cm, other=0.0),
+        tl.load(st_ptr + 5 * sts + c, mask=cm, other=0.0), tl.load(st_ptr + 6 * sts + c, mask=cm, other=0.0),
+        tl.load(st_ptr + 7 * sts + c, mask=cm, other=0.0),
         tl.load(s_ptr + c, mask=cm, other=0.0), tl.load(s_ptr + 4 * chans + c, mask=cm, other=0.0),
         tl.load(s_ptr + 5 * chans + c, mask=cm, other=0.0), tl.load(s_ptr + 6 * chans + c, mask=cm, other=0.0),
         tl.load(s_ptr + 7 * chans + c, mask=cm, other=0.0))
-    lo = tl.minimum(tl.load(st_ptr + chans + c, mask=cm, other=0.0), tl.load(s_ptr + chans + c, mask=cm, other=0.0))
-    hi = tl.maximum(tl.load(st_ptr + 2 * chans + c, mask=cm, other=0.0),
+    lo = tl.minimum(tl.load(st_ptr + sts + c, mask=cm, other=0.0), tl.load(s_ptr + chans + c, mask=cm, other=0.0))
+    hi = tl.maximum(tl.load(st_ptr + 2 * sts + c, mask=cm, other=0.0),
                     tl.load(s_ptr + 2 * chans + c, mask=cm, other=0.0))
-    am = tl.maximum(tl.load(st_ptr + 3 * chans + c, mask=cm, other=0.0),
+    am = tl.maximum(tl.load(st_ptr + 3 * sts + c, mask=cm, other=0.0),
                     tl.load(s_ptr + 3 * chans + c, mask=cm, other=0.0))
     tl.store(st_ptr + c, na, mask=cm)
-    tl.store(st_ptr + chans + c, lo, mask=cm)
-    tl.store(st_ptr + 2 * chans + c, hi, mask=cm)
-    tl.store(st_ptr + 3 * chans + c, am, mask=cm)
-    tl.store(st_ptr + 4 * chans + c, ma, mask=cm)
-    tl.store(st_ptr + 5 * chans + c, m2a, mask=cm)
-    tl.store(st_ptr + 6 * chans + c, m3a, mask=cm)
-    tl.store(st_ptr + 7 * chans + c, m4a, mask=cm)
+    tl.store(st_ptr + sts + c, lo, mask=cm)
+    tl.store(st_ptr + 2 * sts + c, hi, mask=cm)
+    tl.store(st_ptr + 3 * sts + c, am, mask=cm)
+    tl.store(st_ptr + 4 * sts + c, ma, mask=cm)
+    tl.store(st_ptr + 5 * sts + c, m2a, mask=cm)
+    tl.store(st_ptr + 6 * sts + c, m3a, mask=cm)
+    tl.store(st_ptr + 7 * sts + c, m4a, mask=cm)
     b = tl.arange(0, BINS_P2)
     hoff = c[:, None] * N_BINS + b[None, :]
     hm = cm[:, None] & (b[None, :] < N_BINS)
@@ -148,7 +184,7 @@ def _launch(rows: torch.Tensor, row_mask: torch.Tensor | None, state: Any, hist:
     mask = row_mask.reshape(-1) if row_mask is not None else rows
     _channel_kernel[(triton.cdiv(chans, BLOCK_C),)](
         rows, mask, n_rows, chans, rows.stride(0), state.lo, state.n_bins / (state.hi - state.lo), state._bad, hist,
-        st, N_BINS=state.n_bins, HAS_MASK=row_mask is not None, ACCUMULATE=accumulate, BLOCK_R=BLOCK_R,
+        st, st.stride(0), N_BINS=state.n_bins, HAS_MASK=row_mask is not None, ACCUMULATE=accumulate, BLOCK_R=BLOCK_R,
         BLOCK_C=BLOCK_C, num_warps=4)
 
 
@@ -176,8 +212,41 @@ def merge_summary(batch: Any, state: Any) -> None:
     summary, hist = batch
     chans = summary.shape[1]
     _merge_kernel[(triton.cdiv(chans, MERGE_BLOCK_C),)](
-        summary, hist, state._state, state.hist, chans, N_BINS=state.n_bins,
+        summary, hist, state._state, state.hist, chans, state._state.stride(0), N_BINS=state.n_bins,
         BINS_P2=triton.next_power_of_2(state.n_bins), BLOCK_C=MERGE_BLOCK_C, num_warps=4)
 
 
-__all__ = ["BLOCK_C", "BLOCK_R", "channel_stats", "merge_summary"]
+_X_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+             torch.float64: tl.float64}
+
+
+def channel_stats_many(items: list[tuple[torch.Tensor, torch.Tensor | None, Any]]) -> None:
+    """Fold many layers' batches into their running states: one launch per (channel count, dtype, masked).
+
+    ``items`` are ``(rows [rows, channels], row_mask [rows] or None, state)`` with every tensor on one
+    CUDA device; ``state`` as for :func:`channel_stats`. Each group's addresses, row counts and
+    strides go to the device in one table (a pinned, non-blocking copy), so the host neither waits
+    nor launches per layer.
+    """
+    groups: dict[tuple, list] = {}
+    for rows, row_mask, state in items:
+        if rows.stride(-1) != 1:
+            rows = rows.contiguous()
+        key = (rows.shape[1], rows.dtype, row_mask is not None, state.n_bins, state.lo, state.hi)
+        groups.setdefault(key, []).append((rows, row_mask, state))
+    for (chans, dtype, masked, n_bins, lo, hi), group in groups.items():
+        n = len(group)
+        device = group[0][0].device
+        table = torch.empty((8, n), dtype=torch.int64, pin_memory=device.type == "cuda")
+        t = table.numpy()
+        for j, (rows, row_mask, state) in enumerate(group):
+            t[:, j] = (rows.data_ptr(), rows.shape[0], rows.stride(0),
+                       row_mask.data_ptr() if masked else 0, state._state.data_ptr(), state.hist.data_ptr(),
+                       state._bad.data_ptr(), state._state.stride(0))
+        dev_table = table.to(device, non_blocking=True)
+        _many_kernel[(n, triton.cdiv(chans, BLOCK_C))](
+            dev_table, n, max(int(r.shape[0]) for r, _, _ in group), chans, lo, n_bins / (hi - lo), X_DTYPE=_X_DTYPES[dtype], N_BINS=n_bins, HAS_MASK=masked,
+            BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=4)
+
+
+__all__ = ["BLOCK_C", "BLOCK_R", "channel_stats", "channel_stats_many", "merge_summary"]

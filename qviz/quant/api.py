@@ -34,6 +34,7 @@ from qviz._filters import LayerSpec, layer_predicate
 from qviz.models import QvizModel, as_module, layer_type, load, quantizable_layers, weight_matrix
 from qviz.quant.config import QuantConfig
 from qviz.quant.primitives import check_tensor, count_nonfinite
+from qviz.quant.method import Fused
 from qviz.quant.registry import Method, method_for, replacement_types
 
 
@@ -197,6 +198,11 @@ def fake_quantize(weight: Any, cfg: QuantConfig) -> Any:
     w_hat = method.fake_quantize(w, cfg, check_finite=not on_gpu)  # the method's fused pass, if it has one
     if w_hat is None:
         return quantize_tensor(weight, cfg).dequantize()
+    if isinstance(w_hat, Fused):  # a GPU pass that also told whether everything became zero
+        w_hat, zeroed = w_hat
+        if zeroed is not False:
+            warn_if_zeroed("the tensor", w, w_hat, cfg)  # None: it could not tell; True: the message needs |w|
+        return _restore(w_hat, like)
     warn_if_zeroed("the tensor", w, w_hat, cfg)
     return _restore(w_hat, like)
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from qviz.models import weight_matrix
 from qviz.quant.config import BnbFP4, BnbInt8, BnbNF4, QuantConfig, _Bnb4bit
-from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register
+from qviz.quant.method import Controls, FormatBits, Fused, LayerQuant, Method, register
 from qviz.quant.bnb_ops import absmax_4bit, dequantize_4bit, nbytes_4bit, unpack_4bit
 from qviz.quant.rtn import module_bias, output_without_bias
 
@@ -223,7 +223,7 @@ class _Bnb4bitMethod(Method):
             raise ValueError(f"{self.label} quantizes in blocks; give a block size such as 64 (not 'tensor').")
         return self.config_type(blocksize=64 if c.group_size is None else c.group_size)
 
-    def fake_quantize(self, w: torch.Tensor, cfg: _Bnb4bit, *, check_finite: bool) -> torch.Tensor | None:
+    def fake_quantize(self, w: torch.Tensor, cfg: _Bnb4bit, *, check_finite: bool) -> torch.Tensor | Fused | None:
         """bitsandbytes' arithmetic in one fused pass: the Numba kernel on the CPU, its Triton twin on CUDA.
 
         None with double quantization (bitsandbytes itself runs) or on another device.
@@ -242,7 +242,8 @@ class _Bnb4bitMethod(Method):
         if available(w):
             from qviz.gpu.fakequant import codebook_blocks
 
-            return codebook_blocks(w, cfg.blocksize, cfg.quant_type).x_hat
+            res = codebook_blocks(w, cfg.blocksize, cfg.quant_type)
+            return Fused(res.x_hat, res.zeroed)
         return None
 
     def format_bits(self, cfg: _Bnb4bit, row_length: int) -> FormatBits:

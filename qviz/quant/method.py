@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from qviz.quant.config import QuantConfig
 
@@ -54,6 +54,17 @@ if TYPE_CHECKING:  # torch is imported where it is used: the size accounting rea
 
 CONTROL_NAMES = ("bits", "group_size", "symmetric", "alpha", "threshold")
 """The knobs an explorer offers; a method's ``controls`` names the ones it reads."""
+
+
+class Fused(NamedTuple):
+    """What a fused GPU pass returns from :meth:`Method.fake_quantize`: ``x_hat`` and its all-zero verdict.
+
+    ``zeroed`` is True when the input had nonzero values and ``x_hat`` has none, False when not,
+    None when the pass could not tell (the driver then checks the tensors itself).
+    """
+
+    x_hat: Any
+    zeroed: bool | None
 
 
 @dataclass(frozen=True)
@@ -268,11 +279,13 @@ class Method:
         w_hat = lq.weight_hat.detach().float()
         return w_hat, torch.ones(1), None, lq.nbytes, lambda: w_hat
 
-    def fake_quantize(self, w: torch.Tensor, cfg: QuantConfig, *, check_finite: bool) -> torch.Tensor | None:
+    def fake_quantize(self, w: torch.Tensor, cfg: QuantConfig, *,
+                      check_finite: bool) -> torch.Tensor | Fused | None:
         """A fused quantize-dequantize of ``w [rows, cols]`` float32 on its device, or None (no fused path).
 
         ``check_finite=False``: the caller left the NaN/Inf check to this fused pass (a GPU kernel).
-        With None the driver dequantizes :meth:`quantize_tensor`'s codes.
+        A :class:`Fused` result also tells whether everything quantized to zero, so that the driver's
+        warning needs no second pass. With None the driver dequantizes :meth:`quantize_tensor`'s codes.
         """
         return None
 

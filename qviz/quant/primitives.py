@@ -515,6 +515,27 @@ def fake_quantize_values(
                                     backend=backend)[0]
 
 
+def fake_quantize_fused(x: Any, granularity: Granularity, bits: int, *, symmetric: bool = False,
+                        clip_search: bool = False) -> tuple[Any, bool | None] | None:
+    """``(x_hat, zeroed)`` from the fused CUDA kernel, which checks NaN/Inf in the same pass; None off CUDA.
+
+    ``zeroed`` says, from the kernel's own flag word, whether ``x`` had nonzero values and ``x_hat``
+    has none, so a caller's all-zero warning needs no second pass over either tensor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fake_quantize_fused(np.zeros((1, 4), np.float32), PerChannel(), 4) is None  # not a CUDA tensor
+    True
+    """
+    if not _use_gpu_kernel(x, "auto", clip_search):
+        return None
+    bits = check_bits(bits)
+    granularity = check_granularity(granularity, (int(x.shape[0]), int(x.shape[1])))
+    res = _gpu_rtn(x, granularity, bits, bool(symmetric))
+    return res.x_hat, res.zeroed
+
+
 def fake_quantize_codes(
     x: Any,
     granularity: Granularity,

@@ -25,11 +25,12 @@ from torch import nn
 
 from qviz.models import weight_matrix
 from qviz.quant.config import RTN
-from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register, scale_format_bits
+from qviz.quant.method import Controls, FormatBits, Fused, LayerQuant, Method, register, scale_format_bits
 from qviz.quant.modules import PackedLinear, fake_quant_module
 from qviz.quant.primitives import (
     choose_qparams,
     dequantize,
+    fake_quantize_fused,
     fake_quantize_values,
     fake_quantize_with_stats,
     quantize,
@@ -70,8 +71,13 @@ class RTNMethod(Method):
         """``RTN(bits, group_size, symmetric)`` from the explorer's knobs."""
         return RTN(bits=c.bits, group_size=c.group_size, symmetric=bool(c.symmetric))
 
-    def fake_quantize(self, w: torch.Tensor, cfg: RTN, *, check_finite: bool) -> torch.Tensor:
+    def fake_quantize(self, w: torch.Tensor, cfg: RTN, *, check_finite: bool) -> torch.Tensor | Fused:
         """The fused one-pass kernel (Numba on the CPU, its Triton twin on CUDA): ``w_hat [rows, cols]``."""
+        if not check_finite:  # the CUDA kernel checks NaN/Inf and the all-zero case in its own pass
+            fused = fake_quantize_fused(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
+                                        clip_search=cfg.clip_search)
+            if fused is not None:
+                return Fused(*fused)
         return fake_quantize_values(w, cfg.granularity, cfg.bits, symmetric=cfg.symmetric,
                                     clip_search=cfg.clip_search, check_finite=check_finite)
 

@@ -106,6 +106,23 @@ def test_nonfinite_weights_raise_on_cuda(cfg):
         qviz.fake_quantize(w, cfg)
 
 
+@pytest.mark.parametrize("cfg", [qviz.RTN(bits=4, group_size=128), qviz.BnbNF4()], ids=lambda c: c.label)
+def test_all_zero_warning_on_cuda_as_on_cpu(cfg):
+    """The kernel's flag word decides the all-zero warning: raised exactly when the CPU path raises it."""
+    import warnings
+
+    from qviz.quant.api import QuantizedToZeroWarning
+
+    tiny = torch.full((4, 256), 1e-42)  # below every step the scales can hold
+    for w in (tiny, tiny.cuda()):
+        with pytest.warns(QuantizedToZeroWarning, match="quantizes to zero"):
+            qviz.fake_quantize(w, cfg)
+    for w in (torch.zeros(4, 256, device="cuda"), torch.randn(4, 256, device="cuda")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", QuantizedToZeroWarning)
+            qviz.fake_quantize(w, cfg)
+
+
 def test_scale_overflow_raises_on_cuda():
     w = torch.full((4, 128), 1e9, device="cuda")
     with pytest.raises(ValueError, match="float16's maximum"):

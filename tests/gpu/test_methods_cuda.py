@@ -100,6 +100,53 @@ def test_capture_on_cuda_matches_cpu(llamas, calib):
     assert moved < 1e-3, moved
 
 
+def test_capture_over_many_batches_queues_and_matches_cpu(llamas, calib, monkeypatch):
+    """From the second batch on, a CUDA capture folds queued layers in grouped launches; same numbers."""
+    from qviz.activations import capture as capture_mod
+
+    made = []
+    real = capture_mod._StatsHook
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(capture_mod, "_StatsHook", Spy)
+    cpu_model, gpu_model = llamas
+    cpu = qviz.capture(cpu_model, calib, batch_size=4, progress=False)  # 4 batches
+    gpu = qviz.capture(gpu_model, calib, batch_size=4, progress=False)
+    hook = made[-1]
+    assert hook.queue is not None and 0 < hook.queue.launches < 3 * len(hook.layers)
+    for var in ("absmax", "min", "max", "mean", "std", "kurtosis", "count"):
+        np.testing.assert_allclose(gpu[var].values, cpu[var].values, rtol=2e-3, atol=1e-5, equal_nan=True, err_msg=var)
+    moved = np.abs(gpu["hist"].values.astype(np.int64) - cpu["hist"].values).sum() / max(int(cpu["hist"].values.sum()), 1)
+    assert moved < 1e-3, moved
+
+
+def test_capture_stays_layer_by_layer_when_the_model_writes_in_place():
+    """A forward that changes a hooked input in place after its layer ran must not be queued (stats would be wrong)."""
+    from torch import nn
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            y = self.a(x)
+            x.mul_(2.0)  # the input of self.a, changed after self.a saw it
+            return self.b(y) + x
+
+    torch.manual_seed(0)
+    net = InPlace()
+    data = torch.randn(64, 8)
+    cpu = qviz.capture(qviz.load(net), data.clone(), batch_size=16, progress=False)
+    gpu = qviz.capture(qviz.load(net.cuda()), data.clone().cuda(), batch_size=16, progress=False)
+    np.testing.assert_allclose(gpu["absmax"].values, cpu["absmax"].values, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(gpu["mean"].values, cpu["mean"].values, rtol=1e-4, atol=1e-6, equal_nan=True)
+
+
 def test_sensitivity_and_recommend_on_cuda(llamas, calib):
     cpu_model, gpu_model = llamas
     cfgs = [qviz.RTN(bits=4, group_size=128), qviz.RTN(bits=8, group_size=None)]
