@@ -28,7 +28,7 @@ from qviz.gpu._math import log10 as _log10
 BLOCK_R = 128
 BLOCK_C = 16
 MERGE_BLOCK_C = 64
-MANY = {"BLOCK_R": 64, "BLOCK_C": 32, "num_warps": 4}  # tile of the grouped launch (benchmarks/gpu.py sweeps it)
+MANY = {"BLOCK_R": 32, "BLOCK_C": 32, "num_warps": 4}  # tile of the grouped launch: the best of 9 on an H200 (benchmarks/gpu.py)
 
 
 @triton.jit
