@@ -38,7 +38,7 @@ Examples
 --------
 >>> import qviz
 >>> m = qviz.load("tiny-llama")
->>> q = qviz.quantize(m, qviz.GPTQ(bits=4, group_size=32), calib=qviz.calibration_data(m, n=4), progress=False)
+>>> q = qviz.quantize(m, qviz.GPTQ(bits=4, group_size=None), calib=qviz.calibration_data(m, n=4), progress=False)
 >>> s = q.quantization.extra["sequential"]
 >>> s["mode"], s["blocks"], s["full_passes"]
 ('blockwise', 2, 1)
