@@ -30,9 +30,12 @@ is not the previous block's output, or whose other arguments differ from block
 layer takes the per-layer path and :attr:`SequentialInputs.reason` says why.
 
 Memory: the kept inputs of one block for the whole calibration set, on the
-model's device (:attr:`SequentialInputs.cached_bytes`; SmolLM2-135M with 16
-calibration texts of 128 tokens: about 6 MB), plus one batch's block output
-while the next block's inputs replace them.
+model's device (:attr:`SequentialInputs.cached_bytes`): the hidden states,
+``tokens × hidden`` values in the model's dtype, plus what the model passes
+beside them (a ``[batch, 1, tokens, tokens]`` mask where padding needs one,
+rotary cos/sin); while a block's outputs replace them, one batch's output more.
+SmolLM2-135M with 16 calibration chunks of 128 tokens: 4.79 MB (the hidden
+states 16 × 128 × 576 float32 are 4.72 MB of it).
 
 Examples
 --------
@@ -370,11 +373,17 @@ class SequentialInputs:
         """Run the current block, as quantized so far, on its inputs: its outputs become the next block's inputs."""
         block = self.blocks.modules[self._at]
         entries = self._entries
-        with torch.no_grad(), _eval(self.model.module):
-            for k, e in enumerate(entries):
-                y = _output_hidden(block(*e.args, **e.kwargs))
-                self.block_calls += 1
-                entries[k] = _Entry(*_with_hidden(e.args, e.kwargs, y), e.mask)  # the old hidden states go now
+        finished = False
+        try:
+            with torch.no_grad(), _eval(self.model.module):
+                for k, e in enumerate(entries):
+                    y = _output_hidden(block(*e.args, **e.kwargs))
+                    self.block_calls += 1
+                    entries[k] = _Entry(*_with_hidden(e.args, e.kwargs, y), e.mask)  # the old hidden states go now
+            finished = True
+        finally:
+            if not finished:  # interrupted half way: start again from block 0 if asked again
+                self._entries, self._at = None, 0
         self._at += 1
         self.cached_bytes = max(self.cached_bytes, _nbytes(entries))
 
