@@ -13,6 +13,10 @@ SmolLM2's rows are 576 wide, which groups of 128 do not divide (576 = 4.5 × 128
 configs use groups of 64, the nearest size that divides every row. The reference is the GGUF's
 Q4_1 weights, dequantized (not the original bf16 checkpoint).
 
+GPTQ is qviz's own, sequential: each layer is calibrated on the inputs it gets with the earlier layers
+already quantized, computed block by block (qviz.quant._blockwise: about one pass of the calibration set
+in all, as in the GPTQ reference implementation), so the GPTQ rows take minutes, not hours.
+
 Run:  nice python benchmarks/llm_quality.py [--n-chunks 80] [--n-calib 32] [--quick]
 
 Rows are scored one by one against a reference kept on disk (benchmarks/_decoder_rows.py) and printed as
@@ -39,25 +43,14 @@ PROMPTS = ["What is the capital of France?", "Name three primary colours.", "Wha
 GROUP = 64
 
 
-def _gptq(bits: int):
-    """GPTQ with every layer's inputs taken from the full-precision model in one pass (``PerLayer`` captures once).
-
-    qviz's own GPTQ is sequential: it re-runs the whole calibration batch through the model for each of
-    smollm2's 211 linear layers (each layer calibrated on the already-quantized earlier ones), which is hours
-    on a shared 2-core machine.
-    """
-    g = qviz.GPTQ(bits=bits, group_size=GROUP)
-    return qviz.PerLayer({"*": g}, default=g)
-
-
 def configs(quick: bool) -> list[tuple[object, bool]]:
     """(config, answers?) in the order the must-show claims need them first; answers for the weight-only bit widths."""
     rows = [
         (qviz.RTN(bits=4, group_size=GROUP), True),
-        (_gptq(4), True),
+        (qviz.GPTQ(bits=4, group_size=GROUP), True),
         (qviz.AWQ(bits=4, group_size=GROUP), True),
         (qviz.RTN(bits=3, group_size=GROUP), True),
-        (_gptq(3), True),
+        (qviz.GPTQ(bits=3, group_size=GROUP), True),
         (qviz.AWQ(bits=3, group_size=GROUP), True),
         (qviz.RTN(bits=8, group_size=None, act_bits=8, act_scheme="per-tensor"), False),  # naive W8A8: no smoothing
         (qviz.SmoothQuant(alpha=0.5, w_bits=8, a_bits=8, act_scheme="per-tensor"), False),

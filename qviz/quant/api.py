@@ -273,7 +273,9 @@ class QuantizationRecord:
     original_bytes : int
         Bytes of the input model's parameters and buffers.
     extra : dict
-        What the methods' ``finalize`` returned, by config label.
+        What the methods' ``finalize`` returned, by config label; with a sequential method
+        (GPTQ), also ``"sequential"``: how its layers' inputs were computed, block by block or
+        layer by layer, with the passes made (:meth:`~qviz.quant._blockwise.SequentialInputs.summary`).
     """
 
     config: Any
@@ -628,6 +630,10 @@ def quantize(
 
     need_now = [n for n, m in methods.items() if m.needs_inputs and not m.sequential]
     captured = capture_inputs(out, calib, need_now, max_rows) if need_now else {}
+    from qviz.quant._blockwise import SequentialInputs
+
+    later = [n for n, m in methods.items() if m.needs_inputs and m.sequential]  # inputs after the earlier layers are replaced
+    sequential_inputs = SequentialInputs(out, calib, list(p.assign), later, max_rows) if later else None
 
     records: dict[str, LayerRecord] = {}
     weight_tensors: set[str] = set()
@@ -637,7 +643,7 @@ def quantize(
         module = root.get_submodule(name)
         x = None
         if method.needs_inputs:
-            raw = captured.pop(name) if name in captured else capture_inputs(out, calib, [name], max_rows)[name]
+            raw = captured.pop(name) if name in captured else sequential_inputs(name)
             x = as_rows(module, raw.to(_device_of(module)))  # [rows, in], on the layer's device
         lq = method.quantize_layer(name, module, c, x, states[c])
         new = lq.module
@@ -655,6 +661,8 @@ def quantize(
     extra = {}
     for c in by_cfg:
         extra[c.label] = method_for(c).finalize(out, c, calib, states[c])
+    if sequential_inputs is not None:
+        extra["sequential"] = sequential_inputs.summary()
     total = _model_bytes(root, weight_tensors) + sum(r.nbytes for r in records.values())
     out.quantization = QuantizationRecord(
         config=dict(cfg) if isinstance(cfg, Mapping) else cfg,

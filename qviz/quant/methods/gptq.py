@@ -308,6 +308,10 @@ def layer_input_rows(name: str, module: nn.Module, inputs: Any, cols: int) -> to
 class GPTQMethod(Method):
     """GPTQ as a registered method: sequential (each layer calibrated on the already-quantized earlier layers).
 
+    :func:`qviz.quantize` computes those inputs block by block (:mod:`qviz.quant._blockwise`: one
+    stopped pass to the first block, then runs of each block alone, as the reference implementation
+    does), or layer by layer with a full pass each for a model without repeated blocks.
+
     Per-layer ``info``: ``gptq_loss``, ``gptq_rel_loss`` (relative output error on the
     calibration inputs, dampened Hessian), ``rtn_rel_loss`` (the same measure for RTN at the
     same bits and groups), ``n_tokens``. :meth:`finalize` warns about layers whose loss is
