@@ -133,11 +133,13 @@ class OnlineHadamard(nn.Module):
     """Multiplies the last dim of its input by an orthogonal matrix ``H [n, n]`` (``x ↦ x H``), in float32 or wider.
 
     A randomized Hadamard matrix (every entry ``±c``, ``c = 1/sqrt(n)``) is held as
-    its ±1 sign matrix (``matrix``, exact in every float dtype) and the scalar
-    ``scale = c``: ``x H = (x S) c``, so the only rounding is the float32 sum of
-    ``n`` signed terms and one multiply, not ``n`` products with a rounded ``c``.
-    Any other orthogonal matrix (the random fallback) is held as is, ``scale = 1``.
-    Inputs narrower than float32 are computed in float32; float64 stays float64.
+    its ±1 sign matrix (``matrix``) and the scalar ``scale = c``: ``x H = (x S) c``.
+    The signs stay exact when the model is cast (``model.half()`` would round ``c``
+    itself to float16, a relative error up to 5e-4 against the ``W H`` folded into
+    ``down_proj``); the float32 result differs from the exact product by the
+    rounding of the ``n``-term sums, about 2.5e-7 relative (n = 176 to 2048,
+    measured). Any other orthogonal matrix (the random fallback) is held as is,
+    ``scale = 1``. Inputs narrower than float32 are computed in float32; float64 stays float64.
 
     Examples
     --------
