@@ -47,6 +47,7 @@ __all__ = [
     "ElementFormat",
     "MX_BLOCK",
     "NVFP4_BLOCK",
+    "block_mismatch",
     "element_format",
     "element_values",
     "fp_round",
@@ -380,13 +381,26 @@ def _block_dequantize_kernel(codes, block_scale, block, table, out):
             out[r, c] = table[codes[r, c]] * block_scale[r, c // block]
 
 
+def block_mismatch(cols: int, block: int, what: str) -> str | None:
+    """Why rows of ``cols`` values do not fit ``what``'s blocks of ``block`` (None when they do); the one block rule.
+
+    Examples
+    --------
+    >>> block_mismatch(40, 32, "MXFP4")
+    'MXFP4 scales blocks of 32 consecutive values of a row, and the row length 40 is not a multiple of 32 (40 % 32 = 8)'
+    >>> block_mismatch(64, 16, "NVFP4") is None
+    True
+    """
+    if cols % block == 0:
+        return None
+    return (f"{what} scales blocks of {block} consecutive values of a row, and the row length {cols} is not a "
+            f"multiple of {block} ({cols} % {block} = {cols % block})")
+
+
 def _check_block_cols(cols: int, block: int, what: str) -> None:
-    if cols % block:
-        raise ValueError(
-            f"{what} scales blocks of {block} consecutive values of a row, and the row length {cols} is not a "
-            f"multiple of {block} ({cols} % {block} = {cols % block}). Pad the rows to a multiple of {block} "
-            "or leave this tensor in another format."
-        )
+    why = block_mismatch(cols, block, what)
+    if why:
+        raise ValueError(f"{why}. Pad the rows to a multiple of {block} or leave this tensor in another format.")
 
 
 def mx_quantize(x: np.ndarray, fmt, *, ties: str = "even") -> tuple[np.ndarray, np.ndarray]:
@@ -417,7 +431,7 @@ def mx_quantize(x: np.ndarray, fmt, *, ties: str = "even") -> tuple[np.ndarray, 
         raise ValueError(f"ties must be 'even' (round half to even) or 'zero' (half toward zero); got {ties!r}.")
     x = _check_x(x)
     rows, cols = x.shape
-    _check_block_cols(cols, MX_BLOCK, f"MX{f.name.upper()}")
+    _check_block_cols(cols, MX_BLOCK, f"MX with {f.name.upper()} elements")
     codes = np.empty((rows, cols), np.uint8)
     exps = np.empty((rows, cols // MX_BLOCK), np.uint8)
     _mx_quantize_kernel(x, MX_BLOCK, f.emax, *_args(f), ties == "zero", codes, exps)
@@ -436,7 +450,7 @@ def mx_dequantize(codes: np.ndarray, exps: np.ndarray, fmt) -> np.ndarray:
     codes = check_array(codes, "codes", dtype=np.uint8, ndim=2)
     exps = check_array(exps, "exps", dtype=np.uint8, ndim=2)
     rows, cols = codes.shape
-    _check_block_cols(cols, MX_BLOCK, f"MX{f.name.upper()}")
+    _check_block_cols(cols, MX_BLOCK, f"MX with {f.name.upper()} elements")
     if exps.shape != (rows, cols // MX_BLOCK) or (exps == 255).any():
         raise ValueError(f"exps must be uint8 [{rows}, {cols // MX_BLOCK}] E8M0 exponents below 255 (255 is NaN); "
                          f"got shape {exps.shape}.")

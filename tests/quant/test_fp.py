@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -93,8 +95,28 @@ def test_layer_error_and_quantize_for_every_config():
     assert 0 < float((out - ref).norm() / ref.norm()) < 0.1
     with pytest.raises(ValueError, match="act_static=True"):
         qviz.quantize(model, qviz.FP8(act_bits=8, act_scheme="per-tensor", act_static=True), progress=False)
-    with pytest.raises(ValueError, match="does not divide the row length 40"):
+    with pytest.raises(ValueError, match="No layer is left to quantize .0: MXFP4 scales blocks of 32.*row length 40"):
         qviz.quantize(nn.Sequential(nn.Linear(40, 8)), qviz.MXFP4(), progress=False)
+
+
+@pytest.mark.parametrize(("cfg", "block"), [(qviz.MXFP4(), 32), (qviz.MXFP6(fmt="e3m2"), 32), (qviz.MXFP8(), 32),
+                                            (qviz.NVFP4(), 16), (qviz.MXFP4(act_bits=8), 32)], ids=lambda c: str(c))
+def test_a_row_the_block_does_not_divide_stays_in_full_precision_with_the_reason(cfg, block):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 8))  # rows of 40: not a multiple of 16 or 32
+    x = torch.randn(16, 40)
+    q = qviz.quantize(model, cfg, progress=False)
+    why = q.quantization.skipped["0"]
+    assert why.startswith(f"{type(cfg).__name__} scales blocks of {block}") and f"40 % {block} = 8" in why
+    assert "stays in full precision" in why and list(q.quantization.layers) == ["2"]
+    assert torch.equal(q.module[0].weight, model[0].weight)
+    assert not torch.equal(qviz.fake_quantize(model[2].weight, cfg), model[2].weight)
+    err = qviz.layer_error(model, cfg, calib=x)
+    assert list(err.layer.values) == ["2"] and float(err.output_rel_err.sel(layer="2")) > 0
+    assert json.loads(err.attrs["skipped"])[cfg.label]["0"] == why
+    assert method_for(cfg).refuse("2", (8, 64), cfg) is None
+    with pytest.raises(ValueError, match=f"row length 40 is not a multiple of {block}.*Pad the rows"):
+        qviz.quantize_tensor(model[0].weight, cfg)
 
 
 def test_sensitivity_and_compare_accept_the_formats():
