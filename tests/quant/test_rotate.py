@@ -102,3 +102,72 @@ def test_rotated_config_quantizes_on_the_rotated_copy():
         qviz.Rotated(naive, act_bits=8)
     with pytest.raises(TypeError, match="Rotated wraps one weight config"):
         qviz.Rotated(qviz.Rotated())
+
+
+def test_weights_are_folded_and_rotated_in_float64_and_rounded_once():
+    model = random_llama(64, 128, 4, 2, True)
+    rot = qviz.rotate(model, seed=3)
+    gen = torch.Generator().manual_seed(3)  # rotate's draws, in its order: residual, value heads, down_proj
+    q, _ = random_hadamard(64, gen)
+    h_head, _ = random_hadamard(16, gen)
+    h_ff, _ = random_hadamard(128, gen)
+    layer, rlayer = model.model.layers[1], rot.model.layers[1]
+    g_in = layer.input_layernorm.weight.double()
+    w_q = layer.self_attn.q_proj.weight.double()
+    assert torch.equal(rlayer.self_attn.q_proj.weight, ((w_q * g_in) @ q).float())
+    w_v = layer.self_attn.v_proj.weight.double()
+    v_rot = torch.block_diag(*[h_head] * 2)
+    assert torch.equal(rlayer.self_attn.v_proj.weight, (v_rot.T @ ((w_v * g_in) @ q)).float())
+    w_down = layer.mlp.down_proj.weight.double()
+    assert torch.equal(rlayer.mlp.down_proj.weight, ((q.T @ w_down) @ h_ff).float())
+    head = model.lm_head.weight.double() * model.model.norm.weight.double()
+    assert torch.equal(rot.lm_head.weight, (head @ q).float())
+    assert torch.equal(rot.model.norm.weight, torch.ones(64))
+    assert rot.rotation["untied_bytes"] == 96 * 64 * 4 and "QuaRot and SpinQuant untie" in rot.rotation["untied_lm_head"]
+
+
+def test_online_hadamard_signs_scale_and_dtypes():
+    from qviz.quant.rotate import OnlineHadamard
+
+    h, _ = random_hadamard(176, torch.Generator().manual_seed(0))
+    mod = OnlineHadamard(h)
+    assert set(mod.matrix.unique().tolist()) == {-1.0, 1.0} and mod.scale == pytest.approx(176 ** -0.5, rel=1e-15)
+    x = torch.randn(64, 176, dtype=torch.float64)
+    exact = x @ h
+    assert rel(mod(x.float()).double(), exact) < 1e-6  # float32: the n-term sums' rounding
+    assert rel(mod.double()(x), exact) < 1e-14  # a float64 model stays float64
+    assert mod(x.half()).dtype == torch.float16 and rel(mod.half()(x.half()).double(), exact) < 2e-3
+    q, _ = random_hadamard(36, torch.Generator().manual_seed(0))  # no Hadamard of order 36: held as is
+    assert OnlineHadamard(q).scale == 1.0 and torch.equal(OnlineHadamard(q).matrix, q.float())
+
+
+def test_a_float64_model_rotates_and_runs_in_float64():
+    model = random_llama(48, 80, 4, 4, False).double()
+    rot = qviz.rotate(model)
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = rot(ids).logits
+        assert out.dtype == torch.float64 and rot.lm_head.weight.dtype == torch.float64
+        # transformers' eager attention takes its softmax in float32, so float32 rounding is the floor here
+        assert rel(out, model(ids).logits) <= 1e-6
+
+
+def test_head_dim_without_a_hadamard_matrix_uses_a_random_orthogonal_one_and_says_so():
+    model = random_llama(72, 100, 2, 2, False)  # head_dim 36, MLP width 100: no Hadamard matrix of either order
+    rot = qviz.rotate(model)
+    assert rot.rotation["value_heads"].startswith("random orthogonal 36 (no Hadamard matrix of order 36")
+    assert rot.rotation["online_down_proj"].startswith("random orthogonal 100")
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel(rot(ids).logits, model(ids).logits) <= 1e-5
+
+
+def test_one_online_hadamard_is_shared_and_stored_once():
+    from qviz.evaluate.size import serialized_size
+
+    model = random_llama(64, 128, 4, 2, True)
+    rot = qviz.rotate(model)
+    mods = {id(layer.mlp.online_hadamard) for layer in rot.model.layers}
+    assert len(mods) == 1
+    grown = serialized_size(rot)["payload_bytes"] - serialized_size(model)["payload_bytes"]
+    assert grown == rot.rotation["untied_bytes"] + 128 * 128 * 4  # the untied lm_head and one ±1 matrix
