@@ -482,17 +482,17 @@ class RotatedMethod(Method):
     def prepare(self, model: Any, cfg: Rotated, calib: Any, layers: dict[str, nn.Module]) -> Any:
         """Rotate the copy in place, then run the inner method's ``prepare`` on the rotated layers."""
         qm = load(model) if not isinstance(model, QvizModel) else model
-        rotate_(qm, seed=cfg.seed, online=cfg.online)
+        qm.rotation = rotate_(qm, seed=cfg.seed, online=cfg.online)
         root = qm.module
         layers = {n: root.get_submodule(n) for n in layers}
         inner_state = method_for(cfg.inner).prepare(qm, cfg.inner, calib, layers)
         amax = calibrate_act_amax(qm, calib, list(layers), cfg.label) if cfg.act_static else None
-        return inner_state, amax
+        return inner_state, amax, qm.rotation
 
     def quantize_layer(self, name: str, module: nn.Module, cfg: Rotated, inputs: torch.Tensor | None,
                        state: Any) -> LayerQuant:
         """The inner method's layer, with this config's activation quantization when it has one."""
-        inner_state, amax = state
+        inner_state, amax, _ = state
         inner = method_for(cfg.inner)
         lq = inner.quantize_layer(name, module, cfg.inner, inputs if inner.needs_inputs else None, inner_state)
         if cfg.activation is None:
@@ -501,7 +501,9 @@ class RotatedMethod(Method):
         return LayerQuant(new, lq.weight_hat, lq.nbytes, getattr(new, "kernel", lq.kernel), lq.info)
 
     def finalize(self, model: Any, cfg: Rotated, calib: Any, state: Any) -> dict[str, Any]:
-        return method_for(cfg.inner).finalize(model, cfg.inner, calib, state[0])
+        """The inner method's extra info, plus ``"rotation"``: what :func:`rotate_` did (an untied
+        ``lm_head`` and the bytes it adds included)."""
+        return {**method_for(cfg.inner).finalize(model, cfg.inner, calib, state[0]), "rotation": state[2]}
 
     def changes_model(self, cfg: Rotated) -> bool:
         """True: :meth:`prepare` rotates the copy (norms folded, residual stream rotated)."""

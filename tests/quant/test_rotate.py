@@ -96,6 +96,8 @@ def test_rotated_config_quantizes_on_the_rotated_copy():
     q = qviz.quantize(model, cfgs[2], calib=calib, progress=False)
     assert type(q.module.model.layers[0].mlp).__name__ == "RotatedMLP"
     assert q.quantization.layers["model.layers.0.mlp.down_proj"].bits_per_weight == 4 + 32 / 32
+    assert q.quantization.extra[cfgs[2].label]["rotation"]["residual"] == "randomized Hadamard 64"
+    assert q.rotation == q.quantization.extra[cfgs[2].label]["rotation"]
     for cfg in cfgs[1:]:
         assert config_from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match="Both Rotated and its inner config"):
