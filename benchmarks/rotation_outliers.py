@@ -40,7 +40,7 @@ KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 def linear_names(model) -> list[str]:
     from qviz.models import layer_type, quantizable_layers
 
-    return [n for n, m in quantizable_layers(model).items() if layer_type(m) == "linear" and n != "lm_head"]
+    return [n for n, m in quantizable_layers(model).items() if layer_type(m) == "linear"]
 
 
 def _rel(a, b) -> float:
@@ -80,7 +80,7 @@ def print_ratios(r: dict) -> None:
     print(f"   {'layers':12s} {'n':>4s} {'orig. median':>12s} {'orig. max':>9s} {'rot. max':>8s} {'by rotation':>11s}"
           + (f" {'by smoothing':>12s}" if "smoothed" in ratio else ""))
     groups = {"all": list(range(len(names)))}
-    groups.update({k: [i for i, n in enumerate(names) if n.endswith(k)] for k in KINDS})
+    groups.update({k: [i for i, n in enumerate(names) if n.endswith(k)] for k in KINDS + ("lm_head",)})
     for label, idx in groups.items():
         if not idx:
             continue
