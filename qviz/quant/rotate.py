@@ -505,6 +505,10 @@ class RotatedMethod(Method):
         ``lm_head`` and the bytes it adds included)."""
         return {**method_for(cfg.inner).finalize(model, cfg.inner, calib, state[0]), "rotation": state[2]}
 
+    def refuse(self, name: str, shape: tuple[int, int], cfg: Rotated) -> str | None:
+        """The inner method's refusal (a rotation keeps every weight's shape)."""
+        return method_for(cfg.inner).refuse(name, shape, cfg.inner)
+
     def changes_model(self, cfg: Rotated) -> bool:
         """True: :meth:`prepare` rotates the copy (norms folded, residual stream rotated)."""
         return True

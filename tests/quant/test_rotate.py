@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import transformers
@@ -173,3 +175,30 @@ def test_one_online_hadamard_is_shared_and_stored_once():
     assert len(mods) == 1
     grown = serialized_size(rot)["payload_bytes"] - serialized_size(model)["payload_bytes"]
     assert grown == rot.rotation["untied_bytes"] + 128 * 128 * 4  # the untied lm_head and one ±1 matrix
+
+
+@pytest.mark.parametrize(("fixture", "match"), [
+    ("minilm", r"qviz.rotate cannot fold BertModel \(architecture 'bert'\).*LayerNorm subtracts the mean"),
+    ("digits", r"qviz.rotate cannot fold DigitsCNN \(architecture None\): it rotates Llama-family decoders"),
+])
+def test_models_it_cannot_fold_are_refused_by_name(fixture, match, request):
+    from qviz.quant.rotate import why_not_rotatable
+
+    model = request.getfixturevalue(fixture)
+    calib = request.getfixturevalue(f"{fixture}_calib")
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        qviz.rotate(model)
+    with pytest.raises(ValueError, match=match):  # the config refuses the same way, nothing half-applied
+        qviz.quantize(model, qviz.Rotated(qviz.RTN(bits=8, group_size=None)), calib=calib, progress=False)
+    assert re.search(match, why_not_rotatable(model))
+    assert all(torch.equal(before[k], v) for k, v in model.module.state_dict().items())
+
+
+def test_rotated_inner_format_refuses_rows_its_block_does_not_divide():
+    model = random_llama(64, 80, 4, 2, False)  # down_proj rows of 80: not a multiple of MX's 32
+    ids = torch.randint(0, 96, (4, 12), generator=torch.Generator().manual_seed(0))
+    q = qviz.quantize(model, qviz.Rotated(qviz.MXFP4()), calib=ids, progress=False)
+    why = q.quantization.skipped["model.layers.0.mlp.down_proj"]
+    assert why.startswith("MXFP4 scales blocks of 32") and "row length 80 is not a multiple of 32" in why
+    assert "model.layers.0.self_attn.q_proj" in q.quantization.layers
