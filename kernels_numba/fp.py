@@ -330,6 +330,12 @@ def fp_quantize(x: np.ndarray, scale: np.ndarray, fmt) -> np.ndarray:
     return out
 
 
+def _check_codes(codes: np.ndarray, f: ElementFormat) -> None:
+    """Codes index the format's value table: one of ``2**bits`` (a larger one would read past it)."""
+    if int(codes.max(initial=0)) >= 1 << f.bits:
+        raise ValueError(f"codes hold values >= {1 << f.bits}, which a {f.bits}-bit {f.name} code cannot be.")
+
+
 def fp_dequantize(codes: np.ndarray, scale: np.ndarray, fmt) -> np.ndarray:
     """float32 ``code_value * scale`` of :func:`fp_quantize`'s codes.
 
@@ -341,8 +347,7 @@ def fp_dequantize(codes: np.ndarray, scale: np.ndarray, fmt) -> np.ndarray:
     f = element_format(fmt)
     codes = check_array(codes, "codes", dtype=np.uint8, ndim=2)
     scale = check_array(scale, "scale", dtype=np.float32)
-    if int(codes.max(initial=0)) >= 1 << f.bits:
-        raise ValueError(f"codes hold values >= {1 << f.bits}, which a {f.bits}-bit {f.name} code cannot be.")
+    _check_codes(codes, f)
     group, per_tensor = _group_of(scale, *codes.shape)
     out = np.empty(codes.shape, np.float32)
     _fp_dequantize_kernel(codes, scale, group, 0 if per_tensor else 1, element_values(f), out)
@@ -374,11 +379,15 @@ def _mx_quantize_kernel(x, block, emax, mbits, emin, bias, sign_bit, max_value, 
 
 
 @njit(cache=True, parallel=True)
-def _block_dequantize_kernel(codes, block_scale, block, table, out):
+def _block_dequantize_kernel(codes, block_scale, block, table, post, out):
+    """``out = (table[code] * block_scale) * post`` (float32, in that order); one scale load per block."""
     rows, cols = codes.shape
+    n_blocks = cols // block
     for r in prange(rows):
-        for c in range(cols):
-            out[r, c] = table[codes[r, c]] * block_scale[r, c // block]
+        for b in range(n_blocks):
+            s = block_scale[r, b]
+            for c in range(b * block, (b + 1) * block):
+                out[r, c] = (table[codes[r, c]] * s) * post
 
 
 def block_mismatch(cols: int, block: int, what: str) -> str | None:
@@ -454,9 +463,10 @@ def mx_dequantize(codes: np.ndarray, exps: np.ndarray, fmt) -> np.ndarray:
     if exps.shape != (rows, cols // MX_BLOCK) or (exps == 255).any():
         raise ValueError(f"exps must be uint8 [{rows}, {cols // MX_BLOCK}] E8M0 exponents below 255 (255 is NaN); "
                          f"got shape {exps.shape}.")
+    _check_codes(codes, f)
     scale = np.ldexp(np.float32(1.0), exps.astype(np.int32) - 127).astype(np.float32)  # [rows, n_blocks]
     out = np.empty((rows, cols), np.float32)
-    _block_dequantize_kernel(codes, scale, MX_BLOCK, element_values(f), out)
+    _block_dequantize_kernel(codes, scale, MX_BLOCK, element_values(f), np.float32(1.0), out)
     return out
 
 
@@ -540,8 +550,9 @@ def nvfp4_dequantize(codes: np.ndarray, block_scales: np.ndarray, tensor_scale) 
     if block_scales.shape != (rows, cols // NVFP4_BLOCK) or (block_scales & 0x80).any() or (block_scales == 0x7F).any():
         raise ValueError(f"block_scales must be uint8 [{rows}, {cols // NVFP4_BLOCK}] unsigned E4M3 codes "
                          f"(below 0x7F); got shape {block_scales.shape}.")
+    _check_codes(codes, element_format("e2m1"))
     scale = element_values("e4m3")[block_scales]  # [rows, n_blocks] float32
-    prod = np.empty((rows, cols), np.float32)
-    _block_dequantize_kernel(codes, scale, NVFP4_BLOCK, element_values("e2m1"), prod)
-    return (prod * np.float32(tensor_scale)).astype(np.float32)
+    out = np.empty((rows, cols), np.float32)
+    _block_dequantize_kernel(codes, scale, NVFP4_BLOCK, element_values("e2m1"), np.float32(tensor_scale), out)
+    return out
 
