@@ -84,35 +84,13 @@ def _linear_names(model) -> list[str]:
 
 
 def outliers(model, calib) -> None:
-    import torch
+    """Part 2: :mod:`rotation_outliers`' table and output error (one implementation of both)."""
+    import rotation_outliers as ro
 
-    import qviz
-    from qviz.quant.registry import method_for
-
-    names = _linear_names(model)
-    rot = qviz.rotate(model)
-    sq = qviz.SmoothQuant(alpha=0.5, w_bits=8, a_bits=8)
-    smooth = model.copy()
-    method_for(sq).prepare(smooth, sq, calib, {n: smooth.module.get_submodule(n) for n in names})
-    stats = {label: qviz.capture(m, calib, layers=names, progress=False)
-             for label, m in (("original", model), ("rotated", rot), ("smoothed", smooth))}
-    rot_ch = qviz.plot.outlier_change(stats["original"], stats["rotated"], ("original", "rotated"))
-    sm_ch = qviz.plot.outlier_change(stats["original"], stats["smoothed"], ("original", "smoothed"))
-    print(f"\n2. max/median channel absmax of each linear layer's input ({model.name}; rotation: {rot.rotation['residual']}, "
-          f"down_proj: {rot.rotation.get('online_down_proj', 'none')})")
-    print(f"   {'layer':44s} {'original':>9s} {'rotated':>9s} {'smoothed':>9s} {'rot. reduction':>15s}")
-    for i, layer in enumerate(rot_ch.layer.values):
-        r = rot_ch.outlier_ratio.values[i]
-        s = sm_ch.outlier_ratio.sel(layer=layer).values[1]
-        print(f"   {layer:44s} {r[0]:9.1f} {r[1]:9.1f} {s:9.1f} {rot_ch.reduction.values[i]:14.1f}x")
-    print(f"   median reduction by rotation {float(np.median(rot_ch.reduction.values)):.1f}x, "
-          f"by smoothing {float(np.median(sm_ch.reduction.values)):.1f}x")
-    inputs = {k: v[:4] for k, v in calib.items()}
-    with torch.no_grad():
-        y, y_rot = model.run(inputs).float(), rot.run(inputs).float()
-    print(f"   rotated full-precision output error ||y_rot - y|| / ||y|| = {float((y_rot - y).norm() / y.norm()):.2e} "
-          f"(logits of {int(inputs['input_ids'].numel())} calibration tokens, {next(model.module.parameters()).dtype})",
-          flush=True)
+    print(f"\n2. max/median channel absmax of each linear layer's input ({model.name})", flush=True)
+    r = ro.ratios(model, calib)
+    ro.print_ratios(r)
+    ro.output_error(model, r["rotated"], calib, n_heldout=4)
 
 
 def _one_pass(cfg):
