@@ -394,6 +394,12 @@ class FPFormatMethod(WeightFormatMethod):
         codes, scale, extra = quantize_fp(w, cfg)
         return codes, scale, None, fp_nbytes(tuple(w.shape), cfg), lambda: dequantize_fp(codes, scale, extra, cfg)
 
+    def fake_quantize(self, w: torch.Tensor, cfg: Any, *, check_finite: bool) -> torch.Tensor:
+        """``w [rows, cols]`` quantized and dequantized once by the kernels (which check NaN/Inf themselves),
+        on ``w``'s device; without it :func:`qviz.fake_quantize` would build a QuantizedTensor and dequantize twice."""
+        codes, scale, extra = quantize_fp(w, cfg)
+        return dequantize_fp(codes, scale, extra, cfg).to(w.device)
+
     def storage_nbytes(self, shape: tuple[int, int], cfg: Any) -> int:
         """Bytes stored for an ``(out, in)`` weight: :func:`fp_nbytes`."""
         return fp_nbytes(shape, cfg)

@@ -150,3 +150,17 @@ def test_explorer_menu_offers_the_formats():
     assert {"FP8", "MXFP4", "MXFP6", "MXFP8", "NVFP4", "HQQ"} <= set(available_methods())
     assert make_config("FP8", group_size="128").label == "FP8 e4m3 g128"
     assert make_config("HQQ", bits=3, group_size="64").label == "HQQ w3 g64"
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c.act_bits is None], ids=lambda c: c.label)
+def test_fake_quantize_is_one_quantize_dequantize(cfg):
+    w = torch.randn(24, 64, dtype=torch.float64)
+    w[2, 7] = 30.0  # an outlier: its block / channel / tensor scale differs from the rest
+    out = qviz.fake_quantize(w, cfg)
+    assert out.dtype == torch.float64 and out.shape == w.shape
+    ref = qviz.quantize_tensor(w.float(), cfg).dequantize()
+    assert torch.equal(out.float(), ref)
+    assert np.array_equal(qviz.fake_quantize(w.float().numpy(), cfg), ref.numpy())
+    w[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        qviz.fake_quantize(w, cfg)
