@@ -211,10 +211,11 @@ def _fp_quantize_kernel(x, scale, group, row_step, mbits, emin, bias, sign_bit, 
     rows, cols = x.shape
     for r in prange(rows):
         sr = r * row_step
-        for c in range(cols):
-            s = scale[sr, c // group]
-            v = np.float32(x[r, c] / s)  # float32 division, as a torch cast of x / s sees it
-            out[r, c] = _encode(v, mbits, emin, bias, sign_bit, max_value, False)
+        for g in range(cols // group):  # one scale load per group
+            s = scale[sr, g]
+            for c in range(g * group, (g + 1) * group):
+                v = np.float32(x[r, c] / s)  # float32 division, as a torch cast of x / s sees it
+                out[r, c] = _encode(v, mbits, emin, bias, sign_bit, max_value, False)
 
 
 @njit(cache=True, parallel=True)
@@ -222,8 +223,10 @@ def _fp_dequantize_kernel(codes, scale, group, row_step, table, out):
     rows, cols = codes.shape
     for r in prange(rows):
         sr = r * row_step
-        for c in range(cols):
-            out[r, c] = table[codes[r, c]] * scale[sr, c // group]
+        for g in range(cols // group):  # one scale load per group
+            s = scale[sr, g]
+            for c in range(g * group, (g + 1) * group):
+                out[r, c] = table[codes[r, c]] * s
 
 
 @njit(cache=True, parallel=True)
