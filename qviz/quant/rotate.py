@@ -527,4 +527,5 @@ class RotatedMethod(Method):
         """The inner config's storage (the rotation is folded into the weights)."""
         f = method_for(cfg.inner).format_bits(cfg.inner, row_length)
         return FormatBits(cfg.label, f.code_bits, f.overhead_bits,
-                          f.overhead + " (rotation folded into the weights; online Hadamard not stored)")
+                          f.overhead + " (rotation folded into the weights; the one online Hadamard matrix, n² float32 signs "
+                          "shared by every down_proj, counts among the model's full-precision bytes)")
