@@ -175,6 +175,15 @@ def test_one_online_hadamard_is_shared_and_stored_once():
     assert len(mods) == 1
     grown = serialized_size(rot)["payload_bytes"] - serialized_size(model)["payload_bytes"]
     assert grown == rot.rotation["untied_bytes"] + 128 * 128 * 4  # the untied lm_head and one ±1 matrix
+    from qviz.evaluate.size import model_size
+
+    assert model_size(rot)["total_bytes"] - model_size(model)["total_bytes"] == grown
+    ids = torch.randint(0, 96, (4, 12), generator=torch.Generator().manual_seed(0))
+    cfg = qviz.RTN(bits=8, group_size=None)
+    plain = qviz.quantize(qviz.load(model, kind="module"), cfg, calib=ids, progress=False)
+    rotated = qviz.quantize(qviz.load(model, kind="module"), qviz.Rotated(cfg), calib=ids, progress=False)
+    # quantizing unties lm_head either way (it gets codes, the embedding keeps its floats): the rotation adds H alone
+    assert model_size(rotated)["total_bytes"] - model_size(plain)["total_bytes"] == 128 * 128 * 4
 
 
 @pytest.mark.parametrize(("fixture", "match"), [
