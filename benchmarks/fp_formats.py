@@ -5,9 +5,10 @@ Run ``python benchmarks/fp_formats.py [--model tiny-llama] [--n-calib 16] [--n-c
 ``--kernels-only`` for part 1 alone). It prints:
 
 1. kernel speed on a 4096 x 4096 float32 matrix, as a ratio to ``np.copyto``
-   into a preallocated array (medians of interleaved repeats): FP8 E4M3
-   per-channel quantize, MXFP4 / MXFP8 quantize, NVFP4 quantize, and the MXFP4
-   dequantize;
+   into a preallocated array (medians of interleaved repeats): FP8 scales,
+   quantize (E4M3, E5M2) and dequantize; MXFP4 / MXFP6 / MXFP8 quantize, MXFP4 /
+   MXFP8 dequantize; NVFP4 quantize and dequantize; and ``qviz.fake_quantize`` on a
+   torch tensor (FP8, MXFP4: the whole API path, checks and conversions included);
 2. the max/median channel ratio of the input of every linear layer of the
    model, original vs rotated (and after SmoothQuant's smoothing, alpha 0.5), and the
    full-precision output error of the rotated model (relative, float32);
@@ -52,29 +53,48 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def kernels(repeats: int = 5) -> None:
+    """Part 1: each kernel's median time over ``repeats`` runs, each run next to an ``np.copyto`` of the same array."""
+    import numba
+    import torch
+
     import kernels_numba.fp as kfp
+    import qviz
 
     x = np.random.default_rng(0).standard_normal((N, N)).astype(np.float32)
     dst = np.empty_like(x)
     scale = kfp.fp_scales(x, "e4m3")
+    fp8 = kfp.fp_quantize(x, scale, "e4m3")
     codes, exps = kfp.mx_quantize(x, "e2m1")
+    codes8, exps8 = kfp.mx_quantize(x, "e4m3")
+    nv_codes, nv_scales, nv_g = kfp.nvfp4_quantize(x)
+    xt = torch.from_numpy(x)
     cases = {
+        "FP8 e4m3 per-channel scales": lambda: kfp.fp_scales(x, "e4m3"),
         "FP8 e4m3 per-channel quantize": lambda: kfp.fp_quantize(x, scale, "e4m3"),
+        "FP8 e5m2 per-channel quantize": lambda: kfp.fp_quantize(x, kfp.fp_scales(x, "e5m2"), "e5m2"),
+        "FP8 e4m3 per-channel dequantize": lambda: kfp.fp_dequantize(fp8, scale, "e4m3"),
         "MXFP4 quantize": lambda: kfp.mx_quantize(x, "e2m1"),
+        "MXFP6 e2m3 quantize": lambda: kfp.mx_quantize(x, "e2m3"),
         "MXFP8 quantize": lambda: kfp.mx_quantize(x, "e4m3"),
-        "NVFP4 quantize": lambda: kfp.nvfp4_quantize(x),
         "MXFP4 dequantize": lambda: kfp.mx_dequantize(codes, exps, "e2m1"),
+        "MXFP8 dequantize": lambda: kfp.mx_dequantize(codes8, exps8, "e4m3"),
+        "NVFP4 quantize": lambda: kfp.nvfp4_quantize(x),
+        "NVFP4 dequantize": lambda: kfp.nvfp4_dequantize(nv_codes, nv_scales, nv_g),
+        "qviz.fake_quantize(torch, FP8)": lambda: qviz.fake_quantize(xt, qviz.FP8()),
+        "qviz.fake_quantize(torch, MXFP4)": lambda: qviz.fake_quantize(xt, qviz.MXFP4()),
     }
     for fn in cases.values():  # compile / warm
         fn()
-    print(f"\n1. kernels on a {N} x {N} float32 matrix (ratio to np.copyto; medians of {repeats} interleaved runs)")
+    print(f"\n1. kernels on a {N} x {N} float32 matrix (ratio to np.copyto into a preallocated array, one thread; "
+          f"kernels on {numba.get_num_threads()} Numba threads, each allocating its output; medians of {repeats} "
+          "interleaved runs)")
     for name, fn in cases.items():
         copies, runs = [], []
         for _ in range(repeats):
             copies.append(_median_time(lambda: np.copyto(dst, x), 1))
             runs.append(_median_time(fn, 1))
         c, r = statistics.median(copies), statistics.median(runs)
-        print(f"   {name:32s} {r * 1e3:8.1f} ms  = {r / c:6.1f} x copy ({c * 1e3:.1f} ms)")
+        print(f"   {name:34s} {r * 1e3:8.1f} ms  = {r / c:6.1f} x copy ({c * 1e3:.1f} ms)", flush=True)
 
 
 def _linear_names(model) -> list[str]:
@@ -84,35 +104,13 @@ def _linear_names(model) -> list[str]:
 
 
 def outliers(model, calib) -> None:
-    import torch
+    """Part 2: :mod:`rotation_outliers`' table and output error (one implementation of both)."""
+    import rotation_outliers as ro
 
-    import qviz
-    from qviz.quant.registry import method_for
-
-    names = _linear_names(model)
-    rot = qviz.rotate(model)
-    sq = qviz.SmoothQuant(alpha=0.5, w_bits=8, a_bits=8)
-    smooth = model.copy()
-    method_for(sq).prepare(smooth, sq, calib, {n: smooth.module.get_submodule(n) for n in names})
-    stats = {label: qviz.capture(m, calib, layers=names, progress=False)
-             for label, m in (("original", model), ("rotated", rot), ("smoothed", smooth))}
-    rot_ch = qviz.plot.outlier_change(stats["original"], stats["rotated"], ("original", "rotated"))
-    sm_ch = qviz.plot.outlier_change(stats["original"], stats["smoothed"], ("original", "smoothed"))
-    print(f"\n2. max/median channel absmax of each linear layer's input ({model.name}; rotation: {rot.rotation['residual']}, "
-          f"down_proj: {rot.rotation.get('online_down_proj', 'none')})")
-    print(f"   {'layer':44s} {'original':>9s} {'rotated':>9s} {'smoothed':>9s} {'rot. reduction':>15s}")
-    for i, layer in enumerate(rot_ch.layer.values):
-        r = rot_ch.outlier_ratio.values[i]
-        s = sm_ch.outlier_ratio.sel(layer=layer).values[1]
-        print(f"   {layer:44s} {r[0]:9.1f} {r[1]:9.1f} {s:9.1f} {rot_ch.reduction.values[i]:14.1f}x")
-    print(f"   median reduction by rotation {float(np.median(rot_ch.reduction.values)):.1f}x, "
-          f"by smoothing {float(np.median(sm_ch.reduction.values)):.1f}x")
-    inputs = {k: v[:4] for k, v in calib.items()}
-    with torch.no_grad():
-        y, y_rot = model.run(inputs).float(), rot.run(inputs).float()
-    print(f"   rotated full-precision output error ||y_rot - y|| / ||y|| = {float((y_rot - y).norm() / y.norm()):.2e} "
-          f"(logits of {int(inputs['input_ids'].numel())} calibration tokens, {next(model.module.parameters()).dtype})",
-          flush=True)
+    print(f"\n2. max/median channel absmax of each linear layer's input ({model.name})", flush=True)
+    r = ro.ratios(model, calib)
+    ro.print_ratios(r)
+    ro.output_error(model, r["rotated"], calib, n_heldout=4)
 
 
 def _one_pass(cfg):

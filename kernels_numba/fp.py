@@ -47,6 +47,7 @@ __all__ = [
     "ElementFormat",
     "MX_BLOCK",
     "NVFP4_BLOCK",
+    "block_mismatch",
     "element_format",
     "element_values",
     "fp_round",
@@ -210,10 +211,11 @@ def _fp_quantize_kernel(x, scale, group, row_step, mbits, emin, bias, sign_bit, 
     rows, cols = x.shape
     for r in prange(rows):
         sr = r * row_step
-        for c in range(cols):
-            s = scale[sr, c // group]
-            v = np.float32(x[r, c] / s)  # float32 division, as a torch cast of x / s sees it
-            out[r, c] = _encode(v, mbits, emin, bias, sign_bit, max_value, False)
+        for g in range(cols // group):  # one scale load per group
+            s = scale[sr, g]
+            for c in range(g * group, (g + 1) * group):
+                v = np.float32(x[r, c] / s)  # float32 division, as a torch cast of x / s sees it
+                out[r, c] = _encode(v, mbits, emin, bias, sign_bit, max_value, False)
 
 
 @njit(cache=True, parallel=True)
@@ -221,8 +223,10 @@ def _fp_dequantize_kernel(codes, scale, group, row_step, table, out):
     rows, cols = codes.shape
     for r in prange(rows):
         sr = r * row_step
-        for c in range(cols):
-            out[r, c] = table[codes[r, c]] * scale[sr, c // group]
+        for g in range(cols // group):  # one scale load per group
+            s = scale[sr, g]
+            for c in range(g * group, (g + 1) * group):
+                out[r, c] = table[codes[r, c]] * s
 
 
 @njit(cache=True, parallel=True)
@@ -329,6 +333,12 @@ def fp_quantize(x: np.ndarray, scale: np.ndarray, fmt) -> np.ndarray:
     return out
 
 
+def _check_codes(codes: np.ndarray, f: ElementFormat) -> None:
+    """Codes index the format's value table: one of ``2**bits`` (a larger one would read past it)."""
+    if int(codes.max(initial=0)) >= 1 << f.bits:
+        raise ValueError(f"codes hold values >= {1 << f.bits}, which a {f.bits}-bit {f.name} code cannot be.")
+
+
 def fp_dequantize(codes: np.ndarray, scale: np.ndarray, fmt) -> np.ndarray:
     """float32 ``code_value * scale`` of :func:`fp_quantize`'s codes.
 
@@ -340,8 +350,7 @@ def fp_dequantize(codes: np.ndarray, scale: np.ndarray, fmt) -> np.ndarray:
     f = element_format(fmt)
     codes = check_array(codes, "codes", dtype=np.uint8, ndim=2)
     scale = check_array(scale, "scale", dtype=np.float32)
-    if int(codes.max(initial=0)) >= 1 << f.bits:
-        raise ValueError(f"codes hold values >= {1 << f.bits}, which a {f.bits}-bit {f.name} code cannot be.")
+    _check_codes(codes, f)
     group, per_tensor = _group_of(scale, *codes.shape)
     out = np.empty(codes.shape, np.float32)
     _fp_dequantize_kernel(codes, scale, group, 0 if per_tensor else 1, element_values(f), out)
@@ -373,20 +382,37 @@ def _mx_quantize_kernel(x, block, emax, mbits, emin, bias, sign_bit, max_value, 
 
 
 @njit(cache=True, parallel=True)
-def _block_dequantize_kernel(codes, block_scale, block, table, out):
+def _block_dequantize_kernel(codes, block_scale, block, table, post, out):
+    """``out = (table[code] * block_scale) * post`` (float32, in that order); one scale load per block."""
     rows, cols = codes.shape
+    n_blocks = cols // block
     for r in prange(rows):
-        for c in range(cols):
-            out[r, c] = table[codes[r, c]] * block_scale[r, c // block]
+        for b in range(n_blocks):
+            s = block_scale[r, b]
+            for c in range(b * block, (b + 1) * block):
+                out[r, c] = (table[codes[r, c]] * s) * post
+
+
+def block_mismatch(cols: int, block: int, what: str) -> str | None:
+    """Why rows of ``cols`` values do not fit ``what``'s blocks of ``block`` (None when they do); the one block rule.
+
+    Examples
+    --------
+    >>> block_mismatch(40, 32, "MXFP4")
+    'MXFP4 scales blocks of 32 consecutive values of a row, and the row length 40 is not a multiple of 32 (40 % 32 = 8)'
+    >>> block_mismatch(64, 16, "NVFP4") is None
+    True
+    """
+    if cols % block == 0:
+        return None
+    return (f"{what} scales blocks of {block} consecutive values of a row, and the row length {cols} is not a "
+            f"multiple of {block} ({cols} % {block} = {cols % block})")
 
 
 def _check_block_cols(cols: int, block: int, what: str) -> None:
-    if cols % block:
-        raise ValueError(
-            f"{what} scales blocks of {block} consecutive values of a row, and the row length {cols} is not a "
-            f"multiple of {block} ({cols} % {block} = {cols % block}). Pad the rows to a multiple of {block} "
-            "or leave this tensor in another format."
-        )
+    why = block_mismatch(cols, block, what)
+    if why:
+        raise ValueError(f"{why}. Pad the rows to a multiple of {block} or leave this tensor in another format.")
 
 
 def mx_quantize(x: np.ndarray, fmt, *, ties: str = "even") -> tuple[np.ndarray, np.ndarray]:
@@ -417,7 +443,7 @@ def mx_quantize(x: np.ndarray, fmt, *, ties: str = "even") -> tuple[np.ndarray, 
         raise ValueError(f"ties must be 'even' (round half to even) or 'zero' (half toward zero); got {ties!r}.")
     x = _check_x(x)
     rows, cols = x.shape
-    _check_block_cols(cols, MX_BLOCK, f"MX{f.name.upper()}")
+    _check_block_cols(cols, MX_BLOCK, f"MX with {f.name.upper()} elements")
     codes = np.empty((rows, cols), np.uint8)
     exps = np.empty((rows, cols // MX_BLOCK), np.uint8)
     _mx_quantize_kernel(x, MX_BLOCK, f.emax, *_args(f), ties == "zero", codes, exps)
@@ -436,13 +462,14 @@ def mx_dequantize(codes: np.ndarray, exps: np.ndarray, fmt) -> np.ndarray:
     codes = check_array(codes, "codes", dtype=np.uint8, ndim=2)
     exps = check_array(exps, "exps", dtype=np.uint8, ndim=2)
     rows, cols = codes.shape
-    _check_block_cols(cols, MX_BLOCK, f"MX{f.name.upper()}")
+    _check_block_cols(cols, MX_BLOCK, f"MX with {f.name.upper()} elements")
     if exps.shape != (rows, cols // MX_BLOCK) or (exps == 255).any():
         raise ValueError(f"exps must be uint8 [{rows}, {cols // MX_BLOCK}] E8M0 exponents below 255 (255 is NaN); "
                          f"got shape {exps.shape}.")
+    _check_codes(codes, f)
     scale = np.ldexp(np.float32(1.0), exps.astype(np.int32) - 127).astype(np.float32)  # [rows, n_blocks]
     out = np.empty((rows, cols), np.float32)
-    _block_dequantize_kernel(codes, scale, MX_BLOCK, element_values(f), out)
+    _block_dequantize_kernel(codes, scale, MX_BLOCK, element_values(f), np.float32(1.0), out)
     return out
 
 
@@ -526,8 +553,9 @@ def nvfp4_dequantize(codes: np.ndarray, block_scales: np.ndarray, tensor_scale) 
     if block_scales.shape != (rows, cols // NVFP4_BLOCK) or (block_scales & 0x80).any() or (block_scales == 0x7F).any():
         raise ValueError(f"block_scales must be uint8 [{rows}, {cols // NVFP4_BLOCK}] unsigned E4M3 codes "
                          f"(below 0x7F); got shape {block_scales.shape}.")
+    _check_codes(codes, element_format("e2m1"))
     scale = element_values("e4m3")[block_scales]  # [rows, n_blocks] float32
-    prod = np.empty((rows, cols), np.float32)
-    _block_dequantize_kernel(codes, scale, NVFP4_BLOCK, element_values("e2m1"), prod)
-    return (prod * np.float32(tensor_scale)).astype(np.float32)
+    out = np.empty((rows, cols), np.float32)
+    _block_dequantize_kernel(codes, scale, NVFP4_BLOCK, element_values("e2m1"), np.float32(tensor_scale), out)
+    return out
 

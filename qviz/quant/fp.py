@@ -45,7 +45,7 @@ from qviz.quant.primitives import packed_nbytes
 from qviz.quant.method import Controls, FormatBits, LayerQuant, Method, register
 from qviz.quant.rtn import output_without_bias
 
-__all__ = ["FP8", "MXFP4", "MXFP6", "MXFP8", "NVFP4", "FPFormatMethod"]
+__all__ = ["FP8", "MXFP4", "MXFP6", "MXFP8", "NVFP4", "FPFormatMethod", "BlockFormatMethod"]
 
 
 @dataclass(frozen=True)
@@ -394,6 +394,12 @@ class FPFormatMethod(WeightFormatMethod):
         codes, scale, extra = quantize_fp(w, cfg)
         return codes, scale, None, fp_nbytes(tuple(w.shape), cfg), lambda: dequantize_fp(codes, scale, extra, cfg)
 
+    def fake_quantize(self, w: torch.Tensor, cfg: Any, *, check_finite: bool) -> torch.Tensor:
+        """``w [rows, cols]`` quantized and dequantized once by the kernels (which check NaN/Inf themselves),
+        on ``w``'s device; without it :func:`qviz.fake_quantize` would build a QuantizedTensor and dequantize twice."""
+        codes, scale, extra = quantize_fp(w, cfg)
+        return dequantize_fp(codes, scale, extra, cfg).to(w.device)
+
     def storage_nbytes(self, shape: tuple[int, int], cfg: Any) -> int:
         """Bytes stored for an ``(out, in)`` weight: :func:`fp_nbytes`."""
         return fp_nbytes(shape, cfg)
@@ -405,6 +411,28 @@ class FPFormatMethod(WeightFormatMethod):
     def config_from_controls(self, c: Controls) -> QuantConfig:
         """The format at its defaults (its block size is part of the format)."""
         return self.config_type()
+
+
+class BlockFormatMethod(FPFormatMethod):
+    """MX and NVFP4: formats whose block length is part of the format (32 for MX, 16 for NVFP4).
+
+    A layer whose row is not a multiple of the block cannot be held in the format; :meth:`refuse`
+    says so and :func:`qviz.quantize` leaves that layer in full precision and records why, as it does
+    for a GGUF type's block. (FP8's blocks are the user's choice and are checked like RTN groups.)
+    """
+
+    def refuse(self, name: str, shape: tuple[int, int], cfg: Any) -> str | None:
+        """Why ``cfg`` leaves a layer of weight ``shape`` ``(out, in)`` in full precision (None: it takes it).
+
+        Examples
+        --------
+        >>> BlockFormatMethod().refuse("fc", (8, 40), MXFP4())
+        'MXFP4 scales blocks of 32 consecutive values of a row, and the row length 40 is not a multiple of 32 (40 % 32 = 8); the format defines no other block, so the layer stays in full precision'
+        """
+        from kernels_numba.fp import block_mismatch
+
+        why = block_mismatch(int(shape[1]), cfg.block_size, type(cfg).__name__)
+        return None if why is None else f"{why}; the format defines no other block, so the layer stays in full precision"
 
 
 @register(FP8)
@@ -421,5 +449,5 @@ class FP8Method(FPFormatMethod):
 
 
 for _position, _cfg in enumerate((MXFP4, MXFP6, MXFP8, NVFP4), start=9):
-    register(_cfg)(type(f"{_cfg.__name__}Method", (FPFormatMethod,), {
+    register(_cfg)(type(f"{_cfg.__name__}Method", (BlockFormatMethod,), {
         "__doc__": f"{_cfg.__name__} weights.", "label": _cfg.__name__, "menu_position": _position}))

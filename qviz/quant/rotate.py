@@ -130,24 +130,42 @@ def random_hadamard(n: int, generator: torch.Generator) -> tuple[torch.Tensor, s
 
 
 class OnlineHadamard(nn.Module):
-    """Multiplies the last dim of its input by an orthogonal matrix ``H [n, n]`` (``x ↦ x H``), in float32.
+    """Multiplies the last dim of its input by an orthogonal matrix ``H [n, n]`` (``x ↦ x H``), in float32 or wider.
+
+    A randomized Hadamard matrix (every entry ``±c``, ``c = 1/sqrt(n)``) is held as
+    its ±1 sign matrix (``matrix``) and the scalar ``scale = c``: ``x H = (x S) c``.
+    The signs stay exact when the model is cast (``model.half()`` would round ``c``
+    itself to float16, a relative error up to 5e-4 against the ``W H`` folded into
+    ``down_proj``); the float32 result differs from the exact product by the
+    rounding of the ``n``-term sums, about 2.5e-7 relative (n = 176 to 2048,
+    measured). Any other orthogonal matrix (the random fallback) is held as is,
+    ``scale = 1``. Inputs narrower than float32 are computed in float32; float64 stays float64.
 
     Examples
     --------
     >>> mod = OnlineHadamard(torch.eye(4))
     >>> mod(torch.ones(2, 4)).tolist()
     [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
+    >>> h = OnlineHadamard(hadamard_matrix(4) / 2)
+    >>> h.scale, h.matrix.unique().tolist()
+    (0.5, [-1.0, 1.0])
     """
 
-    def __init__(self, matrix: torch.Tensor) -> None:
+    def __init__(self, matrix: torch.Tensor) -> None:  # matrix [n, n]
         super().__init__()
-        self.register_buffer("matrix", matrix.detach().float().clone())
+        m = matrix.detach().double()
+        c = float(m.abs().max())
+        uniform = c > 0 and bool((m.abs() == c).all())
+        self.scale = c if uniform else 1.0
+        self.register_buffer("matrix", (torch.sign(m) if uniform else m).float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., n] -> [..., n]
-        return (x.float() @ self.matrix).to(x.dtype)
+        dt = torch.promote_types(x.dtype, torch.float32)
+        y = x.to(dt) @ self.matrix.to(dt)
+        return (y * self.scale if self.scale != 1.0 else y).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"n={self.matrix.shape[0]}"
+        return f"n={self.matrix.shape[0]}" + (f", scale={self.scale:.6g}" if self.scale != 1.0 else "")
 
 
 class RotatedMLP(nn.Module):
@@ -158,11 +176,11 @@ class RotatedMLP(nn.Module):
     still receives the rotated input.
     """
 
-    def __init__(self, mlp: nn.Module, hadamard: torch.Tensor) -> None:
+    def __init__(self, mlp: nn.Module, hadamard: torch.Tensor | OnlineHadamard) -> None:
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
         self.act_fn = mlp.act_fn
-        self.online_hadamard = OnlineHadamard(hadamard)
+        self.online_hadamard = hadamard if isinstance(hadamard, OnlineHadamard) else OnlineHadamard(hadamard)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., hidden] -> [..., hidden]
         return self.down_proj(self.online_hadamard(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
@@ -209,26 +227,57 @@ def _set(param: nn.Parameter, value: torch.Tensor) -> None:
         param.data = value.to(dtype=param.dtype, device=param.device).contiguous()
 
 
-def _fold_norm(norm: nn.Module, readers: list[nn.Linear]) -> None:
-    gamma = norm.weight.detach().double()  # [d]
+class _Float64Weights:
+    """The weights being folded and rotated, held in float64 and cast once to their own dtype.
+
+    Every step (``W diag(γ)``, ``W Q``, ``Qᵀ W``, the value-head and online Hadamards) works on the
+    float64 value of the parameter, so a weight touched by four steps is rounded once, by
+    :meth:`commit`, not after each step.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
+
+    def get(self, param: nn.Parameter) -> torch.Tensor:
+        if id(param) not in self._values:
+            self._values[id(param)] = (param, param.detach().double())
+        return self._values[id(param)][1]
+
+    def put(self, param: nn.Parameter, value: torch.Tensor) -> None:
+        self.get(param)
+        self._values[id(param)] = (param, value)
+
+    def commit(self) -> None:
+        """Cast every staged value to its parameter's dtype (the one rounding) and forget them."""
+        for param, value in self._values.values():
+            _set(param, value)
+        self._values.clear()
+
+
+def _fold_norm(w: _Float64Weights, norm: nn.Module, readers: list[nn.Linear]) -> None:
+    gamma = w.get(norm.weight)  # [d]
     for lin in readers:
-        _set(lin.weight, lin.weight.detach().double() * gamma.unsqueeze(0))
-    _set(norm.weight, torch.ones_like(gamma))
+        w.put(lin.weight, w.get(lin.weight) * gamma.unsqueeze(0))
+    w.put(norm.weight, torch.ones_like(gamma))
 
 
-def _read(lin: nn.Linear, q: torch.Tensor) -> None:  # the layer reads x Q: W <- W Q
-    _set(lin.weight, lin.weight.detach().double() @ q.to(lin.weight.device))
+def _read(w: _Float64Weights, lin: nn.Module, q: torch.Tensor) -> None:  # the layer reads x Q: W <- W Q
+    w.put(lin.weight, w.get(lin.weight) @ q.to(lin.weight.device))
 
 
-def _write(lin: nn.Linear, q: torch.Tensor) -> None:  # the layer's output becomes y Q: W <- Qᵀ W, b <- b Q
+def _write(w: _Float64Weights, lin: nn.Linear, q: torch.Tensor) -> None:  # output becomes y Q: W <- Qᵀ W, b <- b Q
     q = q.to(lin.weight.device)
-    _set(lin.weight, q.T @ lin.weight.detach().double())
+    w.put(lin.weight, q.T @ w.get(lin.weight))
     if lin.bias is not None:
-        _set(lin.bias, lin.bias.detach().double() @ q)
+        w.put(lin.bias, w.get(lin.bias) @ q)
 
 
 def rotate_(model: QvizModel | nn.Module, *, seed: int = 0, online: bool = True) -> dict[str, Any]:
-    """Rotate ``model`` IN PLACE (see :func:`rotate`, which works on a copy); returns what was done."""
+    """Rotate ``model`` IN PLACE (see :func:`rotate`, which works on a copy); returns what was done.
+
+    Each weight is folded and rotated in float64 and cast to its dtype once (one decoder layer at a
+    time, so the float64 copies never exceed one layer plus the embedding and ``lm_head``).
+    """
     module = as_module(model)
     config, embed, layers, final_norm, head = _decoder_parts(module)
     gen = torch.Generator().manual_seed(seed)
@@ -241,32 +290,42 @@ def rotate_(model: QvizModel | nn.Module, *, seed: int = 0, online: bool = True)
     if head.weight is embed.weight or getattr(config, "tie_word_embeddings", False):
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
         config.tie_word_embeddings = False
-        info["untied_lm_head"] = True
-    for layer in layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        _fold_norm(layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj])
-        _fold_norm(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
-    _fold_norm(final_norm, [head])
-
+        extra = head.weight.numel() * head.weight.element_size()
+        info["untied_lm_head"] = (
+            f"lm_head untied from the embedding: the final norm's scale folds into lm_head but not into the "
+            f"embedding rows, so the two {tuple(head.weight.shape)} matrices differ; +{extra:,} bytes "
+            f"({head.weight.dtype}) over the tied model (QuaRot and SpinQuant untie the same way)")
+        info["untied_bytes"] = int(extra)
+    # the draws, in this order: residual Q, value-head H, down_proj H (a seed gives the same matrices)
     q, info["residual"] = random_hadamard(d, gen)
-    _set(embed.weight, embed.weight.detach().double() @ q.to(embed.weight.device))
-    _read(head, q)
     h_head, info["value_heads"] = random_hadamard(head_dim, gen)
     h_ff = None
+    if online:
+        h_ff, info["online_down_proj"] = random_hadamard(int(layers[0].mlp.down_proj.weight.shape[1]), gen)
+        h_ff_module = OnlineHadamard(h_ff)  # one matrix, shared by every layer's RotatedMLP
+    v_rot = torch.block_diag(*[h_head] * n_kv)  # [n_kv * head_dim]^2: each value head V_h <- V_h H
+    o_rot = torch.block_diag(*[h_head] * n_heads)  # o_proj reads the rotated heads
+
+    w = _Float64Weights()
     for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
+        _fold_norm(w, layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj])
+        _fold_norm(w, layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
         for lin in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-            _read(lin, q)
-        _write(attn.o_proj, q)
-        _write(mlp.down_proj, q)
-        # value heads: V_h <- V_h H (v_proj output rows per kv head), o_proj input columns per head
-        _write(attn.v_proj, torch.block_diag(*[h_head] * n_kv))
-        _read(attn.o_proj, torch.block_diag(*[h_head] * n_heads))
-        if online:
-            if h_ff is None:
-                h_ff, info["online_down_proj"] = random_hadamard(mlp.down_proj.weight.shape[1], gen)
-            _read(mlp.down_proj, h_ff)
-            layer.mlp = RotatedMLP(mlp, h_ff.float())
+            _read(w, lin, q)
+        _write(w, attn.o_proj, q)
+        _write(w, mlp.down_proj, q)
+        _write(w, attn.v_proj, v_rot)
+        _read(w, attn.o_proj, o_rot)
+        if h_ff is not None:
+            _read(w, mlp.down_proj, h_ff)
+        w.commit()
+        if h_ff is not None:
+            layer.mlp = RotatedMLP(mlp, h_ff_module)
+    _fold_norm(w, final_norm, [head])
+    _read(w, head, q)
+    w.put(embed.weight, w.get(embed.weight) @ q.to(embed.weight.device))
+    w.commit()
     info["attention_output"] = (f"per-head {info['value_heads']} folded into v_proj/o_proj; no online Hadamard "
                                 f"across the {n_heads} heads")
     return info
@@ -423,17 +482,17 @@ class RotatedMethod(Method):
     def prepare(self, model: Any, cfg: Rotated, calib: Any, layers: dict[str, nn.Module]) -> Any:
         """Rotate the copy in place, then run the inner method's ``prepare`` on the rotated layers."""
         qm = load(model) if not isinstance(model, QvizModel) else model
-        rotate_(qm, seed=cfg.seed, online=cfg.online)
+        qm.rotation = rotate_(qm, seed=cfg.seed, online=cfg.online)
         root = qm.module
         layers = {n: root.get_submodule(n) for n in layers}
         inner_state = method_for(cfg.inner).prepare(qm, cfg.inner, calib, layers)
         amax = calibrate_act_amax(qm, calib, list(layers), cfg.label) if cfg.act_static else None
-        return inner_state, amax
+        return inner_state, amax, qm.rotation
 
     def quantize_layer(self, name: str, module: nn.Module, cfg: Rotated, inputs: torch.Tensor | None,
                        state: Any) -> LayerQuant:
         """The inner method's layer, with this config's activation quantization when it has one."""
-        inner_state, amax = state
+        inner_state, amax, _ = state
         inner = method_for(cfg.inner)
         lq = inner.quantize_layer(name, module, cfg.inner, inputs if inner.needs_inputs else None, inner_state)
         if cfg.activation is None:
@@ -442,7 +501,13 @@ class RotatedMethod(Method):
         return LayerQuant(new, lq.weight_hat, lq.nbytes, getattr(new, "kernel", lq.kernel), lq.info)
 
     def finalize(self, model: Any, cfg: Rotated, calib: Any, state: Any) -> dict[str, Any]:
-        return method_for(cfg.inner).finalize(model, cfg.inner, calib, state[0])
+        """The inner method's extra info, plus ``"rotation"``: what :func:`rotate_` did (an untied
+        ``lm_head`` and the bytes it adds included)."""
+        return {**method_for(cfg.inner).finalize(model, cfg.inner, calib, state[0]), "rotation": state[2]}
+
+    def refuse(self, name: str, shape: tuple[int, int], cfg: Rotated) -> str | None:
+        """The inner method's refusal (a rotation keeps every weight's shape)."""
+        return method_for(cfg.inner).refuse(name, shape, cfg.inner)
 
     def changes_model(self, cfg: Rotated) -> bool:
         """True: :meth:`prepare` rotates the copy (norms folded, residual stream rotated)."""
@@ -462,4 +527,5 @@ class RotatedMethod(Method):
         """The inner config's storage (the rotation is folded into the weights)."""
         f = method_for(cfg.inner).format_bits(cfg.inner, row_length)
         return FormatBits(cfg.label, f.code_bits, f.overhead_bits,
-                          f.overhead + " (rotation folded into the weights; online Hadamard not stored)")
+                          f.overhead + " (rotation folded into the weights; the one online Hadamard matrix, n² float32 signs "
+                          "shared by every down_proj, counts among the model's full-precision bytes)")

@@ -170,3 +170,15 @@ def test_bad_input_is_refused_with_the_reason():
         kfp.fp_quantize(np.ones((2, 32)), np.ones((1, 1), np.float32), "e4m3")
     with pytest.raises(ValueError, match="scale must have shape"):
         kfp.fp_quantize(x, np.ones((1, 5), np.float32), "e4m3")
+
+
+def test_dequantizers_refuse_codes_the_element_format_cannot_hold():
+    exps = np.full((2, 1), 127, np.uint8)
+    with pytest.raises(ValueError, match="codes hold values >= 16, which a 4-bit e2m1 code cannot be"):
+        kfp.mx_dequantize(np.full((2, 32), 16, np.uint8), exps, "e2m1")
+    with pytest.raises(ValueError, match="codes hold values >= 64, which a 6-bit e3m2 code cannot be"):
+        kfp.mx_dequantize(np.full((2, 32), 64, np.uint8), exps, "e3m2")
+    with pytest.raises(ValueError, match="codes hold values >= 16"):
+        kfp.nvfp4_dequantize(np.full((2, 16), 200, np.uint8), np.full((2, 1), 56, np.uint8), 1.0)
+    ok = kfp.mx_dequantize(np.full((2, 32), 15, np.uint8), exps, "e2m1")  # the largest E2M1 code: -6
+    assert ok.min() == ok.max() == -6.0

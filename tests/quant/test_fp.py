@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -67,6 +69,13 @@ def test_json_round_trip_and_labels_unique(cfg):
     (lambda: qviz.MXFP8(fmt="e2m1"), "MXFP8 fmt must be one of"),
     (lambda: qviz.MXFP4(block_size=16), "block_size must be 32"),
     (lambda: qviz.NVFP4(block_size=32), "block_size must be 16"),
+    (lambda: qviz.FP8(fmt="e2m1"), r"FP8 fmt must be one of \('e4m3', 'e5m2'\).*got 'e2m1'"),
+    (lambda: qviz.MXFP4(fmt="e4m3"), r"MXFP4 fmt must be one of \('e2m1',\)"),
+    (lambda: qviz.MXFP6(fmt="int6"), "The element types qviz knows: e4m3, e5m2 .FP8., e2m3, e3m2 .FP6., e2m1 .FP4."),
+    (lambda: qviz.MXFP8(block_size=64), "MXFP8 block_size must be 32: the OCP MX v1.0 specification defines blocks of 32"),
+    (lambda: qviz.MXFP6(block_size=16), "MXFP6 block_size must be 32.*got 16. For other block sizes use qviz.FP8"),
+    (lambda: qviz.MXFP4(block_size=True), r"MXFP4 block_size must be an int; got True \(bool\)"),
+    (lambda: qviz.NVFP4(block_size=16.0), r"NVFP4 block_size must be an int; got 16.0 \(float\)"),
     (lambda: qviz.FP8(granularity=0), "granularity"),
     (lambda: qviz.FP8(act_bits=6), "act_bits must be None"),
     (lambda: qviz.MXFP4(act_bits=8, act_static=True), "act_scheme='per-tensor'"),
@@ -93,8 +102,28 @@ def test_layer_error_and_quantize_for_every_config():
     assert 0 < float((out - ref).norm() / ref.norm()) < 0.1
     with pytest.raises(ValueError, match="act_static=True"):
         qviz.quantize(model, qviz.FP8(act_bits=8, act_scheme="per-tensor", act_static=True), progress=False)
-    with pytest.raises(ValueError, match="does not divide the row length 40"):
+    with pytest.raises(ValueError, match="No layer is left to quantize .0: MXFP4 scales blocks of 32.*row length 40"):
         qviz.quantize(nn.Sequential(nn.Linear(40, 8)), qviz.MXFP4(), progress=False)
+
+
+@pytest.mark.parametrize(("cfg", "block"), [(qviz.MXFP4(), 32), (qviz.MXFP6(fmt="e3m2"), 32), (qviz.MXFP8(), 32),
+                                            (qviz.NVFP4(), 16), (qviz.MXFP4(act_bits=8), 32)], ids=lambda c: str(c))
+def test_a_row_the_block_does_not_divide_stays_in_full_precision_with_the_reason(cfg, block):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 8))  # rows of 40: not a multiple of 16 or 32
+    x = torch.randn(16, 40)
+    q = qviz.quantize(model, cfg, progress=False)
+    why = q.quantization.skipped["0"]
+    assert why.startswith(f"{type(cfg).__name__} scales blocks of {block}") and f"40 % {block} = 8" in why
+    assert "stays in full precision" in why and list(q.quantization.layers) == ["2"]
+    assert torch.equal(q.module[0].weight, model[0].weight)
+    assert not torch.equal(qviz.fake_quantize(model[2].weight, cfg), model[2].weight)
+    err = qviz.layer_error(model, cfg, calib=x)
+    assert list(err.layer.values) == ["2"] and float(err.output_rel_err.sel(layer="2")) > 0
+    assert json.loads(err.attrs["skipped"])[cfg.label]["0"] == why
+    assert method_for(cfg).refuse("2", (8, 64), cfg) is None
+    with pytest.raises(ValueError, match=f"row length 40 is not a multiple of {block}.*Pad the rows"):
+        qviz.quantize_tensor(model[0].weight, cfg)
 
 
 def test_sensitivity_and_compare_accept_the_formats():
@@ -121,3 +150,17 @@ def test_explorer_menu_offers_the_formats():
     assert {"FP8", "MXFP4", "MXFP6", "MXFP8", "NVFP4", "HQQ"} <= set(available_methods())
     assert make_config("FP8", group_size="128").label == "FP8 e4m3 g128"
     assert make_config("HQQ", bits=3, group_size="64").label == "HQQ w3 g64"
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c.act_bits is None], ids=lambda c: c.label)
+def test_fake_quantize_is_one_quantize_dequantize(cfg):
+    w = torch.randn(24, 64, dtype=torch.float64)
+    w[2, 7] = 30.0  # an outlier: its block / channel / tensor scale differs from the rest
+    out = qviz.fake_quantize(w, cfg)
+    assert out.dtype == torch.float64 and out.shape == w.shape
+    ref = qviz.quantize_tensor(w.float(), cfg).dequantize()
+    assert torch.equal(out.float(), ref)
+    assert np.array_equal(qviz.fake_quantize(w.float().numpy(), cfg), ref.numpy())
+    w[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        qviz.fake_quantize(w, cfg)
