@@ -29,6 +29,14 @@ import numpy as np
 import torch
 
 CACHE = Path(os.environ.get("QVIZ_BENCH_REF_DIR", Path(tempfile.gettempdir()) / "qviz-bench-ref"))
+DEVICE = os.environ.get("QVIZ_BENCH_DEVICE", "cpu")  # e.g. "cuda": the model, its copies and their forwards there
+
+
+def on_device(model):
+    """``model`` moved to ``QVIZ_BENCH_DEVICE`` (default the CPU, where it already is)."""
+    if DEVICE == "cpu":
+        return model
+    return model.with_module(model.module.to(DEVICE))
 
 HEAD = (f"{'config':<40} {'PPL':>8} {'±':>6} {'ΔPPL%':>7} {'mean KL':>8} {'±':>7} {'KL p99':>7} "
         f"{'top-1%':>6} {'bits/w':>6} {'size MB':>7} {'secs':>5}")
@@ -42,7 +50,7 @@ def reference(model, n_chunks: int, seq_len: int = 256):
     def key(n: int):
         ids = PerplexityTask(n=n, seq_len=seq_len).data(model)["input_ids"].cpu()
         w = next(model.module.parameters()).detach()
-        digest = hashlib.sha256(ids.numpy().tobytes() + w.flatten()[:4096].numpy().tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(ids.numpy().tobytes() + w.flatten()[:4096].cpu().numpy().tobytes()).hexdigest()[:16]
         return ids, CACHE / f"{model.name}-{n}x{seq_len}-{digest}.npy"
 
     data = PerplexityTask(n=n_chunks, seq_len=seq_len).data(model)

@@ -179,7 +179,9 @@ def main() -> None:
         return
     import qviz
 
-    model = qviz.load(args.model)
+    import _decoder_rows
+
+    model = _decoder_rows.on_device(qviz.load(args.model))
     if model.kind != "decoder":
         raise SystemExit(f"{args.model} is a {model.kind}; this benchmark needs a decoder (tiny-llama, smollm2-135m).")
     calib = qviz.calibration_data(model, n=args.n_calib)

@@ -144,7 +144,7 @@ def main() -> None:
     import qviz
 
     t0 = time.perf_counter()
-    model = qviz.load(args.model)
+    model = rows.on_device(qviz.load(args.model))
     calib = qviz.calibration_data(model, n=args.n_calib)
     if args.model == "smollm2-135m" and not args.no_fixed_point:
         fixed_point(model)

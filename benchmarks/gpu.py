@@ -86,7 +86,7 @@ def environment() -> dict[str, Any]:
 # --------------------------------------------------------------------------- 1. fake-quant
 
 
-def fake_quant(n: int) -> dict[str, float]:
+def fake_quant(n: int, sweep: bool = True) -> dict[str, Any]:
     from qviz.gpu.fakequant import codebook_blocks, rtn_groups
     from qviz.quant.granularity import PerGroup
     from qviz.quant.primitives import fake_quantize_values, fake_quantize_with_stats
@@ -114,17 +114,17 @@ def fake_quant(n: int) -> dict[str, float]:
 
     import qviz.gpu.fakequant as fq
 
-    sweep = {}
+    times = {}
     default = (fq.TILE, fq.WARPS)
     try:  # tile size and warps of the two kernels; the defaults are what the rows above ran
-        for tile in (1024, 2048, 4096, 8192):
+        for tile in (1024, 2048, 4096, 8192) if sweep else ():
             for warps in (4, 8, 16):
                 fq.TILE, fq.WARPS = tile, warps
-                sweep[f"rtn_tile{tile}_w{warps}_us"] = bench_us(lambda: rtn_groups(x, 128, 4, False, check=False))
-                sweep[f"nf4_tile{tile}_w{warps}_us"] = bench_us(lambda: codebook_blocks(x, 64, "nf4", check=False))
+                times[f"rtn_tile{tile}_w{warps}_us"] = bench_us(lambda: rtn_groups(x, 128, 4, False, check=False))
+                times[f"nf4_tile{tile}_w{warps}_us"] = bench_us(lambda: codebook_blocks(x, 64, "nf4", check=False))
     finally:
         fq.TILE, fq.WARPS = default
-    out["sweep"] = sweep
+    out["sweep"] = times
     t = attempt(f"bnb nf4 quantize+dequantize {n}", lambda: bench_us(bnb_nf4))
     if t is not None:
         out["bnb_nf4_quant_dequant_us"] = t
@@ -417,11 +417,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent), help="folder for RESULTS.json and RESULTS.md")
     parser.add_argument("--skip-compare", action="store_true")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the fake-quant tile sweep (measured before)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU.")
     r: dict[str, Any] = {"environment": environment(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    r["fake_quant"] = {str(n): fake_quant(n) for n in (4096, 8192)}
+    r["fake_quant"] = {str(n): fake_quant(n, sweep=not args.no_sweep) for n in (4096, 8192)}
     print(json.dumps(r["fake_quant"], indent=1), flush=True)
     bw = r["fake_quant"]["8192"]["copy_bandwidth_gbps"]
     r["matmul"] = {f"{n}_b{b}": matmul(n, b, bw) for n in (4096, 8192) for b in (1, 32)}
@@ -442,7 +443,7 @@ def main() -> None:
         r["compare"] = attempt("compare on the GPU", lambda: compare_on_gpu(smol))
     r["failed"] = dict(FAILED)
     keys = summarise(r)
-    command = "python benchmarks/gpu.py --out benchmarks"
+    command = "python benchmarks/gpu.py --out benchmarks" + (" --no-sweep" if args.no_sweep else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps({**keys, "command": command, "details": r}, indent=1, default=str))

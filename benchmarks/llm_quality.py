@@ -119,8 +119,12 @@ def table(model, cfgs, n_chunks: int, calib, max_new_tokens: int, skip_first: in
     rows = [base]
     claims_printed = False
     for cfg, want_answers in cfgs[skip_first:]:
-        r = rows_mod.evaluate(model, cfg, ref, calib=calib, prompts=PROMPTS if want_answers else None,
-                              max_new_tokens=max_new_tokens)
+        try:
+            r = rows_mod.evaluate(model, cfg, ref, calib=calib, prompts=PROMPTS if want_answers else None,
+                                  max_new_tokens=max_new_tokens)
+        except Exception as err:  # one config that cannot run here (e.g. bitsandbytes missing) is reported
+            print(f"{cfg.label:<40} did not run: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
+            continue
         rows.append(r)
         print(rows_mod.line(r), flush=True)
         if "answers" in r:
@@ -193,7 +197,8 @@ def main() -> None:
     ap.add_argument("--skip-first", type=int, default=0, help="leave out the first N configs (measured by an earlier run)")
     ap.add_argument("--table-only", action="store_true", help="skip the load timing, capture/forward and massive activations")
     args = ap.parse_args()
-    model = qviz.load("smollm2-135m") if args.table_only else load_times()
+    model = rows_mod.on_device(qviz.load("smollm2-135m") if args.table_only else load_times())
+    print(f"device: {model.device}", flush=True)
     calib = qviz.calibration_data(model, n=args.n_calib)
     if not args.table_only:
         capture_ratio(model, qviz.calibration_data(model, n=2))
