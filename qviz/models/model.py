@@ -276,6 +276,7 @@ class QvizModel:
             ) from err
 
     def _forward(self, inputs: Any) -> torch.Tensor:
+        inputs = self._on_device(inputs)
         if self.kind == "text-encoder":
             out = self.module(**inputs)
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [batch, tokens, dim]
@@ -298,6 +299,17 @@ class QvizModel:
         if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
             return out[0]
         raise TypeError(f"{self.name!r} returned a {type(out).__name__}; qviz needs a tensor output.")
+
+    def _on_device(self, inputs: Any) -> Any:
+        """Tensors of a batch (a tensor or a dict of them) moved to the model's device where they are elsewhere."""
+        dev = self.device
+        if dev.type == "meta":  # offloaded weights: the dispatch hooks place the inputs
+            return inputs
+        if isinstance(inputs, torch.Tensor):
+            return inputs if inputs.device == dev else inputs.to(dev)
+        if isinstance(inputs, dict) and any(isinstance(v, torch.Tensor) and v.device != dev for v in inputs.values()):
+            return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return inputs
 
     @torch.no_grad()
     def run(self, inputs: Any) -> torch.Tensor:
