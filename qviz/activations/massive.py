@@ -96,12 +96,12 @@ def massive_activations(model: QvizModel | str, batch: Any, *, top_k: int = 4, b
 
     def record(name: str, module: Any, inputs: tuple, output: Any) -> None:
         x = inputs[0].detach().float().abs()  # [b, t, channels]
-        mask = current["mask"]  # [b, t] bool
+        mask = current["mask"].to(x.device)  # [b, t] bool
         x = x.masked_fill(~mask[..., None], -1.0)
         per_tok, pos = x.max(dim=0)  # [t, channels]
         val, t_idx = per_tok.max(dim=0)  # [channels]
         b_idx = pos.gather(0, t_idx[None])[0]  # [channels]
-        ids = current["ids"][b_idx, t_idx]  # [channels]
+        ids = current["ids"].to(x.device)[b_idx, t_idx]  # [channels]; the batch may sit on another device
         if name not in best:
             best[name], where[name] = val.cpu(), torch.stack([t_idx, ids], -1).cpu()
             return
@@ -114,7 +114,7 @@ def massive_activations(model: QvizModel | str, batch: Any, *, top_k: int = 4, b
         for inputs in model.batches(batch, batch_size):
             ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
             mask = model.token_mask(inputs) if isinstance(inputs, dict) else None
-            current["ids"] = ids.cpu()
+            current["ids"] = ids
             current["mask"] = (mask if mask is not None else torch.ones_like(ids, dtype=torch.bool)).to(ids.device)
             model.run(inputs)
             n_inputs += int(ids.shape[0])

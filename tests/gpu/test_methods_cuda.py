@@ -147,6 +147,20 @@ def test_capture_stays_layer_by_layer_when_the_model_writes_in_place():
     np.testing.assert_allclose(gpu["mean"].values, cpu["mean"].values, rtol=1e-4, atol=1e-6, equal_nan=True)
 
 
+def test_cpu_batches_run_on_a_cuda_model_and_massive_activations_agree(llamas, calib):
+    """A batch left on the CPU runs on a CUDA model (moved to its device), and massive_activations agrees with the CPU."""
+    cpu_model, gpu_model = llamas
+    ids = cpu_model.prepare(calib[:4])
+    out = gpu_model.run(ids)  # CPU tensors in
+    assert out.is_cuda
+    ref = cpu_model.run(ids)
+    assert float((out.cpu() - ref).norm() / ref.norm()) < 1e-4
+    a = qviz.massive_activations(cpu_model, calib[:8])
+    b = qviz.massive_activations(gpu_model, calib[:8])
+    np.testing.assert_array_equal(a.channel.values[:, 0], b.channel.values[:, 0])
+    np.testing.assert_allclose(a.absmax.values, b.absmax.values, rtol=1e-3)
+
+
 def test_sensitivity_and_recommend_on_cuda(llamas, calib):
     cpu_model, gpu_model = llamas
     cfgs = [qviz.RTN(bits=4, group_size=128), qviz.RTN(bits=8, group_size=None)]
