@@ -138,7 +138,7 @@ def fake_quant(n: int, sweep: bool = True) -> dict[str, Any]:
 def matmul(n: int, batch: int, copy_gbps: float) -> dict[str, dict[str, float]]:
     from torch import nn
 
-    from qviz.gpu.int4 import int4_linear, int4_pack, tinygemm_pack
+    from qviz.gpu.int4 import int4_linear, pack_int4_groups, tinygemm_pack
     from qviz.quant.granularity import PerGroup
     from qviz.quant.primitives import fake_quantize_codes
 
@@ -182,7 +182,8 @@ def matmul(n: int, batch: int, copy_gbps: float) -> dict[str, dict[str, float]]:
         for label, (m, nbytes) in mods.items():
             record(label, lambda m=m: m(x16), nbytes)
         w_hat, codes, qp = fake_quantize_codes(w, PerGroup(128), 4)
-        packed, s16, z = int4_pack(codes, qp.scale, qp.zero, 128)
+        packed = pack_int4_groups(codes, 128)
+        s16, z = qp.scale.half(), qp.zero
         int4_bytes = 4 * packed.numel() + 3 * s16.numel()
         import qviz.gpu.int4 as int4_mod
 

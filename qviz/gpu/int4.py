@@ -2,15 +2,12 @@
 
 The weight is qviz's RTN ``[out, in]`` (asymmetric, ``w_hat = (code - zero) * scale`` per group of
 ``group`` input columns), stored as int32 words of 8 codes (nibble ``t`` of word ``w`` is column
-``8w + t``): one 4-byte load per 8 weights, unpacked by shifts. :func:`int4_pack` lays the words
-out K-major, ``[in/8, out]`` (scales and zeros ``[in/group, out]``), so that a tile of the
-reduction reads runs of consecutive output columns. Storage is that of any packed INT4: ``in/2``
-bytes per row plus 2 bytes per float16 scale and 1 per zero point.
+``8w + t``): one 4-byte load per 8 weights, unpacked by shifts. Storage is that of any packed
+INT4: ``in/2`` bytes per row plus 2 bytes per float16 scale and 1 per zero point.
 
 * :func:`int4_linear` computes ``y = x @ w_hat.T`` for float16 ``x`` ``[tokens, in]``: at one
-  token a split-K GEMV (each program takes ``BLOCK_N`` output columns over a few groups of the
-  reduction, ``sum((q - z) x) s = (sum(q x) - z sum(x)) s`` per group in float32, partial sums
-  added by float32 atomics), at more tokens a GEMM
+  token a GEMV (each program reduces ``BLOCK_N`` output rows over one of ``SPLIT`` stretches of ``in``, using
+  ``sum((q - z) x) s = (sum(q x) - z sum(x)) s`` per group, in float32), at more tokens a GEMM
   on the tensor cores (float16 dequantized tiles of 16 words, one K=16 product per nibble
   position, float32 accumulation).
 * :class:`Int4Linear` is the ``nn.Module`` the cost section swaps in for RTN w4 layers on CUDA.
@@ -28,11 +25,12 @@ import triton
 import triton.language as tl
 from torch import nn
 
-_GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPB": gpb, "ITERS": it}, num_warps=w, num_stages=st)
-                 for bn, gpb, it, w, st in [
-                     (64, 1, 1, 4, 1), (128, 1, 1, 4, 1), (256, 1, 1, 8, 1), (128, 2, 1, 8, 1), (64, 2, 1, 4, 1),
-                     (128, 1, 2, 4, 2), (128, 1, 4, 4, 3), (256, 1, 2, 8, 2), (64, 1, 4, 4, 3), (256, 2, 1, 8, 1),
-                     (32, 2, 2, 4, 2), (128, 2, 2, 8, 2), (64, 2, 4, 4, 2), (512, 1, 1, 8, 1)]]
+_GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPI": gpi, "SPLIT": sp}, num_warps=w, num_stages=st)
+                 for bn, gpi, sp, w, st in [
+                     (4, 4, 1, 4, 3), (8, 4, 1, 4, 3), (16, 4, 1, 4, 3), (16, 2, 1, 4, 4), (32, 2, 1, 8, 3),
+                     (8, 4, 2, 4, 3), (16, 4, 2, 4, 3), (32, 4, 2, 8, 3), (8, 8, 2, 4, 2),
+                     (8, 2, 4, 4, 4), (16, 2, 4, 4, 3), (16, 4, 4, 4, 3), (32, 2, 4, 8, 3), (64, 2, 4, 8, 2),
+                     (4, 8, 4, 4, 2), (16, 2, 8, 4, 3), (32, 1, 8, 4, 3), (64, 1, 8, 8, 2), (8, 4, 8, 4, 3)]]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(16, 64, 4, 3), (32, 64, 4, 3), (32, 128, 4, 3), (64, 64, 4, 3),
                                        (32, 32, 4, 4), (16, 128, 8, 3)]]
@@ -48,48 +46,54 @@ def _nibble(words, t: tl.constexpr):
 @triton.autotune(configs=_GEMV_CONFIGS, key=["N", "K", "GROUP"], reset_to_zero=["y_ptr"])
 @triton.jit
 def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                 GPB: tl.constexpr, ITERS: tl.constexpr):
-    # Split-K GEMV over the K-major layout: program (j, k) takes output columns j*BLOCK_N.. and ITERS steps
-    # of GPB groups of the reduction, and adds its sums into y (float32, zeroed by the caller) by atomics.
-    # Each step reads a [GPB*GROUP/8, BLOCK_N] tile of words whose rows are BLOCK_N consecutive words:
-    # long coalesced runs, thousands of programs in flight.
-    # x [K] float16; p [K/8, N] int32 (nibble t of word [w, n] = weight (n, 8w + t));
-    # s [K/GROUP, N] float16; z like s, uint8; y [N] float32
+                 GPI: tl.constexpr, SPLIT: tl.constexpr):
+    # Program (j, k) reduces output rows j*BLOCK_N.. over the k-th of SPLIT contiguous stretches of the row,
+    # GPI groups per step, and adds its sums into y (float32, zeroed by the caller) by atomics (a plain
+    # store when SPLIT is 1). Each row stretch is read front to back, so the reads stream; more than
+    # one stretch per row gives the memory system more programs in flight.
+    # K (the row length) is a compile-time constant.
+    # x [K] float16; p [N, K/8] int32 words (nibble t of word w = column 8w + t);
+    # s [N, K/GROUP] float16; z like s, uint8; y [N] float32
     WPG: tl.constexpr = GROUP // 8  # words per group
-    WB: tl.constexpr = GPB * WPG  # words per step
     NG: tl.constexpr = K // GROUP
     KW: tl.constexpr = K // 8
+    NGS: tl.constexpr = (NG + SPLIT - 1) // SPLIT  # groups per stretch
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nm = n < N
+    g_lo = tl.program_id(1) * NGS
+    g_hi = tl.minimum(g_lo + NGS, NG)
+    wi = tl.arange(0, GPI * WPG)
+    gi = tl.arange(0, GPI)
     acc = tl.zeros((BLOCK_N,), tl.float32)
-    for it in tl.static_range(ITERS):
-        gb = (tl.program_id(1) * ITERS + it) * GPB  # first group of this step
-        w = gb * WPG + tl.arange(0, WB)
-        wm = w < KW
-        words = tl.load(p_ptr + w.to(tl.int64)[:, None] * N + n[None, :], mask=wm[:, None] & nm[None, :], other=0)
-        qx = tl.zeros((WB, BLOCK_N), tl.float32)
-        xs = tl.zeros((WB,), tl.float32)
+    for g0 in range(g_lo, g_hi, GPI):
+        w = g0 * WPG + wi  # [GPI * WPG] word index in the row
+        wm = w < g_hi * WPG
+        words = tl.load(p_ptr + n.to(tl.int64)[:, None] * KW + w[None, :], mask=nm[:, None] & wm[None, :], other=0)
+        qx = tl.zeros((BLOCK_N, GPI * WPG), tl.float32)
+        xs = tl.zeros((GPI * WPG,), tl.float32)
         for t in tl.static_range(8):
             xt = tl.load(x_ptr + w * 8 + t, mask=wm, other=0.0).to(tl.float32)
-            qx += _nibble(words, t) * xt[:, None]
+            qx += _nibble(words, t) * xt[None, :]
             xs += xt
-        qg = tl.sum(tl.reshape(qx, (GPB, WPG, BLOCK_N)), axis=1)  # [GPB, BLOCK_N]: sum(q x) per group
-        xg = tl.sum(tl.reshape(xs, (GPB, WPG)), axis=1)  # [GPB]: sum(x) per group
-        g = gb + tl.arange(0, GPB)
-        sm = (g < NG)[:, None] & nm[None, :]
-        so = g[:, None] * N + n[None, :]
+        qg = tl.sum(tl.reshape(qx, (BLOCK_N, GPI, WPG)), axis=2)  # [BLOCK_N, GPI]: sum(q x) per group
+        xg = tl.sum(tl.reshape(xs, (GPI, WPG)), axis=1)  # [GPI]: sum(x) per group
+        g = g0 + gi
+        sm = nm[:, None] & (g < g_hi)[None, :]
+        so = n[:, None] * NG + g[None, :]
         sc = tl.load(s_ptr + so, mask=sm, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + so, mask=sm, other=0).to(tl.float32)
-        acc += tl.sum((qg - z * xg[:, None]) * sc, axis=0)  # sum((q - z) x) s = (sum(q x) - z sum(x)) s
-    tl.atomic_add(y_ptr + n, acc, mask=nm)
+        acc += tl.sum((qg - z * xg[None, :]) * sc, axis=1)  # sum((q - z) x) s = (sum(q x) - z sum(x)) s
+    if SPLIT == 1:
+        tl.store(y_ptr + n, acc, mask=nm)
+    else:
+        tl.atomic_add(y_ptr + n, acc, mask=nm)
 
 
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "GROUP"])
 @triton.jit
 def _gemm_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, M, N, K: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # x [M, K] float16; p [K/8, N], s and z [K/GROUP, N] as in _gemv_kernel; y [M, N] float16. K in steps of
-    # 128 columns (16 words):
+    # x [M, K] float16; p, s, z as in _gemv_kernel; y [M, N] float16. K in steps of 128 columns (16 words):
     # for each nibble position t, the 16 columns 8w + t make one K=16 tensor-core product.
     WPG: tl.constexpr = GROUP // 8
     NG: tl.constexpr = K // GROUP
@@ -103,8 +107,8 @@ def _gemm_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, M, N, K: tl.constexpr, GROUP
     for w0 in range(0, KW, 16):
         w = w0 + wi  # [16] word indices
         wmask = nm[None, :] & (w < KW)[:, None]
-        words = tl.load(p_ptr + w.to(tl.int64)[:, None] * N + n[None, :], mask=wmask, other=0)  # [16, BLOCK_N]
-        so = (w // WPG)[:, None] * N + n[None, :]  # the group of each word
+        words = tl.load(p_ptr + n.to(tl.int64)[None, :] * KW + w[:, None], mask=wmask, other=0)  # [16, BLOCK_N]
+        so = n[None, :] * NG + (w // WPG)[:, None]  # the group of each word
         sc = tl.load(s_ptr + so, mask=wmask, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + so, mask=wmask, other=0).to(tl.float32)
         for t in tl.static_range(8):
@@ -136,39 +140,21 @@ def pack_int4_groups(codes: torch.Tensor, group: int) -> torch.Tensor:
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
 
 
-def int4_pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-              group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RTN w4 codes ``[out, in]`` with scales/zeros ``[out, in/group]`` in the kernels' K-major layout.
-
-    Returns ``(words [in/8, out] int32, scale [in/group, out] float16, zero [in/group, out] uint8)``:
-    :func:`pack_int4_groups`' words transposed, so that a tile of the reduction reads whole runs of
-    consecutive output columns.
-
-    Examples
-    --------
-    >>> w, s, z = int4_pack(torch.zeros(4, 32, dtype=torch.uint8), torch.ones(4, 2), torch.zeros(4, 2), 16)
-    >>> w.shape, s.shape, s.dtype
-    (torch.Size([4, 4]), torch.Size([2, 4]), torch.float16)
-    """
-    words = pack_int4_groups(codes, group)  # [out, in/8]
-    return (words.t().contiguous(), scale.to(torch.float16).t().contiguous(), zero.to(torch.uint8).t().contiguous())
-
-
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                 group: int) -> torch.Tensor:
-    """``x @ w_hat.T`` for float16 ``x`` ``[..., in]`` and an INT4 weight from :func:`int4_pack`; float16 ``[..., out]``.
+    """``x @ w_hat.T`` for float16 ``x`` ``[..., in]`` and a packed INT4 weight; float16 ``[..., out]``.
 
     Examples
     --------
-    >>> y = int4_linear(torch.randn(1, 256, device="cuda", dtype=torch.float16), *int4_pack(c, s, z, 128), 128)  # doctest: +SKIP
+    >>> y = int4_linear(torch.randn(1, 256, device="cuda", dtype=torch.float16), p, s, z, 128)  # doctest: +SKIP
     """
     K = x.shape[-1]
-    N = packed.shape[1]
+    N = packed.shape[0]
     x2 = x.reshape(-1, K).to(torch.float16).contiguous()  # [tokens, in]
     M = x2.shape[0]
     if M == 1:
         y32 = torch.zeros(N, dtype=torch.float32, device=x.device)
-        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K // group, meta["GPB"] * meta["ITERS"]))](
+        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT"])](
             x2, packed, scale, zero, y32, N, K, GROUP=group)
         y = y32.to(torch.float16).reshape(1, N)
     else:
@@ -193,10 +179,9 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.group = int(group)
         self.out_features, self.in_features = codes.shape
-        packed, scale_t, zero_t = int4_pack(codes, scale, zero, group)
-        self.register_buffer("packed", packed)  # [in/8, out] int32
-        self.register_buffer("scale", scale_t)  # [in/group, out] float16
-        self.register_buffer("zero", zero_t)  # [in/group, out] uint8
+        self.register_buffer("packed", pack_int4_groups(codes, group))  # [out, in/8] int32
+        self.register_buffer("scale", scale.to(torch.float16).contiguous())  # [out, in/group]
+        self.register_buffer("zero", zero.to(torch.uint8).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float16).clone())
 
     @torch.no_grad()
@@ -230,4 +215,4 @@ def tinygemm_pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     return packed, sz
 
 
-__all__ = ["Int4Linear", "int4_linear", "int4_pack", "pack_int4_groups", "tinygemm_pack"]
+__all__ = ["Int4Linear", "int4_linear", "pack_int4_groups", "tinygemm_pack"]
