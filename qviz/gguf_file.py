@@ -325,17 +325,19 @@ def export_gguf(qmodel: Any, path: str | os.PathLike, *, tokenizer_pre: str = "d
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_tokenizer(writer, qmodel.tokenizer, int(config.vocab_size), tokenizer_pre)
 
-        owners = {name: sub for name, sub in module.named_modules()}
+        # a GGUF layer's weight, under any of its names: a quantized head tied to the token embedding is
+        # written once, as token_embd in the head's type (what llama-quantize writes for a tied model)
+        quantized = {id(sub.weight): sub for sub in module.modules() if getattr(sub, "gguf_packed", None) is not None}
         seen = set()
-        for key, tensor in module.state_dict().items():
-            if id(tensor) in seen and not key.startswith("lm_head"):
+        for key, tensor in module.state_dict(keep_vars=True).items():
+            if id(tensor) in seen and (id(tensor) in quantized or not key.startswith("lm_head")):
                 continue
             seen.add(id(tensor))
             gname = tmap.get_name(key, try_suffixes=(".weight", ".bias"))
             if gname is None:
                 continue  # buffers llama.cpp does not store (rotary tables)
-            owner = owners.get(key.rsplit(".", 1)[0])
-            packed = getattr(owner, "gguf_packed", None) if key.endswith(".weight") else None
+            owner = quantized.get(id(tensor)) if key.endswith(".weight") else None
+            packed = getattr(owner, "gguf_packed", None)
             perm = None
             if key.endswith("self_attn.q_proj.weight"):
                 perm = _permute_rows(tensor.shape[0], n_head)

@@ -74,6 +74,21 @@ def test_export_round_trip(exported):
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["general.file_type"] == 15  # MOSTLY_Q4_K_M
 
 
+def test_a_tied_head_is_exported_once_as_token_embd(tmp_path):
+    model = qviz.load("tiny-llama")
+    model.module.lm_head.weight = model.module.model.embed_tokens.weight
+    model.module.config.tie_word_embeddings = True
+    q = qviz.quantize(model, qviz.GGUF("Q4_K_M"), progress=False)
+    path = qviz.export_gguf(q, tmp_path / "tied.gguf")
+    ds = qviz.inspect_gguf(path)
+    names = [str(t) for t in ds.tensor.values]
+    assert "output.weight" not in names  # llama.cpp reads the output head from token_embd, as for SmolLM2's file
+    assert str(ds.type.sel(tensor="token_embd.weight").values) == q.module.lm_head.gguf_type == "Q8_0"
+    tensors = read_gguf_tensors(path, ["token_embd.weight"])
+    np.testing.assert_array_equal(tensors["token_embd.weight"], q.module.lm_head.weight.detach().numpy())
+    assert int(ds["nbytes"].sel(tensor="token_embd.weight")) == q.quantization.layers["lm_head"].nbytes
+
+
 def test_llama_cpp_loads_the_export(exported):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (pip install 'qviz[llamacpp]'): llama.cpp cannot load the file here")

@@ -113,6 +113,46 @@ def test_mix_on_a_model(tiny):
     assert "not a multiple of 32" in q.quantization.skipped["model.layers.0.mlp.down_proj"]
 
 
+def tied_tiny_llama():
+    """tiny-llama with its output head tied to the token embedding, as SmolLM2's is."""
+    model = qviz.load("tiny-llama")
+    model.module.lm_head.weight = model.module.model.embed_tokens.weight
+    model.module.config.tie_word_embeddings = True
+    return model
+
+
+@pytest.mark.parametrize("cfg", [qviz.GGUF("Q8_0"), qviz.GGUF("Q4_K_M"), qviz.GGUF("Q4_0", pure=True)])
+def test_a_tied_embedding_is_stored_once_in_the_heads_type(cfg):
+    model = tied_tiny_llama()
+    embed = model.module.model.embed_tokens.weight
+    before = embed.detach().clone()
+    q = qviz.quantize(model, cfg, progress=False)
+    rec, root = q.quantization, q.module
+    head = root.lm_head
+    # llama.cpp stores the pair once (token_embd, in the head's type) and looks the input rows up in it
+    assert root.model.embed_tokens.weight is head.weight
+    assert rec.extra[cfg.label]["tied"] == {"lm_head": ["model.embed_tokens.weight"]}
+    np.testing.assert_array_equal(head.weight.detach().numpy(), dequantize_gguf(head.gguf_packed, head.gguf_type, 64))
+    ids = torch.tensor([[256, 104, 105]])
+    assert torch.equal(root.model.embed_tokens(ids), head.weight[ids])
+    # the bytes: the same model with the head left out keeps the tie, and its embedding in float32, once
+    kept = qviz.quantize(model, cfg, skip="lm_head", progress=False).quantization
+    assert kept.extra[cfg.label]["tied"] == {}
+    fp32_embedding = embed.numel() * 4
+    assert rec.total_bytes == kept.total_bytes - fp32_embedding + rec.layers["lm_head"].nbytes
+    assert model.module.lm_head.weight is embed and torch.equal(embed, before)  # the user's model: untouched, tied
+
+
+def test_an_untied_embedding_is_counted_at_its_dtype(tiny):
+    model, _ = tiny
+    q = qviz.quantize(model, qviz.GGUF("Q8_0"), progress=False)
+    rec, root = q.quantization, q.module
+    assert root.model.embed_tokens.weight is not root.lm_head.weight and rec.extra["GGUF Q8_0"]["tied"] == {}
+    kept = qviz.quantize(model, qviz.GGUF("Q8_0"), skip="lm_head", progress=False).quantization
+    head_fp32 = root.lm_head.weight.numel() * 4
+    assert rec.total_bytes == kept.total_bytes - head_fp32 + rec.layers["lm_head"].nbytes
+
+
 def test_imatrix_comes_from_capture_and_changes_the_codes(tiny):
     model, calib = tiny
     plain = qviz.quantize(model, qviz.GGUF("Q4_0", pure=True), progress=False)
