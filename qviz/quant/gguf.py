@@ -158,6 +158,13 @@ class _State:
     ties: dict[str, list[tuple[str, str]]]
 
 
+def _get(root: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 def tied_parameters(root: nn.Module, layers: dict[str, nn.Module]) -> dict[str, list[tuple[str, str]]]:
     """For each layer, the ``(module name, parameter name)`` pairs elsewhere in ``root`` that hold its very weight.
 
@@ -237,10 +244,14 @@ class GGUFMethod(Method):
     def finalize(self, model: Any, cfg: GGUF, calib: Any, state: _State) -> dict[str, Any]:
         """Tie back what shared a quantized layer's weight (the token embedding of a tied head), as llama.cpp stores it.
 
-        Returns ``{"tied": {layer: [parameter, ...]}}`` naming the parameters that now read the layer's
-        dequantized weight (empty when nothing was tied).
+        Returns ``{"tied": {layer: [parameter, ...]}, "types": {layer: why}}``: the parameters that now read
+        a layer's dequantized weight (empty when nothing was tied), and for each quantized layer whose type
+        is not the config's own, that type and why (llama-quantize's mix rule, or its fallback for a row
+        the type's blocks do not divide: ``"Q5_0: row of 576 not divisible by 256: Q4_K falls back to Q5_0"``).
         """
         root = getattr(model, "module", model)
+        types = {name: f"{t}: {why}" for name, (t, why) in state.types.items()
+                 if why and t is not None and getattr(_get(root, name), "gguf_packed", None) is not None}
         tied: dict[str, list[str]] = {}
         for name, owners in state.ties.items():
             new = root.get_submodule(name)
@@ -249,7 +260,7 @@ class GGUFMethod(Method):
             for mname, pname in owners:
                 setattr(root.get_submodule(mname), pname, new.weight)
                 tied.setdefault(name, []).append(f"{mname}.{pname}")
-        return {"tied": tied}
+        return {"tied": tied, "types": types}
 
     def layer_type_of(self, name: str, cfg: GGUF, state: _State | None) -> str:
         """The GGUF type this layer is stored in."""
