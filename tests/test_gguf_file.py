@@ -141,3 +141,22 @@ def test_q4_1_is_a_fixed_point_of_smollm2s_own_weights():
     for t in tensors:
         again = quantize_gguf(weights[t.name], "Q4_1")
         np.testing.assert_array_equal(again, np.asarray(t.data).reshape(again.shape))
+
+
+@pytest.mark.slow
+def test_gguf_q4_1_on_smollm2_gives_its_weights_back():
+    # the file's Q4_1 matrices, and its Q8_0 token embedding (lm_head is tied to it: the Q4_1 file type puts
+    # the output in Q8_0 on 576-wide rows), are fixed points of qviz's quantizers: every weight comes back
+    import torch
+
+    smollm2_gguf()  # skips without the package
+    model = qviz.load("smollm2-135m")
+    q = qviz.quantize(model, qviz.GGUF("Q4_1"), progress=False)
+    rec = q.quantization
+    assert len(rec.layers) == 211 and set(rec.skipped) == {"model.embed_tokens"}  # read through lm_head, tied
+    kinds = {name: q.module.get_submodule(name).gguf_type for name in rec.layers}
+    assert kinds.pop("lm_head") == "Q8_0" and set(kinds.values()) == {"Q4_1"}
+    before = dict(model.module.named_parameters())
+    for name, p in q.module.named_parameters():
+        assert torch.equal(p, before[name]), name  # max |w_q - w| = 0 for every tensor, the tied embedding too
+    assert q.module.model.embed_tokens.weight is q.module.lm_head.weight
