@@ -65,11 +65,11 @@ def _pack(q, out, qs, qh_at, five, blk):
     for j in span(0, h):
         out[qs + j] = (q[j] & 0xF) | ((q[j + h] & 0xF) << 4)
     if five:
-        qh = U32(0)
-        for j in span(0, blk):
-            qh |= (U32(q[j] >> 4) & U32(1)) << U32(j)
+        qh = I32(0)
+        for j in range(blk):
+            qh |= ((q[j] >> 4) & 1) << j
         for k in range(4):
-            out[qh_at + U64(k)] = (qh >> U32(8 * k)) & U32(0xFF)
+            out[qh_at + U64(k)] = (qh >> (8 * k)) & 0xFF
 
 
 @njit(cache=True, inline="always")
