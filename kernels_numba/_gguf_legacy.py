@@ -85,11 +85,12 @@ def _row_symmetric(x, out, nmax, five, blk):
         o = ts * U64(b)
         mn, mx, e = _block_range(x, xo)
         ex = I32(max(ex, e))
-        if abs(mn) > abs(mx):  # only a negative value has the largest |x|
-            mx = mn
-        elif abs(mn) == abs(mx):  # -a and +a (or all zeros): ggml keeps the first one, and +0.0 for zeros
-            m = I32(f32_bits(mx) & ABS_MASK)
-            mx = x[xo + U64(_first_with_abs(x, xo, m))] if m != 0 else F(0.0)
+        a_mn = I32(f32_bits(mn) & ABS_MASK)
+        a_mx = I32(f32_bits(mx) & ABS_MASK)
+        if a_mn == a_mx:  # -a and +a (or all zeros): ggml keeps the first one, and +0.0 for zeros
+            mx = x[xo + U64(_first_with_abs(x, xo, a_mx))] if a_mx != 0 else F(0.0)
+        else:  # the side with the larger |x| (a select, not a branch)
+            mx = bits_f32(I32(f32_bits(mn)) if a_mn > a_mx else I32(f32_bits(mx)))
         d = mx / F(-nmax)
         idd = F(1.0) / d if d != F(0.0) else F(0.0)
         _put16(out, o, d)
