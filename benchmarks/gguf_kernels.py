@@ -7,7 +7,11 @@ Numba kernels compiled first (the compile is reported, not timed in the ratio):
   ``gguf.quants.quantize`` time / qviz's ``quantize_gguf`` time, medians of
   interleaved repeats (target >= 10x); the bytes are checked to be identical;
 * the K-quants and IQ4_NL (gguf-py cannot quantize them): qviz's time, and
-  with ``--imatrix`` the importance-weighted searches too;
+  with ``--imatrix`` the importance-weighted searches too; where llama.cpp's
+  ggml library is found (``QVIZ_LIBGGML=/path/to/libggml-base.so``, or the one
+  llama-cpp-python ships), its C quantizer ``ggml_quantize_chunk`` (one thread)
+  is timed too, for every type, with the ratio C time / qviz time and whether
+  the bytes are identical;
 * dequantization of every type: gguf-py / qviz.
 
 Exit status is 0 whether or not the target is met; the summary says.
@@ -37,6 +41,36 @@ def _time(fn, repeats):
         t0 = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
+    return out
+
+
+def _libggml():
+    """llama.cpp's ggml library (ctypes), or None where none is found."""
+    import ctypes
+    import importlib.util
+    import os
+
+    path = os.environ.get("QVIZ_LIBGGML")
+    if not path:
+        spec = importlib.util.find_spec("llama_cpp")
+        found = sorted(pathlib.Path(spec.origin).parent.glob("lib/libggml-base.*")) if spec and spec.origin else []
+        if not found:
+            return None
+        path = str(found[0])
+    lib = ctypes.CDLL(path)
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    return lib
+
+
+def _ggml_quantize(lib, x, name):
+    from kernels_numba.gguf import GGUF_TYPES
+
+    t = GGUF_TYPES[name]
+    out = np.empty((x.shape[0], x.shape[1] // t.block * t.type_size), np.uint8)
+    lib.ggml_quantize_chunk(t.ggml_type, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], None)
     return out
 
 
@@ -81,6 +115,8 @@ def main() -> None:
               f"{np.array_equal(ours, theirs)}")
     print()
     qw = (rng.random(n) * 2).astype(np.float32)
+    lib = _libggml()
+    print("llama.cpp's C quantizer: " + ("not found (set QVIZ_LIBGGML)" if lib is None else "ggml_quantize_chunk, 1 thread"))
     for name in OTHERS:
         tq = statistics.median(_time(lambda: quantize_gguf(x, name), args.repeats))
         packed = quantize_gguf(x, name)
@@ -91,8 +127,18 @@ def main() -> None:
         if args.imatrix:
             ti = statistics.median(_time(lambda: quantize_gguf(x, name, qw), args.repeats))
             line += f"   with imatrix: {ti:.3f}s"
+        if lib is not None:
+            lib.ggml_quantize_init(gguf.GGMLQuantizationType[name].value)
+            tc = statistics.median(_time(lambda: _ggml_quantize(lib, x, name), args.repeats))
+            line += (f"   llama.cpp C {tc:.3f}s, C / qviz {tc / tq:.2f}x, "
+                     f"same bytes {np.array_equal(_ggml_quantize(lib, x, name), packed)}")
         print(line)
     worst = min(ratios.values())
+    if lib is not None:
+        for name in LEGACY:
+            tq = statistics.median(_time(lambda: quantize_gguf(x, name), args.repeats))
+            tc = statistics.median(_time(lambda: _ggml_quantize(lib, x, name), args.repeats))
+            print(f"{name:7s} llama.cpp C {tc:.3f}s, qviz {tq:.3f}s, C / qviz {tc / tq:.2f}x")
     print(f"\nsummary: qviz / gguf-py quantize speed-up, worst of the five shared types: {worst:.1f}x "
           f"(target >= 10x: {'met' if worst >= 10 else 'NOT met'})")
 

@@ -41,6 +41,35 @@ def bits_f32(typingctx, v):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def trunc_i32(typingctx, v):
+    """C's ``(int)`` cast of a float32 or float64 (toward zero) straight to int32.
+
+    ``np.int32(v)`` goes through int64, which AVX2 cannot convert packed, so a
+    loop of such casts stays scalar; this one vectorises (``cvttps2dq``).
+    Defined only where the value fits in int32.
+    """
+    if v not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fptosi(args[0], ir.IntType(32))
+
+    return types.int32(v), codegen
+
+
+@intrinsic
+def min_i32(typingctx, a, b):
+    """``min(a, b)`` of two int32 as a select, which LLVM vectorises (Numba's ``min`` branches)."""
+    if a != types.int32 or b != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.icmp_signed("<", args[0], args[1]), args[0], args[1])
+
+    return types.int32(types.int32, types.int32), codegen
+
+
 @njit(cache=True)
 def order_key(b):
     """Map float32 bits to an int32 that sorts like the float (an involution)."""
@@ -93,3 +122,32 @@ def absmax_finite(x, r, c0, n):
     for j in span(c0, n):
         m = I32(max(m, I32(f32_bits(x[r, j]) & ABS_MASK)))
     return bits_f32(m), m < EXP_MASK
+
+
+@njit(cache=True)
+def f32_to_f16_bits(f):
+    """The float16 bit pattern (as an int) nearest to the float32 ``f``, ties to even (IEEE, as numpy)."""
+    b = np.int64(f32_bits(f)) & 0xFFFFFFFF
+    sign = (b >> 16) & 0x8000
+    a = b & 0x7FFFFFFF
+    if a >= 0x7F800000:  # inf / nan
+        return sign | 0x7C00 | (0x200 if a > 0x7F800000 else 0)
+    if a >= 0x477FF000:  # rounds past 65504
+        return sign | 0x7C00
+    if a < 0x38800000:  # float16 subnormal (or zero)
+        if a < 0x33000000:
+            return sign
+        e = a >> 23
+        m = (a & 0x7FFFFF) | 0x800000
+        shift = 126 - e
+        h = m >> shift
+        rem = m & ((1 << shift) - 1)
+        half = 1 << (shift - 1)
+        if rem > half or (rem == half and (h & 1) == 1):
+            h += 1
+        return sign | h
+    h = (a - 0x38000000) >> 13
+    rem = a & 0x1FFF
+    if rem > 0x1000 or (rem == 0x1000 and (h & 1) == 1):
+        h += 1
+    return sign | h

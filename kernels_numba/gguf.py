@@ -45,8 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ._bits import ABS_MASK, I32, U64, bits_f32, f32_bits, span
+from ._bits import ABS_MASK, I32, U64, bits_f32, f32_bits, f32_to_f16_bits, span
 from ._checks import check_array, raise_nonfinite
+from ._gguf_legacy import ROWS as LEGACY_ROWS
 from ._gguf_search import F, GROUP_MAX_EPS, best_index, clamp, make_q3, make_qkx, make_qp, make_qx, nearest
 
 __all__ = [
@@ -169,35 +170,6 @@ def _check_row(cols: int, t: GGUFType) -> None:
 
 
 # ----------------------------------------------------------------------------- float16
-
-
-@njit(cache=True)
-def f32_to_f16_bits(f):
-    """The float16 bit pattern (as an int) nearest to the float32 ``f``, ties to even (IEEE, as numpy)."""
-    b = np.int64(f32_bits(f)) & 0xFFFFFFFF
-    sign = (b >> 16) & 0x8000
-    a = b & 0x7FFFFFFF
-    if a >= 0x7F800000:  # inf / nan
-        return sign | 0x7C00 | (0x200 if a > 0x7F800000 else 0)
-    if a >= 0x477FF000:  # rounds past 65504
-        return sign | 0x7C00
-    if a < 0x38800000:  # float16 subnormal (or zero)
-        if a < 0x33000000:
-            return sign
-        e = a >> 23
-        m = (a & 0x7FFFFF) | 0x800000
-        shift = 126 - e
-        h = m >> shift
-        rem = m & ((1 << shift) - 1)
-        half = 1 << (shift - 1)
-        if rem > half or (rem == half and (h & 1) == 1):
-            h += 1
-        return sign | h
-    h = (a - 0x38000000) >> 13
-    rem = a & 0x1FFF
-    if rem > 0x1000 or (rem == 0x1000 and (h & 1) == 1):
-        h += 1
-    return sign | h
 
 
 @njit(cache=True)
@@ -727,13 +699,14 @@ _LEGACY_KIND = {"Q4_0": 0, "Q4_1": 1, "Q5_0": 2, "Q5_1": 3, "Q8_0": 4, "IQ4_NL":
 _K_KIND = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
 
 
-def _check_matrix(x, name: str = "x") -> np.ndarray:
+def _check_matrix(x, name: str = "x", *, finite: bool = True) -> np.ndarray:
+    """``x`` as a C-contiguous float32 ``[rows, cols]``; with ``finite``, NaN/Inf are refused here."""
     x = check_array(x, name, dtype=np.float32, ndim=(1, 2))
     if x.ndim == 1:
         x = x.reshape(1, -1)
     if x.size == 0:
         raise ValueError(f"{name} is empty (shape {x.shape}); expected at least one row of weights.")
-    if not np.isfinite(x).all():
+    if finite and not np.isfinite(x).all():
         raise_nonfinite(x, name)
     return x
 
@@ -763,8 +736,16 @@ def quantize_gguf(x: np.ndarray, type_name: str, imatrix: np.ndarray | None = No
     (2, 34)
     """
     t = gguf_type(type_name)
-    x = _check_matrix(x)
+    fused = imatrix is None and t.name in LEGACY_ROWS  # these kernels check finiteness in their own pass
+    x = _check_matrix(x, finite=not fused)
     _check_row(x.shape[1], t)
+    out = np.empty((x.shape[0], x.shape[1] // t.block * t.type_size), np.uint8)
+    if fused:
+        finite = np.empty(x.shape[0], np.bool_)
+        LEGACY_ROWS[t.name](x, out, finite, t.block)
+        if not finite.all():
+            raise_nonfinite(x, "x")
+        return out
     has_qw = imatrix is not None
     if has_qw:
         qw = check_array(imatrix, "imatrix", dtype=np.float32, ndim=1)
@@ -777,7 +758,6 @@ def quantize_gguf(x: np.ndarray, type_name: str, imatrix: np.ndarray | None = No
             raise ValueError("imatrix must be finite and non-negative (mean squared activations per input channel).")
     else:
         qw = np.zeros(x.shape[1], np.float32)
-    out = np.empty((x.shape[0], x.shape[1] // t.block * t.type_size), np.uint8)
     if t.name in _LEGACY_KIND:
         _quantize_legacy_kernel(_LEGACY_KIND[t.name], x, qw, has_qw, out)
     else:

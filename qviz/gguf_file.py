@@ -19,53 +19,18 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from qviz.models.gguf import GGUF_MAGIC  # noqa: F401  (its old home)
+from qviz.models.gguf import open_gguf_reader as _open_reader  # the whole-file check qviz.load uses too
+
 __all__ = ["inspect_gguf", "export_gguf", "read_gguf_tensors"]
 
-GGUF_MAGIC = b"GGUF"
 LLAMA_TYPES = ("llama", "mistral")
-
-
-def _open_reader(path: Any) -> Any:
-    """A ``gguf.GGUFReader`` for ``path`` after checking that it is a whole GGUF file (clear errors otherwise)."""
-    import gguf
-
-    p = Path(os.fspath(path))
-    if not p.is_file():
-        raise FileNotFoundError(f"No GGUF file at {str(p)!r}. Pass the path of a .gguf file.")
-    size = p.stat().st_size
-    with open(p, "rb") as fh:
-        head = fh.read(24)
-    if len(head) < 4 or head[:4] != GGUF_MAGIC:
-        raise ValueError(
-            f"{str(p)!r} is not a GGUF file: it starts with {head[:4]!r}, not the magic b'GGUF'. "
-            "Convert Hugging Face checkpoints with qviz.export_gguf or llama.cpp's convert_hf_to_gguf.py."
-        )
-    if len(head) < 24:
-        raise ValueError(f"{str(p)!r} is truncated: {size} bytes, shorter than a GGUF header (24 bytes).")
-    version = struct.unpack("<I", head[4:8])[0]
-    if version not in (2, 3):
-        raise ValueError(f"{str(p)!r} has GGUF version {version}; gguf-py reads versions 2 and 3.")
-    try:
-        reader = gguf.GGUFReader(str(p))
-    except Exception as err:  # struct/index/value errors from a cut-off metadata or tensor table
-        raise ValueError(
-            f"{str(p)!r} is truncated or corrupt: its header announces metadata or tensors past the end of "
-            f"the file's {size} bytes ({type(err).__name__}: {err}). Download or write it again."
-        ) from err
-    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    if end > size:
-        raise ValueError(
-            f"{str(p)!r} is truncated: its tensors need {end} bytes but the file has {size}. "
-            "Download or write it again."
-        )
-    return reader
 
 
 def _field_value(field: Any) -> Any:
@@ -325,17 +290,19 @@ def export_gguf(qmodel: Any, path: str | os.PathLike, *, tokenizer_pre: str = "d
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_tokenizer(writer, qmodel.tokenizer, int(config.vocab_size), tokenizer_pre)
 
-        owners = {name: sub for name, sub in module.named_modules()}
+        # a GGUF layer's weight, under any of its names: a quantized head tied to the token embedding is
+        # written once, as token_embd in the head's type (what llama-quantize writes for a tied model)
+        quantized = {id(sub.weight): sub for sub in module.modules() if getattr(sub, "gguf_packed", None) is not None}
         seen = set()
-        for key, tensor in module.state_dict().items():
-            if id(tensor) in seen and not key.startswith("lm_head"):
+        for key, tensor in module.state_dict(keep_vars=True).items():
+            if id(tensor) in seen and (id(tensor) in quantized or not key.startswith("lm_head")):
                 continue
             seen.add(id(tensor))
             gname = tmap.get_name(key, try_suffixes=(".weight", ".bias"))
             if gname is None:
                 continue  # buffers llama.cpp does not store (rotary tables)
-            owner = owners.get(key.rsplit(".", 1)[0])
-            packed = getattr(owner, "gguf_packed", None) if key.endswith(".weight") else None
+            owner = quantized.get(id(tensor)) if key.endswith(".weight") else None
+            packed = getattr(owner, "gguf_packed", None)
             perm = None
             if key.endswith("self_attn.q_proj.weight"):
                 perm = _permute_rows(tensor.shape[0], n_head)

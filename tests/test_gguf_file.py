@@ -74,6 +74,21 @@ def test_export_round_trip(exported):
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["general.file_type"] == 15  # MOSTLY_Q4_K_M
 
 
+def test_a_tied_head_is_exported_once_as_token_embd(tmp_path):
+    model = qviz.load("tiny-llama")
+    model.module.lm_head.weight = model.module.model.embed_tokens.weight
+    model.module.config.tie_word_embeddings = True
+    q = qviz.quantize(model, qviz.GGUF("Q4_K_M"), progress=False)
+    path = qviz.export_gguf(q, tmp_path / "tied.gguf")
+    ds = qviz.inspect_gguf(path)
+    names = [str(t) for t in ds.tensor.values]
+    assert "output.weight" not in names  # llama.cpp reads the output head from token_embd, as for SmolLM2's file
+    assert str(ds.type.sel(tensor="token_embd.weight").values) == q.module.lm_head.gguf_type == "Q8_0"
+    tensors = read_gguf_tensors(path, ["token_embd.weight"])
+    np.testing.assert_array_equal(tensors["token_embd.weight"], q.module.lm_head.weight.detach().numpy())
+    assert int(ds["nbytes"].sel(tensor="token_embd.weight")) == q.quantization.layers["lm_head"].nbytes
+
+
 def test_llama_cpp_loads_the_export(exported):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (pip install 'qviz[llamacpp]'): llama.cpp cannot load the file here")
@@ -126,3 +141,22 @@ def test_q4_1_is_a_fixed_point_of_smollm2s_own_weights():
     for t in tensors:
         again = quantize_gguf(weights[t.name], "Q4_1")
         np.testing.assert_array_equal(again, np.asarray(t.data).reshape(again.shape))
+
+
+@pytest.mark.slow
+def test_gguf_q4_1_on_smollm2_gives_its_weights_back():
+    # the file's Q4_1 matrices, and its Q8_0 token embedding (lm_head is tied to it: the Q4_1 file type puts
+    # the output in Q8_0 on 576-wide rows), are fixed points of qviz's quantizers: every weight comes back
+    import torch
+
+    smollm2_gguf()  # skips without the package
+    model = qviz.load("smollm2-135m")
+    q = qviz.quantize(model, qviz.GGUF("Q4_1"), progress=False)
+    rec = q.quantization
+    assert len(rec.layers) == 211 and set(rec.skipped) == {"model.embed_tokens"}  # read through lm_head, tied
+    kinds = {name: q.module.get_submodule(name).gguf_type for name in rec.layers}
+    assert kinds.pop("lm_head") == "Q8_0" and set(kinds.values()) == {"Q4_1"}
+    before = dict(model.module.named_parameters())
+    for name, p in q.module.named_parameters():
+        assert torch.equal(p, before[name]), name  # max |w_q - w| = 0 for every tensor, the tied embedding too
+    assert q.module.model.embed_tokens.weight is q.module.lm_head.weight

@@ -148,8 +148,20 @@ def test_unsupported_architecture(tmp_path):
 def test_not_a_gguf_file(tmp_path):
     path = tmp_path / "junk.gguf"
     path.write_bytes(b"this is not a gguf file at all" * 10)
-    with pytest.raises(ValueError, match="not a readable GGUF file"):
+    with pytest.raises(ValueError, match="not a GGUF file: it starts with b.this.*magic"):
         qviz.load(str(path))
+
+
+@pytest.mark.parametrize(("keep", "pattern"), [(10, "shorter than a GGUF header"), (300, "truncated or corrupt"),
+                                             (0.5, "truncated or corrupt"), (-64, "truncated")])
+def test_a_truncated_gguf_file_is_named_truncated(tmp_path, keep, pattern):
+    whole = tmp_path / "whole.gguf"
+    write_tiny_llama_gguf(whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError, match=pattern):
+        qviz.load(str(cut))
 
 
 def test_missing_gguf_file(tmp_path):

@@ -30,6 +30,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,47 @@ def smollm2_path() -> Path:
 # --------------------------------------------------------------------------- GGUF metadata
 
 
-def _reader(path: Path) -> Any:
+GGUF_MAGIC = b"GGUF"
+
+
+def open_gguf_reader(path: Any) -> Any:
+    """A ``gguf.GGUFReader`` for ``path`` after checking that it is a whole GGUF file (clear errors otherwise)."""
     import gguf  # lazy: the gguf reader loads only when a GGUF file is read
 
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise FileNotFoundError(f"No GGUF file at {str(p)!r}. Pass the path of a .gguf file.")
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 4 or head[:4] != GGUF_MAGIC:
+        raise ValueError(
+            f"{str(p)!r} is not a GGUF file: it starts with {head[:4]!r}, not the magic b'GGUF'. "
+            "Convert Hugging Face checkpoints with qviz.export_gguf or llama.cpp's convert_hf_to_gguf.py."
+        )
+    if len(head) < 24:
+        raise ValueError(f"{str(p)!r} is truncated: {size} bytes, shorter than a GGUF header (24 bytes).")
+    version = struct.unpack("<I", head[4:8])[0]
+    if version not in (2, 3):
+        raise ValueError(f"{str(p)!r} has GGUF version {version}; gguf-py reads versions 2 and 3.")
     try:
-        return gguf.GGUFReader(str(path))
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable GGUF file ({err}). Pass a .gguf file written by llama.cpp or gguf-py.") from err
+        reader = gguf.GGUFReader(str(p))
+    except Exception as err:  # struct/index/value errors from a cut-off metadata or tensor table
+        raise ValueError(
+            f"{str(p)!r} is truncated or corrupt: its header announces metadata or tensors past the end of "
+            f"the file's {size} bytes ({type(err).__name__}: {err}). Download or write it again."
+        ) from err
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > size:
+        raise ValueError(
+            f"{str(p)!r} is truncated: its tensors need {end} bytes but the file has {size}. "
+            "Download or write it again."
+        )
+    return reader
+
+
+def _reader(path: Path) -> Any:
+    return open_gguf_reader(path)
 
 
 def _architecture(reader: Any) -> str:

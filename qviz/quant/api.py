@@ -531,13 +531,18 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _model_bytes(module: nn.Module, exclude: set[str] = frozenset()) -> int:
+    """Bytes of every tensor of ``module`` counted once; a tensor with any name in ``exclude`` is not counted.
+
+    A tied tensor (one tensor under two names, as a head sharing the token
+    embedding) is one tensor: left out whichever of its names ``exclude`` holds.
+    """
+    named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    seen = {id(t) for name, t in named if name in exclude}
     total = 0
-    seen: set[int] = set()
-    for name, t in [*module.named_parameters(), *module.named_buffers()]:
-        if id(t) in seen or name in exclude:
-            continue
-        seen.add(id(t))
-        total += t.numel() * t.element_size()
+    for _, t in named:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
     return total
 
 

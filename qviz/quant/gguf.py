@@ -17,6 +17,11 @@ counted.
   is used for every tensor.
 * Where a row is not a multiple of the type's block (pure types), or not even of
   32 (file types), the layer is left in full precision with the reason recorded.
+* A weight tied to another module's (an output head sharing the token
+  embedding) stays tied: llama.cpp stores the pair once, as ``token_embd`` in
+  the head's type, and looks the input rows up in the same quantized tensor, so
+  the quantized copy's embedding reads the head's dequantized weight and the
+  stored bytes count it once.
 * ``imatrix=True``: an importance matrix (per input channel, the mean of the
   squared activations, ``std**2 + mean**2`` from :func:`qviz.capture` on the
   calibration batch) weights the quantizers' searches, as ``llama-quantize
@@ -150,6 +155,30 @@ def _n_gqa(model: Any) -> int:
 class _State:
     types: dict[str, tuple[str | None, str | None]]
     imatrix: dict[str, np.ndarray]
+    ties: dict[str, list[tuple[str, str]]]
+
+
+def _get(root: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def tied_parameters(root: nn.Module, layers: dict[str, nn.Module]) -> dict[str, list[tuple[str, str]]]:
+    """For each layer, the ``(module name, parameter name)`` pairs elsewhere in ``root`` that hold its very weight.
+
+    A tied output head (``lm_head.weight is model.embed_tokens.weight``) gives
+    ``{"lm_head": [("model.embed_tokens", "weight")]}``; layers without ties are left out.
+    """
+    owner = {id(m.weight): name for name, m in layers.items() if isinstance(getattr(m, "weight", None), nn.Parameter)}
+    ties: dict[str, list[tuple[str, str]]] = {}
+    for mname, mod in root.named_modules():
+        for pname, p in mod._parameters.items():
+            name = owner.get(id(p)) if p is not None else None
+            if name is not None and (mname, pname) != (name, "weight"):
+                ties.setdefault(name, []).append((mname, pname))
+    return ties
 
 
 def quantize_weight(w: torch.Tensor, type_name: str, imatrix: np.ndarray | None = None):
@@ -210,7 +239,28 @@ class GGUFMethod(Method):
             check_calib(calib, f"{cfg.label} (the importance matrix comes from the calibration batch)")
             stats = capture(model, calib, layers=list(layers), progress=False)
             imat = {n: imatrix_of(stats, n, cols[n]) for n in layers}
-        return _State(types, imat)
+        return _State(types, imat, tied_parameters(getattr(model, "module", model), layers))
+
+    def finalize(self, model: Any, cfg: GGUF, calib: Any, state: _State) -> dict[str, Any]:
+        """Tie back what shared a quantized layer's weight (the token embedding of a tied head), as llama.cpp stores it.
+
+        Returns ``{"tied": {layer: [parameter, ...]}, "types": {layer: why}}``: the parameters that now read
+        a layer's dequantized weight (empty when nothing was tied), and for each quantized layer whose type
+        is not the config's own, that type and why (llama-quantize's mix rule, or its fallback for a row
+        the type's blocks do not divide: ``"Q5_0: row of 576 not divisible by 256: Q4_K falls back to Q5_0"``).
+        """
+        root = getattr(model, "module", model)
+        types = {name: f"{t}: {why}" for name, (t, why) in state.types.items()
+                 if why and t is not None and getattr(_get(root, name), "gguf_packed", None) is not None}
+        tied: dict[str, list[str]] = {}
+        for name, owners in state.ties.items():
+            new = root.get_submodule(name)
+            if getattr(new, "gguf_packed", None) is None:
+                continue  # left in full precision: the tie was never broken
+            for mname, pname in owners:
+                setattr(root.get_submodule(mname), pname, new.weight)
+                tied.setdefault(name, []).append(f"{mname}.{pname}")
+        return {"tied": tied, "types": types}
 
     def layer_type_of(self, name: str, cfg: GGUF, state: _State | None) -> str:
         """The GGUF type this layer is stored in."""

@@ -37,6 +37,24 @@ def weights(rows=24, cols=512, seed=0):
     return x
 
 
+def ties(rows=16, cols=64, seed=2):
+    """Blocks where ggml's scan order decides: signed zeros, +a and -a both largest, equal minima."""
+    x = weights(rows, cols, seed)
+    x[0, :32] = 0.0
+    x[1, :32] = -0.0
+    x[2, :16] = -0.0
+    x[2, 3] = 0.0
+    x[3, :32] = np.abs(x[3, :32])
+    x[3, 5], x[3, 7] = 0.0, -0.0  # the minimum is a zero, +0.0 first
+    x[4, :32] = -np.abs(x[4, :32])
+    x[4, 2], x[4, 9] = -0.0, 0.0  # the maximum is a zero, -0.0 first
+    x[5, :2] = -0.5, 0.5
+    x[6, :2] = 0.5, -0.5
+    x[7, :32] = 1.0
+    x[8, 32:] = -np.float32(3e-39)  # float32 subnormals
+    return x
+
+
 def imatrix(cols=512, seed=1):
     rng = np.random.default_rng(seed)
     return (rng.random(cols) ** 4 * 10).astype(np.float32)
@@ -195,6 +213,22 @@ def test_bits_per_weight_exact(name):
     assert gguf_nbytes((256, 1024), name) * 8 / (256 * 1024) == BPW[name]
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
     assert (t.block, t.type_size, t.ggml_type) == (block, size, int(gguf.GGMLQuantizationType[name]))
+
+
+@pytest.mark.parametrize("name", LEGACY)
+@pytest.mark.parametrize("make", [weights, ties])
+def test_fused_legacy_kernels_equal_the_general_row_kernel(name, make):
+    # the fused one-pass kernels (no imatrix) against the general row kernel they replace on that path
+    from kernels_numba.gguf import _LEGACY_KIND, _quantize_legacy_kernel
+
+    x = make()
+    want = np.empty((x.shape[0], x.shape[1] // 32 * GGUF_TYPES[name].type_size), np.uint8)
+    _quantize_legacy_kernel(_LEGACY_KIND[name], x, np.zeros(x.shape[1], np.float32), False, want)
+    np.testing.assert_array_equal(quantize_gguf(x, name), want)
+    bad = x.copy()
+    bad[-1, -1] = np.inf
+    with pytest.raises(ValueError, match=r"1 NaN/Inf value\(s\) \(first at index \[15, 63\]" if make is ties else "NaN/Inf"):
+        quantize_gguf(bad, name)
 
 
 def test_bad_row_length_is_refused_by_name():

@@ -55,3 +55,16 @@ def test_bytes_equal_llama_cpp(lib, name, with_imatrix):
     lib.ggml_quantize_chunk(t.ggml_type, x.ctypes.data, want.ctypes.data, 0, x.shape[0], x.shape[1],
                             None if qw is None else qw.ctypes.data)
     np.testing.assert_array_equal(quantize_gguf(x, name, qw), want)
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_scan_order_ties_equal_llama_cpp(lib, name):
+    # signed zeros and equal largest |x|: ggml keeps the first one it meets
+    from tests.kernels_numba.test_gguf import ties
+
+    x = ties()
+    t = GGUF_TYPES[name]
+    want = np.zeros((x.shape[0], x.shape[1] // t.block * t.type_size), np.uint8)
+    lib.ggml_quantize_init(t.ggml_type)
+    lib.ggml_quantize_chunk(t.ggml_type, x.ctypes.data, want.ctypes.data, 0, x.shape[0], x.shape[1], None)
+    np.testing.assert_array_equal(quantize_gguf(x, name), want)

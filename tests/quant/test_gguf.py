@@ -103,6 +103,39 @@ def test_mix_rules_match_llama_quantize():
     assert tensor_role("encoder.layer.0.output.dense") == "ffn_down"
 
 
+def smollm2_rows():
+    """Row lengths of SmolLM2-135M's matrices (30 blocks, hidden 576, FFN 1536, 3 KV heads of 64)."""
+    cols = {}
+    for i in range(30):
+        p = f"model.layers.{i}."
+        cols.update({p + "self_attn.q_proj": 576, p + "self_attn.k_proj": 576, p + "self_attn.v_proj": 576,
+                     p + "self_attn.o_proj": 576, p + "mlp.gate_proj": 576, p + "mlp.up_proj": 576,
+                     p + "mlp.down_proj": 1536})
+    cols["lm_head"] = 576
+    return cols
+
+
+# llama-quantize's tensor_type_fallback (src/llama-quant.cpp): the 32-weight type a K type becomes
+LLAMA_CPP_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
+@pytest.mark.parametrize("file_type", ["Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K"])
+def test_k_types_fall_back_on_576_wide_rows_as_llama_quantize_does(file_type):
+    cols = smollm2_rows()
+    got = tensor_types(cols, file_type, n_gqa=3)
+    wanted = tensor_types({n: 1536 for n in cols}, file_type, n_gqa=3)  # the same rules on rows 256 divides
+    for name, (t, why) in got.items():
+        want = wanted[name][0]
+        if name == "lm_head":  # llama.cpp: an output whose row the default type does not divide is Q8_0
+            assert (t, why) == ("Q8_0", f"output in {file_type}: Q8_0")
+        elif cols[name] % 256 and want in LLAMA_CPP_FALLBACK:
+            assert t == LLAMA_CPP_FALLBACK[want], name
+            assert why == f"row of 576 not divisible by 256: {want} falls back to {t}"
+        else:
+            assert t == want, name
+    assert {got[n][0] for n in cols if n.endswith("down_proj")} <= {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
+
+
 def test_mix_on_a_model(tiny):
     model, calib = tiny
     q = qviz.quantize(model, qviz.GGUF("Q4_K_M"), calib=calib, progress=False)
@@ -111,6 +144,50 @@ def test_mix_on_a_model(tiny):
     assert kinds["model.layers.0.self_attn.q_proj"] == "Q5_0"
     assert kinds["model.layers.1.self_attn.v_proj"] == "Q8_0" and kinds["lm_head"] == "Q8_0"
     assert "not a multiple of 32" in q.quantization.skipped["model.layers.0.mlp.down_proj"]
+    why = q.quantization.extra["GGUF Q4_K_M"]["types"]  # the record names each fallback with its reason
+    assert why["model.layers.0.self_attn.q_proj"] == "Q5_0: row of 64 not divisible by 256: Q4_K falls back to Q5_0"
+    assert why["model.layers.1.self_attn.v_proj"] == "Q8_0: row of 64 not divisible by 256: Q6_K falls back to Q8_0"
+    assert "model.layers.0.mlp.down_proj" not in why  # left in full precision: in .skipped, with its reason
+
+
+def tied_tiny_llama():
+    """tiny-llama with its output head tied to the token embedding, as SmolLM2's is."""
+    model = qviz.load("tiny-llama")
+    model.module.lm_head.weight = model.module.model.embed_tokens.weight
+    model.module.config.tie_word_embeddings = True
+    return model
+
+
+@pytest.mark.parametrize("cfg", [qviz.GGUF("Q8_0"), qviz.GGUF("Q4_K_M"), qviz.GGUF("Q4_0", pure=True)])
+def test_a_tied_embedding_is_stored_once_in_the_heads_type(cfg):
+    model = tied_tiny_llama()
+    embed = model.module.model.embed_tokens.weight
+    before = embed.detach().clone()
+    q = qviz.quantize(model, cfg, progress=False)
+    rec, root = q.quantization, q.module
+    head = root.lm_head
+    # llama.cpp stores the pair once (token_embd, in the head's type) and looks the input rows up in it
+    assert root.model.embed_tokens.weight is head.weight
+    assert rec.extra[cfg.label]["tied"] == {"lm_head": ["model.embed_tokens.weight"]}
+    np.testing.assert_array_equal(head.weight.detach().numpy(), dequantize_gguf(head.gguf_packed, head.gguf_type, 64))
+    ids = torch.tensor([[256, 104, 105]])
+    assert torch.equal(root.model.embed_tokens(ids), head.weight[ids])
+    # the bytes: the same model with the head left out keeps the tie, and its embedding in float32, once
+    kept = qviz.quantize(model, cfg, skip="lm_head", progress=False).quantization
+    assert kept.extra[cfg.label]["tied"] == {}
+    fp32_embedding = embed.numel() * 4
+    assert rec.total_bytes == kept.total_bytes - fp32_embedding + rec.layers["lm_head"].nbytes
+    assert model.module.lm_head.weight is embed and torch.equal(embed, before)  # the user's model: untouched, tied
+
+
+def test_an_untied_embedding_is_counted_at_its_dtype(tiny):
+    model, _ = tiny
+    q = qviz.quantize(model, qviz.GGUF("Q8_0"), progress=False)
+    rec, root = q.quantization, q.module
+    assert root.model.embed_tokens.weight is not root.lm_head.weight and rec.extra["GGUF Q8_0"]["tied"] == {}
+    kept = qviz.quantize(model, qviz.GGUF("Q8_0"), skip="lm_head", progress=False).quantization
+    head_fp32 = root.lm_head.weight.numel() * 4
+    assert rec.total_bytes == kept.total_bytes - head_fp32 + rec.layers["lm_head"].nbytes
 
 
 def test_imatrix_comes_from_capture_and_changes_the_codes(tiny):
