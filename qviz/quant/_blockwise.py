@@ -50,6 +50,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from qviz.activations.engine import CAPTURE_BATCH, MAX_ROWS, _Reservoir, _token_rows, capture_inputs
+from qviz.activations.engine import (
+    CAPTURE_BATCH,
+    MAX_ROWS,
+    _Reservoir,
+    _token_rows,
+    capture_inputs,
+)
 from qviz.activations.hooks import hooks
 from qviz.models import QvizModel, layer_type
 from qviz.models.blocks import Blocks, repeated_blocks
@@ -250,7 +257,8 @@ class SequentialInputs:
         wanted = set(sequential)
         self.sequential = [n for n in order if n in wanted]
         self.blocks = repeated_blocks(model)
-        self.block_of: dict[str, int] = {}
+        where = {n: self.blocks.index_of(n) for n in order} if self.blocks else {}
+        self.block_of: dict[str, int] = {n: i for n, i in where.items() if i is not None}
         self.reason = self._plan_problem(list(order))
         self.full_passes = self.stopped_passes = self.block_calls = self.cached_bytes = 0
         self._probed = False
@@ -273,12 +281,9 @@ class SequentialInputs:
                 "block_calls": self.block_calls, "cached_bytes": self.cached_bytes}
 
     def _plan_problem(self, order: list[str]) -> str | None:
+        """Why the layer order or types rule blocks out (checked before any forward), or None."""
         if self.blocks is None:
             return "the model has no repeated blocks (an nn.ModuleList of same-type blocks)"
-        for name in order:
-            i = self.blocks.index_of(name)
-            if i is not None:
-                self.block_of[name] = i
         inside = [k for k, n in enumerate(order) if n in self.block_of]
         if not inside:
             return None  # nothing in the blocks: every layer is captured on its own anyway
@@ -287,7 +292,7 @@ class SequentialInputs:
         if stray:
             return f"layer {stray[0]!r} lies outside {self.blocks.name} but is quantized between layers of its blocks"
         idx = [self.block_of[n] for n in span]
-        if any(b < a for a, b in zip(idx, idx[1:])):
+        if any(b < a for a, b in itertools.pairwise(idx)):
             return f"the layers of {self.blocks.name} are not quantized block after block"
         conv = [n for n in self.sequential if n in self.block_of
                 and layer_type(self.model.module.get_submodule(n)) != "linear"]

@@ -146,13 +146,13 @@ def test_mixed_configs_and_skips_keep_the_per_layer_result():
 # --------------------------------------------------------------------------- passes: linear in depth
 
 
-@pytest.mark.parametrize("n_blocks", [3, 6])
+@pytest.mark.parametrize("n_blocks", [2, 5])
 def test_block_calls_grow_linearly_with_depth(n_blocks):
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     model = random_llama(n_blocks)
-    calib = qviz.calibration_data(model, n=20)
-    n_batches, groups = 2, 4  # 16 + 4 texts; q/k/v, o, gate/up, down
+    calib = qviz.calibration_data(model, n=17)
+    n_batches, groups = 2, 4  # 16 + 1 texts; q/k/v, o, gate/up, down
     cfg = qviz.GPTQ(bits=4, group_size=None)
     with count_calls(LlamaDecoderLayer) as calls:
         q = quantize_quietly(model, cfg, calib)
@@ -161,9 +161,10 @@ def test_block_calls_grow_linearly_with_depth(n_blocks):
     expected = n_blocks + n_batches + n_batches * (groups * n_blocks + n_blocks - 1) + n_batches * n_blocks
     assert calls[0] == expected == n_blocks * (1 + (groups + 2) * n_batches)
     assert q.quantization.extra["sequential"]["block_calls"] == n_batches * (groups * n_blocks + n_blocks - 1)
-    with count_calls(LlamaDecoderLayer) as calls_old, per_layer_path():
-        quantize_quietly(model, cfg, calib)
-    assert calls_old[0] == (7 * n_blocks + 1) * n_blocks * n_batches  # every layer, a full pass: O(L²)
+    if n_blocks == 2:  # the per-layer path, for contrast: every layer a full pass, O(L²) block calls
+        with count_calls(LlamaDecoderLayer) as calls_old, per_layer_path():
+            quantize_quietly(model, cfg, calib)
+        assert calls_old[0] == (7 * n_blocks + 1) * n_blocks * n_batches
 
 
 def test_cached_inputs_are_the_blocks_inputs_on_the_models_device():
