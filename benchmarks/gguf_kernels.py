@@ -46,23 +46,9 @@ def _time(fn, repeats):
 
 def _libggml():
     """llama.cpp's ggml library (ctypes), or None where none is found."""
-    import ctypes
-    import importlib.util
-    import os
+    from kernels_numba.libggml import load_libggml
 
-    path = os.environ.get("QVIZ_LIBGGML")
-    if not path:
-        spec = importlib.util.find_spec("llama_cpp")
-        found = sorted(pathlib.Path(spec.origin).parent.glob("lib/libggml-base.*")) if spec and spec.origin else []
-        if not found:
-            return None
-        path = str(found[0])
-    lib = ctypes.CDLL(path)
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-    return lib
+    return load_libggml()[0]
 
 
 def _ggml_quantize(lib, x, name):

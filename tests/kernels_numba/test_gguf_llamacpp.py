@@ -7,32 +7,18 @@ source) or from any llama.cpp build named by ``QVIZ_LIBGGML=/path/to/libggml-bas
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
-import pathlib
 
 import numpy as np
 import pytest
 
 from kernels_numba.gguf import GGUF_TYPES, quantize_gguf
+from kernels_numba.libggml import load_libggml
 
 
 def _libggml() -> ctypes.CDLL:
-    path = os.environ.get("QVIZ_LIBGGML")
-    if not path:
-        spec = importlib.util.find_spec("llama_cpp")
-        if spec is None or spec.origin is None:
-            pytest.skip("llama.cpp is not available: install llama-cpp-python (pip install 'qviz[llamacpp]') "
-                        "or set QVIZ_LIBGGML to a libggml-base.so")
-        found = sorted(pathlib.Path(spec.origin).parent.glob("lib/libggml-base.*"))
-        if not found:
-            pytest.skip("llama-cpp-python is installed without libggml-base (a build without shared ggml libraries)")
-        path = str(found[0])
-    lib = ctypes.CDLL(path)
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib, why = load_libggml()
+    if lib is None:
+        pytest.skip(why)
     return lib
 
 
