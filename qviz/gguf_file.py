@@ -143,19 +143,6 @@ def read_gguf_tensors(path: str | os.PathLike, names: Any = None) -> dict[str, n
 # --------------------------------------------------------------------------- export
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map (byte-level BPE token spelling)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = keep[:]
-    n = 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(keep, (chr(c) for c in chars), strict=True))
-
-
 def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: str) -> str:
     """Write the vocabulary llama.cpp needs; returns the tokenizer model written (``gpt2`` or ``none``)."""
     import gguf
@@ -163,17 +150,17 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: str) -> st
     from qviz.models import ByteTokenizer
 
     if isinstance(tokenizer, ByteTokenizer):
-        table = _bytes_to_unicode()
-        tokens = [table[b] for b in range(256)] + ["<bos>", "<eos>", "<pad>"]
-        types = [gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * 3
+        tokens = ByteTokenizer.gguf_tokens()
+        types = [gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * len(ByteTokenizer.special_tokens)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
         writer.add_token_types(types)
         # llama.cpp refuses a BPE vocabulary without a merges key, and gguf-py cannot write an empty
         # array: one merge of two NUL bytes stands for "no merges" (NUL never occurs in text, and the
-        # merged string is not in the vocabulary, so llama.cpp would fall back to the bytes anyway)
-        writer.add_token_merges([f"{table[0]} {table[0]}"])
+        # merged string is not in the vocabulary, so llama.cpp falls back to the bytes). transformers
+        # refuses that merge; qviz's loader knows this vocabulary and gives a ByteTokenizer back.
+        writer.add_token_merges([f"{tokens[0]} {tokens[0]}"])
         writer.add_bos_token_id(tokenizer.bos_id)
         writer.add_eos_token_id(tokenizer.eos_id)
         writer.add_pad_token_id(tokenizer.pad_id)

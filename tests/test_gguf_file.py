@@ -74,6 +74,34 @@ def test_export_round_trip(exported):
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["general.file_type"] == 15  # MOSTLY_Q4_K_M
 
 
+def test_export_reloads_with_qviz_load(exported):
+    """export -> qviz.load gives the same model back: its byte vocabulary as a ByteTokenizer, the same logits."""
+    import torch
+
+    q, path = exported
+    for attempt in ("first load (from the file)", "second load (from the cache)"):
+        back = qviz.load(str(path))
+        assert back.kind == "decoder", attempt
+        assert isinstance(back.tokenizer, qviz.models.ByteTokenizer), attempt
+        assert back.gguf_types["model.layers.0.self_attn.q_proj"] == q.module.model.layers[0].self_attn.q_proj.gguf_type
+        ids = q.tokenizer(["The quick brown fox"])
+        with torch.no_grad():
+            want, got = q.module(**ids).logits, back.module(**ids).logits
+        # the GGUF layers are bit-identical (test above); layers written as F16 round their weights once
+        assert torch.allclose(got, want, atol=2e-3, rtol=0), attempt
+        assert (got - want).abs().max() > 0, "F16 layers should differ from the float32 ones"
+
+
+def test_byte_vocabulary_spelling():
+    from qviz.models.tokenizer import byte_level_spelling
+
+    spell = byte_level_spelling()
+    assert sorted(spell) == list(range(256)) and len(set(spell.values())) == 256  # reversible
+    assert spell[ord("A")] == "A" and spell[ord(" ")] == "Ġ" and spell[ord("\n")] == "Ċ"  # GPT-2's spellings
+    tokens = qviz.models.ByteTokenizer.gguf_tokens()
+    assert len(tokens) == qviz.models.ByteTokenizer.vocab_size and tokens[256:] == ["<bos>", "<eos>", "<pad>"]
+
+
 def test_a_tied_head_is_exported_once_as_token_embd(tmp_path):
     model = qviz.load("tiny-llama")
     model.module.lm_head.weight = model.module.model.embed_tokens.weight

