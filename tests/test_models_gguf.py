@@ -11,18 +11,7 @@ import torch
 
 import qviz
 from qviz import models_gguf
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (byte-level BPE vocabularies are written in it)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(keep, chars, strict=True)}
+from qviz.models.tokenizer import byte_level_spelling
 
 
 def write_tiny_llama_gguf(path, arch: str = "llama", hidden: int = 32, blocks: int = 2) -> None:
@@ -30,7 +19,7 @@ def write_tiny_llama_gguf(path, arch: str = "llama", hidden: int = 32, blocks: i
     import gguf
 
     rng = np.random.default_rng(0)
-    b2u = _bytes_to_unicode()
+    b2u = byte_level_spelling()
     tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *[b2u[b] for b in range(256)], "he"]
     ffn, vocab = 2 * hidden, len(tokens)
     w = gguf.GGUFWriter(str(path), arch)

@@ -64,5 +64,5 @@ class ByteTokenizer:
         return {"input_ids": ids, "attention_mask": mask}
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        special = {self.bos_id: "<bos>", self.eos_id: "<eos>", self.pad_id: "<pad>"}
+        special = dict(zip((self.bos_id, self.eos_id, self.pad_id), self.special_tokens, strict=True))
         return [special[int(i)] if int(i) in special else bytes([int(i)]).decode("latin-1") for i in ids]
