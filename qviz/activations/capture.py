@@ -74,6 +74,11 @@ def _channels_of(module: nn.Module, ltype: str) -> int:
     raise TypeError(f"qviz cannot tell the channel count of {type(module).__name__}.")
 
 
+def _absmax(w: torch.Tensor, dims: int | list[int]) -> torch.Tensor:
+    """``w.abs().amax(dims)`` without the ``abs`` copy: ``max(amax, -amin)`` (NaN propagates; several times faster)."""
+    return torch.maximum(w.amax(dims), -w.amin(dims))
+
+
 def _weight_channel_absmax(module: nn.Module, ltype: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per input-channel and per output-channel absmax of a layer's weight (float32, on its device)."""
     if getattr(module, "weight", None) is None or ltype == "norm":
@@ -83,16 +88,16 @@ def _weight_channel_absmax(module: nn.Module, ltype: str) -> tuple[torch.Tensor 
             wm = dequantized_weight(module)  # [out, in]: also right for int8 codes and packed 4-bit weights
         except TypeError:
             return None, None
-        return wm.abs().amax(0), wm.abs().amax(1)  # tensors: _to_host moves them together
+        return _absmax(wm, 0), _absmax(wm, 1)  # tensors: _to_host moves them together
     w = module.weight.detach().float()
     if ltype == "embedding":
-        return w.abs().amax(0), None  # per embedding dim; vocab rows are not channels
+        return _absmax(w, 0), None  # per embedding dim; vocab rows are not channels
     if ltype in ("conv2d", "conv1d"):
         dims_in = [d for d in range(w.dim()) if d != 1]
         dims_out = [d for d in range(w.dim()) if d != 0]
-        return w.abs().amax(dims_in), w.abs().amax(dims_out)
+        return _absmax(w, dims_in), _absmax(w, dims_out)
     wm = weight_matrix(module).float()  # [out, in]
-    return wm.abs().amax(0), wm.abs().amax(1)
+    return _absmax(wm, 0), _absmax(wm, 1)
 
 
 @dataclass(frozen=True)

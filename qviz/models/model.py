@@ -322,6 +322,8 @@ class QvizModel:
         >>> m.run(m.prepare(qviz.calibration_data(m, n=2))).shape    # doctest: +SKIP
         torch.Size([2, 10])
         """
+        if not any(m.training for m in self.module.modules()):  # all in eval mode already: train()/eval() would
+            return self.forward(inputs)  # set the flag on every submodule twice per batch (ms on a 30-block LLM)
         was_training = self.module.training
         self.module.eval()
         try:
