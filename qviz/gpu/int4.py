@@ -5,11 +5,14 @@ The weight is qviz's RTN ``[out, in]`` (asymmetric, ``w_hat = (code - zero) * sc
 ``8w + t``): one 4-byte load per 8 weights, unpacked by shifts. Storage is that of any packed
 INT4: ``in/2`` bytes per row plus 2 bytes per float16 scale and 1 per zero point.
 
-* :func:`int4_linear` computes ``y = x @ w_hat.T`` for float16 ``x`` ``[tokens, in]``: at one
-  token a GEMV (each program reduces ``BLOCK_N`` output rows over one of ``SPLIT`` stretches of ``in``, using
-  ``sum((q - z) x) s = (sum(q x) - z sum(x)) s`` per group, in float32), at more tokens a GEMM
-  on the tensor cores (float16 dequantized tiles of 16 words, one K=16 product per nibble
-  position, float32 accumulation).
+* :func:`int4_linear` computes ``y = x @ w_hat.T`` for float16 ``x`` ``[tokens, in]``. At one
+  token it is a GEMV: a small prep kernel writes ``x`` once as float32, each nibble position's
+  columns scaled by a power of 16, and each group's ``sum(x)``; then each program reduces
+  ``BLOCK_N`` whole output rows, three instructions per weight (one LOP3 puts the nibble, unshifted,
+  under the exponent of 2**23; one FADD removes 2**23; one FFMA multiplies by the pre-scaled x, which
+  undoes the nibble's power of 16 exactly), with ``sum((q - z) x) s = (sum(q x) - z sum(x)) s`` per
+  group in float32. At more tokens a GEMM on the tensor cores (float16 dequantized tiles of 16 words,
+  one K=16 product per nibble position, float32 accumulation).
 * :class:`Int4Linear` is the ``nn.Module`` the cost section swaps in for RTN w4 layers on CUDA.
 
 Batch-1 decoding reads every weight once, so this kernel's floor is the packed bytes over the
@@ -25,15 +28,13 @@ import triton
 import triton.language as tl
 from torch import nn
 
-_GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPI": gpi, "SPLIT": sp}, num_warps=w, num_stages=st)
-                 for bn, gpi, sp, w, st in [
-                     (4, 4, 1, 4, 3), (8, 4, 1, 4, 3), (16, 4, 1, 4, 3), (16, 2, 1, 4, 4), (32, 2, 1, 8, 3),
-                     (8, 4, 2, 4, 3), (16, 4, 2, 4, 3), (32, 4, 2, 8, 3), (8, 8, 2, 4, 2),
-                     (8, 2, 4, 4, 4), (16, 2, 4, 4, 3), (16, 4, 4, 4, 3), (32, 2, 4, 8, 3), (64, 2, 4, 8, 2),
-                     (4, 8, 4, 4, 2), (16, 2, 8, 4, 3), (32, 1, 8, 4, 3), (64, 1, 8, 8, 2), (8, 4, 8, 4, 3)]]
+_GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "GPI": gpi, "PREFETCH": pf}, num_warps=w, num_stages=1)
+                 for bn, gpi, w in [(4, 8, 2), (8, 8, 2), (8, 8, 4), (16, 8, 4), (16, 8, 8), (8, 16, 4), (32, 8, 8)]
+                 for pf in (0, 1)]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(16, 64, 4, 3), (32, 64, 4, 3), (32, 128, 4, 3), (64, 64, 4, 3),
                                        (32, 32, 4, 4), (16, 128, 8, 3)]]
+_MAGIC = 0x4B000000  # the bits of 2**23 as float32; passed at run time so that one LOP3 does the AND and the OR
 
 
 @triton.jit
@@ -43,50 +44,87 @@ def _nibble(words, t: tl.constexpr):
     return (((words >> (4 * t)) & 15) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
 
 
-@triton.autotune(configs=_GEMV_CONFIGS, key=["N", "K", "GROUP"], reset_to_zero=["y_ptr"])
 @triton.jit
-def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, K: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                 GPI: tl.constexpr, SPLIT: tl.constexpr):
-    # Program (j, k) reduces output rows j*BLOCK_N.. over the k-th of SPLIT contiguous stretches of the row,
-    # GPI groups per step, and adds its sums into y (float32, zeroed by the caller) by atomics (a plain
-    # store when SPLIT is 1). Each row stretch is read front to back, so the reads stream; more than
-    # one stretch per row gives the memory system more programs in flight.
-    # K (the row length) is a compile-time constant.
-    # x [K] float16; p [N, K/8] int32 words (nibble t of word w = column 8w + t);
-    # s [N, K/GROUP] float16; z like s, uint8; y [N] float32
+def _nibble_scaled(words, high, t: tl.constexpr, magic):
+    """Nibble ``t`` of ``words`` times ``16**e`` as float32, exactly, in one LOP3 and one FADD: the nibble is
+    masked in place (no shift) and OR-ed under the exponent of 2**23. ``e = t`` for ``t < 5``; nibbles 5-7,
+    whose bits would reach the exponent, are taken from ``high = words >> 12`` with ``e = t - 3``."""
+    if t < 5:
+        bits = (words & (15 << (4 * t))) | magic
+    else:
+        bits = (high & (15 << (4 * (t - 3)))) | magic
+    return bits.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _gemv_prep_kernel(x_ptr, xs_ptr, xg_ptr, K: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
+    # The GEMV's activations, once per call: xs[t, w] = x[8w + t] * 16**-e (float32, e as in _nibble_scaled,
+    # so that nibble t times xs[t, w] is code * x exactly) and xg[g] = the sum of x over group g.
+    KW: tl.constexpr = K // 8
+    WPG: tl.constexpr = GROUP // 8
+    NG: tl.constexpr = K // GROUP
+    g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    gm = g < NG
+    w = g[:, None] * WPG + tl.arange(0, WPG)[None, :]  # [BLOCK_G, WPG] word index
+    total = tl.zeros((BLOCK_G, WPG), tl.float32)
+    for t in tl.static_range(8):
+        xt = tl.load(x_ptr + w * 8 + t, mask=gm[:, None], other=0.0).to(tl.float32)
+        total += xt
+        if t < 5:
+            xt = xt * (1.0 / (1 << (4 * t)))
+        else:
+            xt = xt * (1.0 / (1 << (4 * (t - 3))))
+        tl.store(xs_ptr + t * KW + w, xt, mask=gm[:, None])
+    tl.store(xg_ptr + g, tl.sum(total, axis=1), mask=gm)
+
+
+@triton.autotune(configs=_GEMV_CONFIGS, key=["N", "K", "GROUP"])
+@triton.jit
+def _gemv_kernel(xs_ptr, xg_ptr, p_ptr, s_ptr, z_ptr, y_ptr, N, magic, K: tl.constexpr, GROUP: tl.constexpr,
+                 BLOCK_N: tl.constexpr, GPI: tl.constexpr, PREFETCH: tl.constexpr):
+    # Program j reduces output rows j*BLOCK_N.. over the whole row. Its tile is BLOCK_N*GPI "virtual rows"
+    # of one group's words each: virtual row r is group (step + r % GPI) of output row r // GPI, so the
+    # GPI virtual rows of one output row are one contiguous stretch of memory (a warp reads GPI*GROUP/2
+    # bytes in a run) and every sum over a tile row is one group's sum(q x), with no reshape.
+    # sum((q - z) x) s = (sum(q x) - z sum(x)) s per group, in float32; sum(x) per group comes from
+    # the prep kernel. With PREFETCH the next step's words are loaded before this step's arithmetic.
+    # xs [8, K/8] and xg [K/GROUP] float32 (the prep kernel's); p [N, K/8] int32 words (nibble t of
+    # word w = column 8w + t); s [N, K/GROUP] float16; z like s, uint8; y [N] float16.
     WPG: tl.constexpr = GROUP // 8  # words per group
     NG: tl.constexpr = K // GROUP
     KW: tl.constexpr = K // 8
-    NGS: tl.constexpr = (NG + SPLIT - 1) // SPLIT  # groups per stretch
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    nm = n < N
-    g_lo = tl.program_id(1) * NGS
-    g_hi = tl.minimum(g_lo + NGS, NG)
-    wi = tl.arange(0, GPI * WPG)
-    gi = tl.arange(0, GPI)
-    acc = tl.zeros((BLOCK_N,), tl.float32)
-    for g0 in range(g_lo, g_hi, GPI):
-        w = g0 * WPG + wi  # [GPI * WPG] word index in the row
-        wm = w < g_hi * WPG
-        words = tl.load(p_ptr + n.to(tl.int64)[:, None] * KW + w[None, :], mask=nm[:, None] & wm[None, :], other=0)
-        qx = tl.zeros((BLOCK_N, GPI * WPG), tl.float32)
-        xs = tl.zeros((GPI * WPG,), tl.float32)
+    R: tl.constexpr = BLOCK_N * GPI
+    r = tl.arange(0, R)
+    row = tl.program_id(0) * BLOCK_N + r // GPI  # [R] output row of each virtual row
+    gl = r % GPI
+    rm = row < N
+    wi = tl.arange(0, WPG)
+    base = p_ptr + row.to(tl.int64)[:, None] * KW + wi[None, :]
+    acc = tl.zeros((R,), tl.float32)
+    if PREFETCH:
+        nxt = tl.load(base + gl[:, None] * WPG, mask=(rm & (gl < NG))[:, None], other=0)
+    for step in range(0, NG, GPI):
+        g = step + gl  # [R] group of each virtual row
+        gm = rm & (g < NG)
+        wcol = g[:, None] * WPG + wi[None, :]  # [R, WPG] word index in the row
+        if PREFETCH:
+            words = nxt
+            nxt = tl.load(base + (g + GPI)[:, None] * WPG, mask=(rm & (g + GPI < NG))[:, None], other=0)
+        else:
+            words = tl.load(base + g[:, None] * WPG, mask=gm[:, None], other=0)
+        so = row * NG + g
+        sc = tl.load(s_ptr + so, mask=gm, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + so, mask=gm, other=0).to(tl.float32)
+        xg = tl.load(xg_ptr + g, mask=gm, other=0.0)
+        high = words >> 12
+        qx = tl.zeros((R, WPG), tl.float32)
         for t in tl.static_range(8):
-            xt = tl.load(x_ptr + w * 8 + t, mask=wm, other=0.0).to(tl.float32)
-            qx += _nibble(words, t) * xt[None, :]
-            xs += xt
-        qg = tl.sum(tl.reshape(qx, (BLOCK_N, GPI, WPG)), axis=2)  # [BLOCK_N, GPI]: sum(q x) per group
-        xg = tl.sum(tl.reshape(xs, (GPI, WPG)), axis=1)  # [GPI]: sum(x) per group
-        g = g0 + gi
-        sm = nm[:, None] & (g < g_hi)[None, :]
-        so = n[:, None] * NG + g[None, :]
-        sc = tl.load(s_ptr + so, mask=sm, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + so, mask=sm, other=0).to(tl.float32)
-        acc += tl.sum((qg - z * xg[None, :]) * sc, axis=1)  # sum((q - z) x) s = (sum(q x) - z sum(x)) s
-    if SPLIT == 1:
-        tl.store(y_ptr + n, acc, mask=nm)
-    else:
-        tl.atomic_add(y_ptr + n, acc, mask=nm)
+            xt = tl.load(xs_ptr + t * KW + wcol, mask=gm[:, None], other=0.0)
+            qx += _nibble_scaled(words, high, t, magic) * xt
+        acc += (tl.sum(qx, axis=1) - z * xg) * sc
+    y = tl.sum(tl.reshape(acc, (BLOCK_N, GPI)), axis=1)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    tl.store(y_ptr + n, y.to(tl.float16), mask=n < N)
 
 
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "GROUP"])
@@ -153,10 +191,12 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero
     x2 = x.reshape(-1, K).to(torch.float16).contiguous()  # [tokens, in]
     M = x2.shape[0]
     if M == 1:
-        y32 = torch.zeros(N, dtype=torch.float32, device=x.device)
-        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT"])](
-            x2, packed, scale, zero, y32, N, K, GROUP=group)
-        y = y32.to(torch.float16).reshape(1, N)
+        kw, ng = K // 8, K // group
+        xs = torch.empty(8 * kw + ng, dtype=torch.float32, device=x.device)  # scaled x, then its group sums
+        _gemv_prep_kernel[(triton.cdiv(ng, 16),)](x2, xs, xs[8 * kw:], K, GROUP=group, BLOCK_G=16)
+        y = torch.empty((1, N), dtype=torch.float16, device=x.device)
+        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
+            xs, xs[8 * kw:], packed, scale, zero, y, N, _MAGIC, K, GROUP=group)
     else:
         y = torch.empty((M, N), dtype=torch.float16, device=x.device)
         _gemm_kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))](
