@@ -154,6 +154,7 @@ class _StatsHook:
         self.max_sample_tokens = max_sample_tokens
         self.token_text: list[str] = []
         self.mask: torch.Tensor | None = None  # [batch, tokens] of the batch now running
+        self.flat_mask: torch.Tensor | None = None  # the same, flattened: [batch * tokens]
         self.seen: dict[tuple, tuple[str, Any, weakref.ref]] = {}  # this batch's inputs -> their statistics
         self.n_tokens = 0
         self.n_items = 0
@@ -165,7 +166,14 @@ class _StatsHook:
         self.budget_bytes: int | None = None  # what the probe and the queue may hold on the device
 
     def start_batch(self, inputs: Any) -> None:
-        """Note a batch's padding mask and its token and item counts before it runs."""
+        """Note a batch's padding mask and its token and item counts before it runs.
+
+        The batch before is folded now (grouped launches, no host wait): the device works on its
+        statistics while the host is still launching this batch's forward pass, and the queue holds
+        one batch's activations at a time.
+        """
+        if self.queue is not None:
+            self.queue.flush()
         if self.n_batches == 1 and self.probe and all(_version(t) == v for t, v in self.probe):
             self.queue = DeviceQueue(self.budget_bytes)  # nothing was written in place after its hook: queue now
         if self.n_batches >= 1:
@@ -173,6 +181,7 @@ class _StatsHook:
         self.n_batches += 1
         mask = self.model.token_mask(inputs)
         self.mask, self.seen = mask, {}
+        self.flat_mask = None if mask is None else mask.reshape(-1)  # the row mask of every [batch, tokens, c] input
         if mask is not None:
             self.n_tokens += int(mask.sum())
             if self.samples and len(self.token_text) < self.max_sample_tokens:
@@ -211,18 +220,18 @@ class _StatsHook:
         x = output if layer.ltype == "embedding" else (inputs[0] if inputs else None)
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             return
-        key = (x.data_ptr(), tuple(x.shape), x.dtype)
-        shared = self.seen.get(key)
-        if shared is not None and shared[2]() is not x:  # a freed tensor's memory, reused by another one
-            shared = None
         acc = self.accumulator(name, x.device)
-        if self.queue is not None and isinstance(acc, TritonMoments):
+        if self.queue is not None and isinstance(acc, TritonMoments):  # later CUDA batches: queue and go on
             rows, row_mask = self._rows(x, layer, masked=True)
             if rows.shape[-1] == layer.channels and rows.shape[0]:
                 self.queue.add(rows, row_mask, acc, x)
                 if name in self.samples:
                     self._sample(name, rows, row_mask)
             return
+        key = (x.data_ptr(), tuple(x.shape), x.dtype)
+        shared = self.seen.get(key)
+        if shared is not None and shared[2]() is not x:  # a freed tensor's memory, reused by another one
+            shared = None
         if self.probe is not None and isinstance(acc, TritonMoments):
             if self.budget_bytes is None:  # a quarter of the device's free memory, at most 8 GiB
                 self.budget_bytes = min(torch.cuda.mem_get_info(x.device)[0] // 4, 8 << 30)
@@ -259,7 +268,7 @@ class _StatsHook:
         an accumulator that masks rows itself (the GPU kernel: a boolean index would wait for the device)."""
         mask = self.mask
         if masked and not layer.channels_first and mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
-            return x.reshape(-1, x.shape[-1]), mask.reshape(-1)
+            return x.reshape(-1, x.shape[-1]), self.flat_mask
         return channel_rows(x, layer.channels_first, mask), None
 
     def _sample(self, name: str, rows: torch.Tensor, row_mask: torch.Tensor | None) -> None:

@@ -167,8 +167,8 @@ def _device_storage(channels: list[int], n_bins: int,
 class DeviceQueue:
     """Layer activations on a CUDA device waiting to be folded into their statistics in grouped launches.
 
-    The capture hook adds ``(rows, row_mask, accumulator)`` and keeps going; :meth:`flush` (at the end,
-    or once the distinct tensors held pass ``budget_bytes``) folds them with
+    The capture hook adds ``(rows, row_mask, accumulator)`` and keeps going; :meth:`flush` (after each
+    batch, or once the distinct tensors held pass ``budget_bytes``) folds them with
     :func:`qviz.gpu.stats.channel_stats_many`, one launch per channel count instead of one per layer.
     Holding a tensor past its hook is only right if nothing writes to it in place afterwards, so every
     item keeps the tensor's version counter and :meth:`flush` refuses a tensor that changed.
