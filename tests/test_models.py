@@ -85,6 +85,18 @@ def test_module_is_wrapped_not_copied():
     assert qviz.load(model) is model
 
 
+def test_device_of_a_module_without_parameters_comes_from_its_buffers():
+    # a kernel model's layers keep their packed weights as buffers: its batches must go where they are
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("words", torch.zeros(2, 2, device="meta"))
+
+    assert qviz.load(Packed()).device == torch.device("meta")
+    assert qviz.load(nn.ReLU()).device == torch.device("cpu")
+    assert qviz.load(nn.Linear(2, 2, device="meta")).device == torch.device("meta")
+
+
 def test_unknown_model_lists_known_and_suggests():
     with pytest.raises(ValueError) as err:
         qviz.load("minilmm")

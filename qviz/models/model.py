@@ -91,9 +91,12 @@ class QvizModel:
     # -- plumbing -----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        """The device of the first parameter (CPU for a parameterless module)."""
+        """The device of the first parameter, else of the first buffer (a kernel model's packed weights are
+        buffers), else CPU."""
         for p in self.module.parameters():
             return p.device
+        for b in self.module.buffers():
+            return b.device
         return torch.device("cpu")
 
     @property
