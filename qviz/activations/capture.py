@@ -183,7 +183,7 @@ class _StatsHook:
         self.mask, self.seen = mask, {}
         self.flat_mask = None if mask is None else mask.reshape(-1)  # the row mask of every [batch, tokens, c] input
         if mask is not None:
-            self.n_tokens += int(mask.sum())
+            self.n_tokens += mask.sum() if mask.is_cuda else int(mask.sum())  # no host wait per batch on a GPU
             if self.samples and len(self.token_text) < self.max_sample_tokens:
                 for row in self.model.token_strings(inputs) or []:
                     self.token_text.extend(row)
@@ -348,7 +348,7 @@ def _statistics_dataset(qmodel: QvizModel, layers: dict[str, _Layer], hook: _Sta
     out_width = w_out.shape[1]
     ltypes = {name: layers[name].ltype for name in names}
     device = qmodel.device
-    n_items, n_tokens = hook.n_items, hook.n_tokens
+    n_items, n_tokens = hook.n_items, int(hook.n_tokens)
     edges = np.linspace(lo, hi, n_bins + 1)
     dims2 = ("layer", "channel")
     ds = xr.Dataset(
