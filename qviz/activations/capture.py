@@ -161,7 +161,7 @@ class _StatsHook:
         self.n_batches = 0
         self.queue: DeviceQueue | None = None  # set once the first batch showed queueing is safe
         self.probe: list[tuple[torch.Tensor, int]] | None = []  # first batch's CUDA tensors and versions
-        self._probe_bytes: dict[int, int] = {}  # distinct tensors held by the probe: address -> bytes
+        self._probe_held: set[int] = set()  # data addresses of the distinct tensors the probe holds
         self._probe_total = 0
         self.budget_bytes: int | None = None  # what the probe and the queue may hold on the device
 
@@ -235,9 +235,9 @@ class _StatsHook:
         if self.probe is not None and isinstance(acc, TritonMoments):
             if self.budget_bytes is None:  # a quarter of the device's free memory, at most 8 GiB
                 self.budget_bytes = min(torch.cuda.mem_get_info(x.device)[0] // 4, 8 << 30)
-            if x.data_ptr() not in self._probe_bytes:
-                self._probe_bytes[x.data_ptr()] = x.numel() * x.element_size()
-                self._probe_total += self._probe_bytes[x.data_ptr()]
+            if x.data_ptr() not in self._probe_held:
+                self._probe_held.add(x.data_ptr())
+                self._probe_total += x.numel() * x.element_size()
             version = _version(x)
             if self._probe_total > self.budget_bytes or version is None:
                 self.probe = None  # too much to hold for the check, or no version counter: stay layer by layer

@@ -196,8 +196,7 @@ class DeviceQueue:
             return
         from qviz.gpu.stats import channel_stats_many  # lazy: Triton loads only on a CUDA capture
 
-        changed = [i for i, it in enumerate(self.items) if it[3]._version != it[4]]  # inference tensors never queue
-        if changed:
+        if any(base._version != version for _, _, _, base, version in self.items):  # inference tensors never queue
             raise RuntimeError(
                 "A captured activation was modified in place after its layer ran (an in-place op in the "
                 "model's forward), so its statistics cannot be read later. This should have been caught "

@@ -508,9 +508,7 @@ def fake_quantize_values(
     if _use_gpu_kernel(x, backend, clip_search):
         if check_finite:
             check_tensor(x)
-        bits = check_bits(bits)
-        granularity = check_granularity(granularity, (int(x.shape[0]), int(x.shape[1])))
-        return _gpu_rtn(x, granularity, bits, bool(symmetric)).x_hat
+        return _checked_gpu_rtn(x, granularity, bits, symmetric).x_hat
     return fake_quantize_with_stats(x, granularity, bits, symmetric=symmetric, clip_search=clip_search,
                                     backend=backend)[0]
 
@@ -530,10 +528,15 @@ def fake_quantize_fused(x: Any, granularity: Granularity, bits: int, *, symmetri
     """
     if not _use_gpu_kernel(x, "auto", clip_search):
         return None
+    res = _checked_gpu_rtn(x, granularity, bits, symmetric)
+    return res.x_hat, res.zeroed
+
+
+def _checked_gpu_rtn(x: Any, granularity: Granularity, bits: int, symmetric: bool) -> Any:
+    """The fused CUDA kernel's result for ``x`` ``[rows, cols]``, after checking ``bits`` and ``granularity``."""
     bits = check_bits(bits)
     granularity = check_granularity(granularity, (int(x.shape[0]), int(x.shape[1])))
-    res = _gpu_rtn(x, granularity, bits, bool(symmetric))
-    return res.x_hat, res.zeroed
+    return _gpu_rtn(x, granularity, bits, bool(symmetric))
 
 
 def fake_quantize_codes(
