@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from ._alloc import empty_mapped
 from ._bits import ABS_MASK, I32, U64, bits_f32, f32_bits, f32_to_f16_bits, span
 from ._checks import check_array, raise_nonfinite
 from ._gguf_legacy import ROWS as LEGACY_ROWS
@@ -739,10 +740,10 @@ def quantize_gguf(x: np.ndarray, type_name: str, imatrix: np.ndarray | None = No
     fused = imatrix is None and t.name in LEGACY_ROWS  # these kernels check finiteness in their own pass
     x = _check_matrix(x, finite=not fused)
     _check_row(x.shape[1], t)
-    out = np.empty((x.shape[0], x.shape[1] // t.block * t.type_size), np.uint8)
+    out = empty_mapped((x.shape[0], x.shape[1] // t.block * t.type_size), np.uint8)
     if fused:
         finite = np.empty(x.shape[0], np.bool_)
-        LEGACY_ROWS[t.name](x, out, finite, t.block)
+        LEGACY_ROWS[t.name](x, out, finite)
         if not finite.all():
             raise_nonfinite(x, "x")
         return out
@@ -955,6 +956,6 @@ def dequantize_gguf(packed: np.ndarray, type_name: str, cols: int) -> np.ndarray
     """
     t = gguf_type(type_name)
     packed = _check_packed(packed, t, cols)
-    out = np.empty((packed.shape[0], int(cols)), np.float32)
+    out = empty_mapped((packed.shape[0], int(cols)), np.float32)
     _dequant_kernel(_KINDS[t.name], packed, t.sub_block, t.has_offset, _TABLES[t.name], out, _F16_TO_F32)
     return out

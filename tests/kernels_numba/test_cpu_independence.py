@@ -51,6 +51,9 @@ codes4, qp4, _ = kn.quantize_with_stats(w, bits=4, group_size=64)
 xv = rng.standard_normal(256).astype(np.float32)
 out["gemv4"] = kn.gemv_int4(kn.pack(codes4, 4), np.ascontiguousarray(qp4.scale, np.float32),
                             np.ascontiguousarray(qp4.zero), xv, 64)
+from kernels_numba.gguf import quantize_gguf
+for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):  # the fused kernels, written as LLVM vector code
+    out["gguf_" + name] = quantize_gguf(w, name)
 np.savez(sys.argv[1], **out)
 """
 

@@ -154,6 +154,32 @@ def test_f16_bits_match_numpy():
     np.testing.assert_array_equal(ours, want)
 
 
+def test_f16_bits_match_numpy_across_the_float32_range():
+    # f32_to_f16_bits is branch-free (selects) so the kernels vectorise it: every 251st float32 bit
+    # pattern (all exponents, both signs), and every pattern around the subnormal/normal and overflow edges
+    from numba import njit
+
+    @njit
+    def convert(f, out):
+        for i in range(f.shape[0]):
+            out[i] = f32_to_f16_bits(f[i])
+
+    bits = np.concatenate([np.arange(0, 2**32, 251, dtype=np.uint64).astype(np.uint32),
+                           np.arange(0x387FC000, 0x38804000, dtype=np.uint32),  # 2**-14: subnormal -> normal
+                           np.arange(0x33000000 - 4096, 0x33000000 + 4096, dtype=np.uint32),  # 2**-25
+                           np.arange(0x477FC000, 0x47804000, dtype=np.uint32)])  # 65504 -> inf
+    bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
+    f = bits.view(np.float32)
+    ours = np.empty(f.shape, np.int32)
+    convert(f, ours)
+    finite = np.isfinite(f)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = f[finite].astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(ours[finite], want)
+    nan = np.isnan(f)
+    assert nan.any() and (ours[nan] & 0x7FFF == 0x7E00).all()  # the quiet NaN, sign kept
+
+
 @pytest.mark.parametrize("name", LEGACY)
 def test_legacy_codes_equal_gguf_py(name):
     x = weights()
@@ -229,6 +255,25 @@ def test_fused_legacy_kernels_equal_the_general_row_kernel(name, make):
     bad[-1, -1] = np.inf
     with pytest.raises(ValueError, match=r"1 NaN/Inf value\(s\) \(first at index \[15, 63\]" if make is ties else "NaN/Inf"):
         quantize_gguf(bad, name)
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_fused_legacy_kernels_flag_every_kind_of_nonfinite(name):
+    # the fused kernels read finiteness off their block scans (order keys, |x| bits for Q8_0):
+    # +-inf and NaNs of either sign and any payload are refused, the largest finite values are not
+    finfo = np.finfo(np.float32)
+    x = weights(8, 128)
+    x[5, 40:44] = finfo.max, -finfo.max, finfo.tiny, -finfo.smallest_subnormal
+    with np.errstate(over="ignore", invalid="ignore"):  # gguf-py's float16 casts of the huge scales
+        want = gguf_quantize(x, gguf.GGMLQuantizationType[name])
+    np.testing.assert_array_equal(quantize_gguf(x, name), want)
+    bad_bits = [0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF, 0x7FFFFFFF]
+    for k, bits in enumerate(bad_bits):
+        bad = x.copy()
+        r, c = k % 8, (37 * k + 5) % 128
+        bad[r, c] = np.array([bits], np.uint32).view(np.float32)[0]
+        with pytest.raises(ValueError, match=rf"1 NaN/Inf value\(s\) \(first at index \[{r}, {c}\]"):
+            quantize_gguf(bad, name)
 
 
 def test_bad_row_length_is_refused_by_name():

@@ -14,7 +14,7 @@ from numba.core.dispatcher import Dispatcher
 
 import kernels_numba as kn
 
-MODULES = ["rtn", "pack", "nf4", "stats", "gemv", "gptq", "histogram", "gguf", "_gguf_search", "_bits", "_common", "_checks"]
+MODULES = ["rtn", "pack", "nf4", "stats", "gemv", "gptq", "histogram", "gguf", "_gguf_search", "_gguf_legacy", "_bits", "_common", "_checks"]
 PKG = pathlib.Path(kn.__file__).parent
 
 
