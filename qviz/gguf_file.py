@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from qviz.models.gguf import GGUF_MAGIC  # noqa: F401  (its old home)
+from qviz.models.gguf import field_strings
 from qviz.models.gguf import open_gguf_reader as _open_reader  # the whole-file check qviz.load uses too
 
 __all__ = ["inspect_gguf", "export_gguf", "read_gguf_tensors"]
@@ -40,7 +41,7 @@ def _field_value(field: Any) -> Any:
     if not types or not field.data:
         return None
     if types[0] == gguf.GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+        return field_strings(field)[0]
     if types[0] == gguf.GGUFValueType.ARRAY:
         return f"array of {len(field.data)}"
     value = field.parts[field.data[0]]

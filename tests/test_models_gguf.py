@@ -170,3 +170,22 @@ def test_missing_smollm2_package_names_the_install_command(monkeypatch):
 def test_reference_note(tiny_gguf_model):
     assert models_gguf.reference_note(tiny_gguf_model) == "reference: the GGUF's F32 weights, dequantized"
     assert models_gguf.reference_note(qviz.load("tiny-llama")) == "reference: the model's own float32 weights"
+
+
+def test_field_strings_reads_one_string_and_string_arrays(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from qviz.models.gguf import field_strings, open_gguf_reader
+
+    path = tmp_path / "strings.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("qviz.one", "héllo")
+    writer.add_array("qviz.many", ["a", "ĀĀ", b"\xff\xfe"])  # the last entry is not UTF-8
+    writer.add_tensor("w", np.zeros((2, 2), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    fields = open_gguf_reader(path).fields
+    assert field_strings(fields["general.architecture"]) == ["llama"]
+    assert field_strings(fields["qviz.one"]) == ["héllo"]
+    assert field_strings(fields["qviz.many"]) == ["a", "ĀĀ", "\ufffd\ufffd"]

@@ -130,11 +130,24 @@ def _reader(path: Path) -> Any:
     return open_gguf_reader(path)
 
 
+def field_strings(field: Any) -> list[str]:
+    """The strings a gguf-py ``ReaderField`` of type STRING (one) or array of STRING (each) holds, as UTF-8.
+
+    Bytes that are not UTF-8 read as U+FFFD, so a damaged vocabulary entry cannot stop a load.
+
+    Examples
+    --------
+    >>> field_strings(open_gguf_reader(smollm2_path()).fields["general.architecture"])   # doctest: +SKIP
+    ['llama']
+    """
+    return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
+
+
 def _architecture(reader: Any) -> str:
     field = reader.fields.get("general.architecture")
-    if field is None:
+    if field is None or not field.data:
         raise ValueError("The GGUF file has no general.architecture field; it is not a model file qviz can load.")
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+    return field_strings(field)[0]
 
 
 def _is_byte_vocabulary(reader: Any) -> bool:
@@ -143,7 +156,7 @@ def _is_byte_vocabulary(reader: Any) -> bool:
     expected = ByteTokenizer.gguf_tokens()
     if field is None or len(field.data) != len(expected):
         return False
-    return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data] == expected
+    return field_strings(field) == expected
 
 
 def gguf_tensor_types(path: str | os.PathLike[str]) -> dict[str, str]:
