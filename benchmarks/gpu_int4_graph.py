@@ -12,16 +12,21 @@ alone too) at 8192² and 4096²:
 * ``host``: host µs per call when calls are launched back to back;
 * ``main_*``: the GEMV kernel alone (after one prep) for each autotune config, graph-timed as above.
 """
-import json, math, os, sys, time
-import torch, triton
-from triton.testing import do_bench
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import qviz.gpu.int4 as I
-from qviz.quant.granularity import PerGroup
-from qviz.quant.primitives import fake_quantize_codes
+import json
+import math
+import os
+import sys
 
-def bench(fn):
-    return 1e3 * do_bench(fn, warmup=20, rep=100, return_mode="median")
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu import bench_us, host_us  # noqa: E402  (gpu.py puts the repository on the path for qviz)
+
+import qviz.gpu.int4 as I  # noqa: E402
+from qviz.quant.granularity import PerGroup  # noqa: E402
+from qviz.quant.primitives import fake_quantize_codes  # noqa: E402
+
 
 def graph_us(fn, n=20):
     # device µs per call with the L2 flushed before every call, from CUDA-graph replays (no launch gaps):
@@ -50,14 +55,6 @@ def graph_us(fn, n=20):
     return t(make(True)) - t(make(False))
 
 
-def host_us(fn, n=300):
-    fn(); torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter(); torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
-
 out = {}
 for n in (8192, 4096):
     torch.manual_seed(0)
@@ -79,7 +76,7 @@ for n in (8192, 4096):
            "qviz_prep_only": prep}
     r = {"best_config": str(best)}
     for k, f in fns.items():
-        r[k] = {"do_bench": round(bench(f), 2), "graph": round(graph_us(f), 2), "host": round(host_us(f), 2)}
+        r[k] = {"do_bench": round(bench_us(f), 2), "graph": round(graph_us(f), 2), "host": round(host_us(f), 2)}
     prep()
     for cfg in I._GEMV_CONFIGS:
         kk = cfg.kwargs

@@ -167,7 +167,7 @@ def _launch(tuned: Any, key: tuple, grid: Any, args: tuple, constants: dict[str,
     host time on an H200 machine, several times the kernel's run at batch 1."""
     cfg = _CHOSEN.get(key)
     if cfg is None:
-        tuned[lambda meta: grid(meta)](*args, **constants)
+        tuned[grid](*args, **constants)
         _CHOSEN[key] = tuned.best_config
         return
     tuned.fn[grid(cfg.kwargs)](*args, **constants, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
